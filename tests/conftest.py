@@ -1,0 +1,26 @@
+"""Test configuration: everything offline, tiny models built once per session."""
+
+import os
+
+# Set before huggingface_hub / datasets / gradio are imported anywhere, so the README's test command behaves the
+# same on every machine: no test touches the internet.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "0")
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("SPACES_ZERO_GPU", None)  # `import spaces` asserts when set off a Space
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """A cache directory holding the tiny models, built once for the whole session."""
+    from vldd.tiny import build_tiny_models
+
+    cache = tmp_path_factory.mktemp("vldd-cache")
+    build_tiny_models(cache)
+    return cache

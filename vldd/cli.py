@@ -1,0 +1,142 @@
+"""`vldd` command line: a thin layer that turns flags into configs and calls the library.
+
+Every `DistillConfig` field is a flag (`--ipc`, `--generation.guidance_scale 8`, ...), generated from the dataclasses;
+a YAML file given with `--config` holds a whole run and flags override it. Each subcommand is a `_add_<name>` builder
+listed in `COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import types
+import typing
+from pathlib import Path
+
+from . import config as cfg
+
+logger = logging.getLogger("vldd")
+
+# Short spellings for the flags people type most.
+ALIASES = {"dataset": "data.dataset", "classes": "data.classes", "split": "data.split",
+           "max_images_per_class": "data.max_images_per_class", "captioner": "caption.model",
+           "diffusion_model": "generation.model", "lora": "generation.lora"}
+
+
+def _parse_value(kind, text: str):
+    origin = typing.get_origin(kind)
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if text.lower() in ("none", "null") and type(None) in typing.get_args(kind):
+        return None
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _parse_value(args[0], text)
+    if origin is list or (args and typing.get_origin(args[0]) is list):
+        return [int(t) if t.strip().isdigit() else t.strip() for t in text.split(",") if t.strip()]
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    if kind is int:
+        return int(text)
+    if kind is float:
+        return float(text)
+    return text
+
+
+def _config_fields():
+    """Yields (dotted name, type, help) for every config field."""
+    hints = typing.get_type_hints(cfg.DistillConfig)
+    for f in dataclasses.fields(cfg.DistillConfig):
+        if dataclasses.is_dataclass(hints[f.name]):
+            section_hints = typing.get_type_hints(hints[f.name])
+            for sf in dataclasses.fields(hints[f.name]):
+                yield f"{f.name}.{sf.name}", section_hints[sf.name]
+        else:
+            yield f.name, hints[f.name]
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file holding a whole run; flags override it")
+    group = parser.add_argument_group("run settings (see vldd/config.py for meanings and units)")
+    reverse = {v: k for k, v in ALIASES.items()}
+    for name, kind in _config_fields():
+        flags = [f"--{name}"] + ([f"--{reverse[name].replace('_', '-')}"] if name in reverse else [])
+        group.add_argument(*flags, dest=f"cfg:{name}", default=None, metavar="VALUE",
+                           type=lambda text, kind=kind: _parse_value(kind, text))
+
+
+def config_from_args(args: argparse.Namespace) -> cfg.DistillConfig:
+    overrides: dict = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg:") and value is not None:
+            node = overrides
+            *parents, leaf = key[4:].split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    run_config = Path(overrides.get("output", "")) / "config.yaml"
+    path = args.config
+    if path is None and overrides.get("output") and run_config.is_file() and getattr(args, "reuse_config", False):
+        path = run_config  # single-stage commands reuse the run's own config
+    return cfg.load_config(path, overrides)
+
+
+def _run_stages(stages):
+    def run(args):
+        from .pipeline import distill
+
+        config = config_from_args(args)
+        result = distill(config, stages=stages, cache_dir=args.cache_dir, progress=not args.quiet)
+        for line in result.summary_lines():
+            print(line)
+        return 0
+
+    return run
+
+
+def _add_stage_commands(sub):
+    entries = {
+        "distill": (None, "run every stage: caption, prototypes, text prototypes, generate, write the dataset"),
+        "caption": (("caption",), "caption the source images (stage 1)"),
+        "prototypes": (("caption", "prototypes", "text"), "build image and text prototypes (stages 2-3)"),
+        "generate": (None, "generate the distilled images from the run's prototypes (stage 4 and output)"),
+    }
+    for name, (stages, help_text) in entries.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_config_flags(p)
+        p.add_argument("--cache-dir", default=os.environ.get("VLDD_CACHE", str(Path.home() / ".cache" / "vldd")),
+                       help="where the tiny preset's models are built (default: $VLDD_CACHE or ~/.cache/vldd)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=_run_stages(stages), reuse_config=name != "distill")
+
+
+COMMANDS = [_add_stage_commands]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vldd", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError) as err:
+        print(f"vldd: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Typed configuration for a distillation run.
+
+One `DistillConfig` describes a whole job. Presets are plain data (`PRESETS`); a YAML file can hold a whole run, and
+flags override it (see `vldd.cli`). Every field is validated on construction with a message that names the bad
+value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The paper's prompt, verbatim, including the missing space after "image." (DESIGN.md §3).
+PAPER_PROMPT = (
+    "Describe the physical appearance of the {class_name} in the image."
+    "Include details about its shape, posture, color, and any distinct features."
+)
+
+TINY_DIFFUSION = "tiny://stable-diffusion"
+TINY_CAPTIONER = "tiny://llava"
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "sample"  # Hub id, local image folder, `save_to_disk` directory, or "sample" (embedded)
+    config_name: str | None = None  # Hub dataset configuration (subset) name
+    split: str = "train"  # split to distill
+    revision: str | None = None  # Hub dataset revision (branch, tag or commit)
+    image_column: str | None = None  # auto-detected (first Image feature) when None
+    label_column: str | None = None  # auto-detected (first ClassLabel feature) when None
+    classes: list[str | int] | None = None  # subset of classes by name or index; None = all
+    max_images_per_class: int | None = None  # cap on source images per class (first N); None = all
+    too_few_images: str = "error"  # class with fewer usable images than IPC: "error" or "reduce" (fewer clusters)
+
+    def __post_init__(self):
+        _check(bool(self.dataset), "`data.dataset` must be a dataset id or path, got an empty string")
+        _check(self.too_few_images in ("error", "reduce"),
+               f"`data.too_few_images` must be 'error' or 'reduce', got {self.too_few_images!r}")
+        _check(self.max_images_per_class is None or self.max_images_per_class >= 1,
+               f"`data.max_images_per_class` must be >= 1 or None, got {self.max_images_per_class}")
+
+
+@dataclass
+class CaptionConfig:
+    model: str = "llava-hf/llava-1.5-7b-hf"  # any image-text-to-text model id or directory
+    revision: str | None = None  # model revision on the Hub
+    prompt: str = PAPER_PROMPT  # template; {class_name} is replaced by the label name
+    do_sample: bool = True  # paper: sampling at temperature 0.2; False = greedy
+    temperature: float = 0.2  # sampling temperature
+    max_new_tokens: int = 1024  # generation budget per caption, in tokens
+    batch_size: int = 8  # images per captioner call
+    from_hub: str | None = None  # reuse a published captions dataset (Hub id or directory) instead of captioning
+
+    def __post_init__(self):
+        _check("{class_name}" in self.prompt,
+               f"`caption.prompt` must contain '{{class_name}}', got {self.prompt!r}")
+        _check(self.temperature > 0, f"`caption.temperature` must be > 0, got {self.temperature}")
+        _check(self.max_new_tokens >= 1, f"`caption.max_new_tokens` must be >= 1, got {self.max_new_tokens}")
+        _check(self.batch_size >= 1, f"`caption.batch_size` must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class PrototypeConfig:
+    resolution: int = 512  # images are resized to resolution x resolution (aspect not kept) before VAE encoding
+    encode_batch_size: int = 16  # images per VAE call
+    lof_neighbors: int = 10  # LocalOutlierFactor n_neighbors
+    contamination: float = 0.1  # fraction of each class dropped as outliers; 0 = no outlier removal (CIFAR)
+    n_init: int = 10  # k-means restarts (best inertia kept)
+    max_iter: int = 300  # k-means Lloyd iterations per restart
+    tol: float = 1e-4  # k-means convergence tolerance, relative to the mean per-feature variance (as sklearn)
+
+    def __post_init__(self):
+        _check(self.resolution >= 8 and self.resolution % 8 == 0,
+               f"`prototypes.resolution` must be a positive multiple of 8, got {self.resolution}")
+        _check(0.0 <= self.contamination < 0.5,
+               f"`prototypes.contamination` must be in [0.0, 0.5), got {self.contamination}")
+        _check(self.lof_neighbors >= 1, f"`prototypes.lof_neighbors` must be >= 1, got {self.lof_neighbors}")
+        _check(self.n_init >= 1, f"`prototypes.n_init` must be >= 1, got {self.n_init}")
+        _check(self.encode_batch_size >= 1,
+               f"`prototypes.encode_batch_size` must be >= 1, got {self.encode_batch_size}")
+
+
+@dataclass
+class TextPrototypeConfig:
+    top_k: int = 30  # tpk: most frequent cluster words used to score descriptions (paper 30, code default 20)
+    common_threshold: float = 0.7  # a word in >= this fraction of the class's descriptions is class-common
+    fallback: str = "medoid"  # when no description scores > 0: "medoid" (first in cluster) or "class_name"
+
+    def __post_init__(self):
+        _check(self.top_k >= 1, f"`text.top_k` must be >= 1, got {self.top_k}")
+        _check(0.0 < self.common_threshold <= 1.0,
+               f"`text.common_threshold` must be in (0.0, 1.0], got {self.common_threshold}")
+        _check(self.fallback in ("medoid", "class_name"),
+               f"`text.fallback` must be 'medoid' or 'class_name', got {self.fallback!r}")
+
+
+@dataclass
+class GenerationConfig:
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # SD checkpoint id or directory (fine-tuned too)
+    revision: str | None = None  # model revision on the Hub
+    lora: str | None = None  # LoRA adapter id or directory applied to the UNet
+    scheduler: str | None = None  # diffusers scheduler class name; None = the checkpoint's (PNDM for SD v1.5)
+    num_inference_steps: int = 50  # full schedule length; strength decides how many are run
+    strength: float = 0.7  # fraction of the schedule denoised from the noised prototype (0.7 of 50 = 35 steps)
+    guidance_scale: float = 10.0  # classifier-free guidance (D4M: 8)
+    eta: float = 0.0  # DDIM eta
+    negative_prompt: str = "cartoon, anime, painting"
+    batch_size: int = 4  # prototypes per pipeline call
+    output_size: int = 256  # generated images are resized to output_size x output_size pixels
+
+    def __post_init__(self):
+        _check(0.0 < self.strength <= 1.0, f"`generation.strength` must be in (0.0, 1.0], got {self.strength}")
+        _check(self.num_inference_steps >= 1,
+               f"`generation.num_inference_steps` must be >= 1, got {self.num_inference_steps}")
+        _check(int(self.num_inference_steps * self.strength) >= 1,
+               f"`generation.strength` {self.strength} x `num_inference_steps` {self.num_inference_steps} "
+               "leaves no denoising step")
+        _check(self.guidance_scale >= 0, f"`generation.guidance_scale` must be >= 0, got {self.guidance_scale}")
+        _check(self.batch_size >= 1, f"`generation.batch_size` must be >= 1, got {self.batch_size}")
+        _check(self.output_size >= 8, f"`generation.output_size` must be >= 8 pixels, got {self.output_size}")
+
+
+@dataclass
+class DistillConfig:
+    output: str = "runs/default"  # run directory: every stage's results, the dataset, manifest and preview
+    ipc: int = 10  # images per class in the distilled set
+    seed: int = 0  # seeds VAE sampling, k-means, captions and every generated image
+    preset: str = "paper"  # name of the preset the run started from (informational once resolved)
+    device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
+    dtype: str = "auto"  # "auto" (fp16 on cuda, fp32 on cpu), "fp32", "fp16" or "bf16"
+    data: DataConfig = field(default_factory=DataConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
+    text: TextPrototypeConfig = field(default_factory=TextPrototypeConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self):
+        _check(isinstance(self.ipc, int) and self.ipc >= 1, f"`ipc` must be an integer >= 1, got {self.ipc!r}")
+        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+               f"`device` must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        _check(self.dtype in ("auto", "fp32", "fp16", "bf16"),
+               f"`dtype` must be 'auto', 'fp32', 'fp16' or 'bf16', got {self.dtype!r}")
+        _check(self.preset in PRESETS, f"`preset` must be one of {sorted(PRESETS)}, got {self.preset!r}")
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.caption.model.startswith("tiny://") or self.generation.model.startswith("tiny://")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_SECTIONS = {"data": DataConfig, "caption": CaptionConfig, "prototypes": PrototypeConfig,
+             "text": TextPrototypeConfig, "generation": GenerationConfig}
+
+# Presets are data: nested overrides applied on top of the dataclass defaults (which are the paper's values).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tiny": {
+        "ipc": 10,
+        "data": {"dataset": "sample"},
+        "caption": {"model": TINY_CAPTIONER, "max_new_tokens": 12, "batch_size": 16},
+        "prototypes": {"resolution": 64, "encode_batch_size": 32},
+        "text": {"top_k": 30, "common_threshold": 0.7},
+        "generation": {"model": TINY_DIFFUSION, "batch_size": 10, "output_size": 64},
+    },
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def from_dict(values: dict[str, Any]) -> DistillConfig:
+    """Builds a validated config from nested values, starting from the preset the values name (default "paper")."""
+    preset = values.get("preset", "paper")
+    _check(preset in PRESETS, f"`preset` must be one of {sorted(PRESETS)}, got {preset!r}")
+    merged = _merge(PRESETS[preset], values)
+    top = {f.name for f in fields(DistillConfig)}
+    unknown = set(merged) - top
+    _check(not unknown, f"unknown config keys {sorted(unknown)}; expected some of {sorted(top)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in merged.items():
+        if key in _SECTIONS:
+            _check(isinstance(value, dict), f"`{key}` must be a mapping, got {value!r}")
+            known = {f.name for f in fields(_SECTIONS[key])}
+            bad = set(value) - known
+            _check(not bad, f"unknown keys {sorted(bad)} in `{key}`; expected some of {sorted(known)}")
+            kwargs[key] = _SECTIONS[key](**value)
+        else:
+            kwargs[key] = value
+    kwargs["preset"] = preset
+    return DistillConfig(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> DistillConfig:
+    """Loads a run config from a YAML file (optional) and applies nested `overrides` on top.
+
+    Args:
+        path: YAML file with the same nested layout as `DistillConfig.to_dict()`; may hold only a few keys.
+        overrides: nested values that win over the file (what CLI flags set).
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        _check(isinstance(loaded, dict), f"config file {str(path)!r} must hold a mapping, got {type(loaded).__name__}")
+        values = loaded
+    if overrides:
+        if "preset" in overrides and "preset" in values and overrides["preset"] != values["preset"]:
+            values = {k: v for k, v in values.items() if k != "preset"}
+        values = _merge(values, overrides)
+    return from_dict(values)
+
+
+def fingerprint(*parts: Any) -> str:
+    """Stable short hash of JSON-serialisable parts (dataclasses included): names a stage's inputs."""
+
+    def default(obj):
+        if dataclasses.is_dataclass(obj):
+            return dataclasses.asdict(obj)
+        return str(obj)
+
+    blob = json.dumps(parts, sort_keys=True, default=default)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

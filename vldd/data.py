@@ -1,0 +1,187 @@
+"""Loading the source dataset: any `datasets` image-classification set, one class at a time.
+
+Example:
+    >>> source = load_source(DataConfig(dataset="sample"))
+    >>> images, rows, skipped = source.load_class(source.classes[0])
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceDataset:
+    """A source dataset ready to be read class by class; images stay undecoded until asked for."""
+
+    dataset: object  # datasets.Dataset whose image column is Image(decode=False)
+    source_id: str  # what the user asked for: Hub id, path, or "sample"
+    image_column: str
+    label_column: str
+    class_names: list[str]  # every ClassLabel name of the source, in label order
+    classes: list[int]  # the selected label ids, ascending
+    indices: dict[int, list[int]]  # row indices per selected label (after the per-class cap)
+    revision: str | None = None  # resolved dataset fingerprint / commit, for the manifest
+    skipped: dict[int, int] = field(default_factory=dict)  # undecodable images per label, filled by load_class
+
+    def counts(self) -> dict[int, int]:
+        return {label: len(rows) for label, rows in self.indices.items()}
+
+    def load_class(self, label: int) -> tuple[list[Image.Image], list[int], int]:
+        """Decodes one class's images as RGB.
+
+        Returns:
+            (images, row indices of those images, number of undecodable images skipped)
+        """
+        rows = self.indices[label]
+        column = self.dataset.select(rows)[self.image_column] if rows else []
+        images, kept, skipped = [], [], 0
+        for row, value in zip(rows, column):
+            try:
+                images.append(decode_image(value))
+                kept.append(row)
+            except Exception as err:  # corrupt or unreadable files are skipped and counted, never fatal
+                skipped += 1
+                logger.warning("skipping undecodable image at row %d of class %r: %s", row, self.class_names[label], err)
+        self.skipped[label] = skipped
+        return images, kept, skipped
+
+
+def decode_image(value) -> Image.Image:
+    """Decodes a `datasets` Image value (dict with bytes/path, or a PIL image) to RGB.
+
+    Transparent images (RGBA, LA, palette with transparency) are composited over white; grayscale, CMYK, 16-bit and
+    palette images are converted.
+    """
+    if isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, dict) and value.get("bytes") is not None:
+        image = Image.open(io.BytesIO(value["bytes"]))
+    elif isinstance(value, dict) and value.get("path"):
+        image = Image.open(value["path"])
+    else:
+        raise ValueError(f"expected an image (bytes or path), got {type(value).__name__}")
+    image.load()
+    if image.mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray((array / peak * 255).clip(0, 255).astype(np.uint8))
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def open_dataset(dataset: str, split: str = "train", config_name: str | None = None, revision: str | None = None):
+    """Opens `dataset` (Hub id, image folder, `save_to_disk` directory, or "sample") and returns one split."""
+    import datasets
+
+    if dataset == "sample":
+        from .sample import load_sample
+
+        return load_sample(split)
+    path = Path(dataset).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"dataset path {dataset!r} is a file; expected a directory (image folder or saved dataset)")
+        if _is_saved_dataset(path):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise ValueError(f"split {split!r} not in saved dataset {dataset!r}; it has {sorted(loaded)}")
+                return loaded[split]
+            return loaded
+        try:
+            return datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
+        except ValueError as err:
+            raise ValueError(f"could not read split {split!r} of image folder {dataset!r}: {err}") from err
+    try:
+        return datasets.load_dataset(dataset, name=config_name, split=split, revision=revision)
+    except Exception as err:
+        raise ValueError(
+            f"could not load dataset {dataset!r} (split {split!r}): it is neither an existing local path nor a "
+            f"loadable Hub dataset id ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _find_column(dataset, kind, wanted: str | None, what: str) -> str:
+    features = dataset.features
+    if wanted is not None:
+        if wanted not in features:
+            raise ValueError(f"{what} column {wanted!r} not in dataset; columns are {list(features)}")
+        return wanted
+    for name, feature in features.items():
+        if isinstance(feature, kind):
+            return name
+    raise ValueError(
+        f"no {what} column found (expected a {kind.__name__} feature); columns are "
+        f"{ {k: type(v).__name__ for k, v in features.items()} }; pass the column name explicitly"
+    )
+
+
+def _resolve_classes(wanted: list[str | int] | None, names: list[str]) -> list[int]:
+    if wanted is None:
+        return list(range(len(names)))
+    labels = []
+    for item in wanted:
+        if isinstance(item, str) and item in names:
+            labels.append(names.index(item))
+        elif isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
+            index = int(item)
+            if not 0 <= index < len(names):
+                raise ValueError(f"class index {index} out of range; the dataset has {len(names)} classes")
+            labels.append(index)
+        else:
+            raise ValueError(f"class {item!r} is not a label name of this dataset; names are {names[:20]}"
+                             + (" ..." if len(names) > 20 else ""))
+    if not labels:
+        raise ValueError("`classes` selects no class; give at least one name or index")
+    return sorted(set(labels))
+
+
+def load_source(config: DataConfig) -> SourceDataset:
+    """Opens the source split, finds the image and label columns, and indexes the selected classes.
+
+    Args:
+        config: what to load and which classes/images to keep.
+    """
+    import datasets
+
+    dataset = open_dataset(config.dataset, config.split, config.config_name, config.revision)
+    label_column = config.label_column
+    if label_column is not None and label_column in dataset.features and not isinstance(
+            dataset.features[label_column], datasets.ClassLabel):
+        dataset = dataset.class_encode_column(label_column)  # string or int labels become a ClassLabel
+    label_column = _find_column(dataset, datasets.ClassLabel, label_column, "label")
+    image_column = _find_column(dataset, datasets.Image, config.image_column, "image")
+    if not isinstance(dataset.features[image_column], datasets.Image):
+        raise ValueError(f"column {image_column!r} is a {type(dataset.features[image_column]).__name__}, not an Image")
+    dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    names = list(dataset.features[label_column].names)
+    classes = _resolve_classes(config.classes, names)
+    labels = np.asarray(dataset.select_columns([label_column]).with_format("numpy")[label_column])
+    indices = {}
+    for label in classes:
+        rows = np.flatnonzero(labels == label).tolist()
+        if config.max_images_per_class is not None:
+            rows = rows[: config.max_images_per_class]
+        indices[label] = rows
+    revision = getattr(dataset, "_fingerprint", None)
+    return SourceDataset(dataset, config.dataset, image_column, label_column, names, classes, indices, revision)
