@@ -95,14 +95,14 @@ class PrototypeConfig:
 class TextPrototypeConfig:
     top_k: int = 30  # tpk: most frequent cluster words used to score descriptions (paper 30, code default 20)
     common_threshold: float = 0.7  # a word in >= this fraction of the class's descriptions is class-common
-    fallback: str = "medoid"  # when no description scores > 0: "medoid" (first in cluster) or "class_name"
+    fallback: str = "nearest"  # when every description scores 0: "nearest" (image nearest the centre) or "class_name"
 
     def __post_init__(self):
         _check(self.top_k >= 1, f"`text.top_k` must be >= 1, got {self.top_k}")
         _check(0.0 < self.common_threshold <= 1.0,
                f"`text.common_threshold` must be in (0.0, 1.0], got {self.common_threshold}")
-        _check(self.fallback in ("medoid", "class_name"),
-               f"`text.fallback` must be 'medoid' or 'class_name', got {self.fallback!r}")
+        _check(self.fallback in ("nearest", "class_name"),
+               f"`text.fallback` must be 'nearest' or 'class_name', got {self.fallback!r}")
 
 
 @dataclass
