@@ -41,7 +41,7 @@ def load_pipeline(model_id: str, *, revision: str | None = None, device: str | t
     path = resolve_model(model_id, cache_dir)
     try:
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-            path, revision=revision, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+            path, revision=revision, dtype=dtype, safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"could not load Stable Diffusion model {model_id!r}: {err}") from err
     if scheduler is not None:
@@ -68,7 +68,7 @@ def window_token_ids(tokenizer, text: str, n_windows: int | None = None) -> torc
     """
     size = tokenizer.model_max_length
     body = size - 2
-    ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+    ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
     windows = [ids[i:i + body] for i in range(0, len(ids), body)] or [[]]
     if n_windows is not None:
         if n_windows < len(windows):
@@ -128,15 +128,20 @@ def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: l
     if not (len(latents) == len(prompts) == len(seeds)):
         raise ValueError(f"got {len(latents)} latents, {len(prompts)} prompts and {len(seeds)} seeds; expected equal")
     device, dtype = pipe.device, pipe.unet.dtype
-    images: list[Image.Image] = []
-    for start in tqdm(range(0, len(latents), batch_size), desc="generate", disable=not progress, leave=False):
-        stop = start + batch_size
-        embeds, negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts[start:stop], negative_prompt)
-        out = pipe(image=latents[start:stop].to(device, dtype), prompt_embeds=embeds,
-                   negative_prompt_embeds=negative, strength=strength, num_inference_steps=num_inference_steps,
-                   guidance_scale=guidance_scale, eta=eta, generator=image_generators(seed, seeds[start:stop], device),
-                   output_type="pil")
-        images.extend(out.images)
+    # Batch only prompts of the same window count: padding a short prompt with empty windows would change its image.
+    windows = [window_token_ids(pipe.tokenizer, p).shape[0] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: windows[i])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [[i for i in b if windows[i] == w] for b in batches for w in sorted({windows[i] for i in b})]
+    images: list[Image.Image | None] = [None] * len(prompts)
+    for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
+        embeds, negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompts[i] for i in batch],
+                                          negative_prompt)
+        out = pipe(image=latents[batch].to(device, dtype), prompt_embeds=embeds, negative_prompt_embeds=negative,
+                   strength=strength, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                   eta=eta, generator=image_generators(seed, [seeds[i] for i in batch], device), output_type="pil")
+        for i, image in zip(batch, out.images):
+            images[i] = image
     if output_size is not None:
         images = [im.resize((output_size, output_size), Image.BICUBIC) for im in images]
     return images

@@ -1,0 +1,108 @@
+"""Stage 1, captioning, on the tiny LLaVA: prompts, batching, seeding, decoding and the captions dataset."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vldd.captioning import Captioner, build_prompt, caption_images, captions_dataset, load_captioner
+from vldd.config import PAPER_PROMPT, TINY_CAPTIONER
+
+NEW_TOKENS = 10
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_cache):
+    return load_captioner(TINY_CAPTIONER, cache_dir=tiny_cache)
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (40 + 6 * i, 48, 3), dtype=np.uint8)) for i in range(4)]
+
+
+def caption(captioner, images, **kwargs):
+    kwargs = {"prompt_template": PAPER_PROMPT, "max_new_tokens": NEW_TOKENS, **kwargs}
+    return caption_images(captioner, images, "tench, Tinca tinca", **kwargs)
+
+
+def test_paper_prompt_verbatim():
+    assert build_prompt(PAPER_PROMPT, "tench, Tinca tinca") == (
+        "Describe the physical appearance of the tench, Tinca tinca in the image."
+        "Include details about its shape, posture, color, and any distinct features."
+    )
+    with pytest.raises(ValueError, match="class_name"):
+        build_prompt("Describe the {animal}.", "dog")
+
+
+def test_one_caption_per_image(captioner, images):
+    assert isinstance(captioner, Captioner)
+    assert captioner.model_id == TINY_CAPTIONER and captioner.revision is None
+    captions = caption(captioner, images, batch_size=3)
+    assert len(captions) == len(images)
+    assert all(isinstance(c, str) and c == c.strip() for c in captions)
+
+
+def test_same_seed_same_captions_and_rng_untouched(captioner, images):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = caption(captioner, images, seed=7, temperature=5.0)
+    assert torch.equal(torch.rand(3), expected)  # sampling ran on a forked RNG
+    assert caption(captioner, images, seed=7, temperature=5.0) == first
+    assert caption(captioner, images, seed=8, temperature=5.0) != first
+
+
+def test_greedy_is_batch_size_invariant(captioner, images):
+    one = caption(captioner, images, do_sample=False, batch_size=1)
+    three = caption(captioner, images, do_sample=False, batch_size=3)
+    assert one == three
+
+
+def test_only_new_tokens_are_decoded(captioner, images):
+    prompt = build_prompt(PAPER_PROMPT, "tench, Tinca tinca")
+    tokenizer = captioner.processor.tokenizer
+    for text in caption(captioner, images[:2], do_sample=False):
+        assert prompt not in text and "USER:" not in text and "ASSISTANT:" not in text
+        assert len(tokenizer(text, add_special_tokens=False).input_ids) <= 2 * NEW_TOKENS
+
+
+def test_progress_bar_only_when_asked(captioner, images, capsys):
+    caption(captioner, images[:1], max_new_tokens=2)
+    assert "captioning" not in capsys.readouterr().err
+    caption(captioner, images[:1], max_new_tokens=2, progress=True)
+    assert "captioning tench" in capsys.readouterr().err
+
+
+def test_rejects_bad_arguments(captioner, images):
+    with pytest.raises(ValueError, match="batch_size"):
+        caption(captioner, images, batch_size=0)
+    with pytest.raises(ValueError, match="temperature"):
+        caption(captioner, images, temperature=0.0)
+
+
+def test_captions_dataset_features():
+    names = ["tench", "goldfish", "shark"]
+    ds = captions_dataset([4, 9], [0, 2], ["a fish", "a big fish"], ["p0", "p2"], "tiny://llava", names)
+    assert isinstance(ds, datasets.Dataset)
+    assert ds.features["source_index"] == datasets.Value("int64")
+    assert isinstance(ds.features["label"], datasets.ClassLabel) and ds.features["label"].names == names
+    for column in ("caption", "captioner", "prompt"):
+        assert ds.features[column] == datasets.Value("string")
+    assert ds[1] == {"source_index": 9, "label": 2, "caption": "a big fish", "captioner": "tiny://llava",
+                     "prompt": "p2"}
+    with pytest.raises(ValueError, match="lengths"):
+        captions_dataset([1], [0, 1], ["a"], ["p"], "m", names)
+
+
+@pytest.mark.parametrize("model_id", ["vldd-test/no-such-captioner", "tiny://no-such-model"])
+def test_bad_model_id_is_a_clear_error(model_id, tiny_cache):
+    with pytest.raises(ValueError, match=model_id):
+        load_captioner(model_id, cache_dir=tiny_cache)
+
+
+def test_directory_that_is_not_a_captioner(tmp_path, tiny_cache):
+    with pytest.raises(ValueError, match="could not load captioner"):
+        load_captioner(str(tmp_path), cache_dir=tiny_cache)
