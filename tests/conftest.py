@@ -14,6 +14,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("SPACES_ZERO_GPU", None)  # `import spaces` asserts when set off a Space
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# The tiny models are dominated by per-op overhead; one thread avoids oversubscribing small CI machines.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +28,19 @@ def tiny_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("vldd-cache")
     build_tiny_models(cache)
     return cache
+
+
+from hub_fixtures import hub_server  # noqa: E402, F401  (the local Hub test server, for any test that publishes)
+
+
+def tiny_overrides(output, **extra):
+    """A small, fast tiny-preset run: 2 classes x IPC 3 from 12 images each, 10-step schedule."""
+    values = {"preset": "tiny", "output": str(output), "ipc": 3,
+              "data": {"classes": ["circle", "stripes"], "max_images_per_class": 12},
+              "generation": {"num_inference_steps": 10}}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            values.setdefault(key, {}).update(value)
+        else:
+            values[key] = value
+    return values

@@ -1,0 +1,108 @@
+"""Student networks: output shapes, parameter counts against hand-derived formulas, and the checkpoint format."""
+
+import pytest
+import torch
+import torchvision
+
+from vldd.students import ConvNet, ResNetAP, build_student, count_parameters, load_classifier, resnet18, save_classifier
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The test machines' CPUs are shared: one intra-op thread avoids oversubscription.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _norm(channels):  # instance norm with affine: one scale and one shift per channel
+    return 2 * channels
+
+
+def resnetap10_parameters(num_classes, stem_kernel, width=64):
+    total = 3 * width * stem_kernel**2 + _norm(width)
+    channels = width
+    for stage in range(4):
+        out = width * 2**stage
+        total += channels * out * 9 + out * out * 9 + 2 * _norm(out)
+        if stage > 0:  # 1x1 conv + norm on the shortcut where the block downsamples
+            total += channels * out + _norm(out)
+        channels = out
+    return total + channels * num_classes + num_classes
+
+
+def convnet6_parameters(num_classes, image_size, width=128):
+    convs = (3 * width * 9 + width) + 5 * (width * width * 9 + width) + 6 * _norm(width)
+    side = image_size // 64
+    return convs + width * side * side * num_classes + num_classes
+
+
+@pytest.mark.parametrize(("image_size", "stem_kernel"), [(32, 3), (112, 3), (224, 7)])
+def test_resnetap10_parameter_count(image_size, stem_kernel):
+    model = ResNetAP(num_classes=10, image_size=image_size)
+    assert count_parameters(model) == resnetap10_parameters(10, stem_kernel)
+    assert count_parameters(model) == (4_903_242 if stem_kernel == 3 else 4_910_922)
+
+
+@pytest.mark.parametrize(("image_size", "width", "spatial"), [(32, 1.0, 32), (112, 0.125, 56), (224, 0.125, 56)])
+def test_resnetap10_output_shape_and_stem(image_size, width, spatial):
+    model = build_student("ResNetAP-10", num_classes=7, image_size=image_size, width=width)
+    x = torch.randn(2, 3, image_size, image_size)
+    assert model(x).shape == (2, 7)
+    assert model.stem(x).shape[-1] == spatial  # stem keeps <= 64 px, halves <= 128 px, quarters larger inputs
+    assert all(isinstance(m, torch.nn.GroupNorm) and m.num_groups == m.num_channels
+               for m in model.modules() if isinstance(m, torch.nn.GroupNorm | torch.nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("image_size", [64, 128, 224])
+def test_convnet6_parameter_count_and_shape(image_size):
+    model = build_student("convnet6", num_classes=10, image_size=image_size)
+    assert count_parameters(model) == convnet6_parameters(10, image_size)
+    small = ConvNet(num_classes=10, image_size=image_size, width=16)
+    assert small(torch.randn(2, 3, image_size, image_size)).shape == (2, 10)
+
+
+def test_convnet6_rejects_inputs_too_small():
+    with pytest.raises(ValueError, match="needs `image_size` >= 64"):
+        ConvNet(num_classes=10, image_size=32)
+
+
+def test_resnet18_variants():
+    small, large = resnet18(10, image_size=32), resnet18(10, image_size=224)
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, torch.nn.Identity)
+    assert large.conv1.kernel_size == (7, 7) and isinstance(large.maxpool, torch.nn.MaxPool2d)
+    stock = count_parameters(torchvision.models.resnet18(num_classes=10))
+    assert count_parameters(large) == stock == 11_181_642
+    assert count_parameters(small) == stock - 64 * 3 * (49 - 9)
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_build_student_rejects_unknown_names_and_widths():
+    with pytest.raises(ValueError, match="`student` must be one of"):
+        build_student("vit", 10)
+    with pytest.raises(ValueError, match="width 1.0 only"):
+        build_student("resnet18", 10, width=0.5)
+
+
+def test_classifier_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_student("resnetap10", num_classes=3, image_size=32, width=0.125).eval()
+    path = save_classifier(model, tmp_path / "teacher.pt", arch="resnetap10", class_names=["a", "b", "c"],
+                           image_size=32, width=0.125)
+    loaded, meta = load_classifier(path)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert meta == {"arch": "resnetap10", "num_classes": 3, "class_names": ["a", "b", "c"], "image_size": 32,
+                    "width": 0.125, "pretrained": False}
+
+
+def test_load_classifier_errors(tmp_path):
+    with pytest.raises(ValueError, match="randomly initialised"):
+        load_classifier("torchvision:resnet18")  # weights are fetched only when asked for
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint"):
+        load_classifier(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="not a vldd classifier checkpoint"):
+        load_classifier(tmp_path / "plain.pt")

@@ -1,0 +1,736 @@
+"""Scoring a distilled set the way the field does (DESIGN.md §4): train a student on it, test it on real val images.
+
+Two protocols, each reproduced as published:
+
+- "hard" (IDC/Minimax; ImageNette, ImageWoof, ImageIDC, ImageNet-100): ResNetAP-10, SGD + MultiStepLR, CutMix every
+  batch, RandomResizedCrop/flip/ColorJitter/PCA lighting, 2000/1500/1000 epochs by IPC, tested every E/100 epochs.
+- "soft" (RDED; ImageNet-1K, CIFAR, Tiny-ImageNet): ResNet-18 learns a teacher's soft labels online (KL at T=20),
+  AdamW with a half-cosine schedule, ShufflePatches, 300 epochs, tested every 10 epochs in the last 20%.
+
+Both the best tested accuracy (what papers report) and the final-epoch accuracy are reported, per repeat and as
+mean ± std, optionally beside a random real subset of the same IPC or the full real train set trained identically.
+
+Example:
+    >>> result = evaluate(EvalConfig(distilled="runs/nette-ipc10", real="frgfm/imagenette", protocol="hard"))
+    >>> print("\\n".join(result.summary_lines()))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .data import _find_column, decode_image, open_dataset
+from .runs import atomic_path, read_manifest, update_manifest, write_json
+
+# torch, torchvision and the networks are imported where used, so that building the CLI stays fast.
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("hard", "soft")
+STUDENTS = ("resnetap10", "convnet6", "resnet18")
+BASELINES = ("random", "full")
+DEFAULT_STUDENT = {"hard": "resnetap10", "soft": "resnet18"}
+VAL_SPLIT_FALLBACKS = ("test", "val")
+REPORT_FORMAT = "vldd.evaluation/1"
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def canonical_student(name: str) -> str:
+    """Maps spellings such as "ResNetAP-10" or "convnet_6" to a name in `STUDENTS`."""
+    key = name.lower().replace("-", "").replace("_", "")
+    _check(key in STUDENTS, f"`student` must be one of {list(STUDENTS)} (any case, '-' allowed), got {name!r}")
+    return key
+
+
+@dataclass
+class EvalConfig:
+    distilled: str  # distilled set: vldd run directory, Hub id, image folder, `save_to_disk` dir, or "sample"
+    real: str | None = None  # real dataset (Hub id, folder, saved dir, "sample"); None = the run's source dataset
+    protocol: str = "hard"  # "hard" (IDC/Minimax hard labels) or "soft" (RDED soft labels from a teacher)
+    student: str | None = None  # "resnetap10", "convnet6" or "resnet18"; None = resnetap10 (hard) / resnet18 (soft)
+    student_width: float = 1.0  # channel multiplier of ResNetAP/ConvNet (1.0 = the published networks)
+    image_size: int = 224  # side of the square training/test inputs, in pixels
+    epochs: int | None = None  # None = the protocol's rule (hard: by IPC and class count; soft: 300, paper scripts 500)
+    batch_size: int | None = None  # None = the protocol's rule (hard: 64; soft: by IPC and class count)
+    repeats: int = 3  # students trained from different seeds; mean ± std over them
+    seed: int = 0  # repeat r uses seed + r for initialisation, data order, augmentation and random subsets
+    baselines: list[str] = field(default_factory=list)  # also train on "random" (same-IPC real subset) and/or "full"
+    teacher: str | None = None  # soft only: vldd checkpoint file, "torchvision:<name>" or "timm:<name>"
+    teacher_pretrained: bool = False  # download the library weights of a torchvision/timm teacher id
+    temperature: float = 20.0  # soft-label distillation temperature T
+    shuffle_factor: int | None = None  # soft: ShufflePatches factor; None = 1 for <= 32 px (CIFAR), else 2
+    eval_interval: int | None = None  # epochs between tests; None = hard: max(1, E // 100), soft: 10 (last 20% only)
+    distilled_split: str = "train"  # split read from a Hub/folder distilled set (run directories have one)
+    train_split: str = "train"  # real split the baselines draw from
+    val_split: str = "validation"  # real split tested on; the default falls back to "test", then "val"
+    val_per_class: int | None = None  # keep only the first N val images per class (RDED: 50); None = all
+    real_config_name: str | None = None  # Hub configuration (subset) name of the real dataset
+    real_revision: str | None = None  # Hub revision of the real dataset
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda" or "cuda:N"
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); no effect on CPU
+    num_workers: int | None = None  # DataLoader worker processes; None = 0 on CPU, min(8, CPU count) on CUDA
+    output: str | None = None  # results JSON (PNG beside it); None = RUN_DIR/evaluation/<protocol>-<student>.json
+    record: bool = True  # add the results to the run's manifest.json under "evaluation" (run directories only)
+
+    def __post_init__(self):
+        _check(bool(self.distilled), "`distilled` must be a run directory, dataset id or path, got an empty string")
+        _check(self.protocol in PROTOCOLS, f"`protocol` must be one of {list(PROTOCOLS)}, got {self.protocol!r}")
+        self.student = canonical_student(self.student or DEFAULT_STUDENT[self.protocol])
+        _check(self.student_width > 0, f"`student_width` must be > 0, got {self.student_width}")
+        _check(self.student != "resnet18" or self.student_width == 1.0,
+               f"`student_width` must be 1.0 for resnet18, got {self.student_width}")
+        _check(self.image_size >= 8, f"`image_size` must be >= 8 pixels, got {self.image_size}")
+        _check(self.student != "convnet6" or self.image_size >= 64,
+               f"`image_size` must be >= 64 pixels for convnet6 (six 2x2 poolings), got {self.image_size}")
+        for name in ("epochs", "batch_size", "val_per_class", "eval_interval", "shuffle_factor"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"`{name}` must be >= 1 or None, got {value}")
+        _check(self.repeats >= 1, f"`repeats` must be >= 1, got {self.repeats}")
+        if isinstance(self.baselines, str):
+            self.baselines = [b for b in self.baselines.split(",") if b]
+        bad = [b for b in self.baselines if b not in BASELINES]
+        _check(not bad, f"`baselines` must hold some of {list(BASELINES)}, got {self.baselines}")
+        self.baselines = list(dict.fromkeys(self.baselines))
+        if self.protocol == "soft":
+            _check(bool(self.teacher), "the soft protocol needs a `teacher`: a vldd checkpoint file, "
+                                       "'torchvision:<name>' or 'timm:<name>'")
+        else:
+            _check(self.teacher is None, f"`teacher` is used by the soft protocol only, got {self.teacher!r}")
+        _check(self.temperature > 0, f"`temperature` must be > 0, got {self.temperature}")
+        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+               f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        _check(self.num_workers is None or self.num_workers >= 0,
+               f"`num_workers` must be >= 0 or None, got {self.num_workers}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Protocol rules
+
+
+def hard_epochs(ipc: int, num_classes: int) -> int:
+    """Hard-label training length: 2000 epochs (IPC <= 10), 1500 (<= 50), else 1000; x2/3 for 100+ classes."""
+    epochs = 2000 if ipc <= 10 else 1500 if ipc <= 50 else 1000
+    return epochs * 2 // 3 if num_classes >= 100 else epochs
+
+
+def soft_batch_size(ipc: int, num_classes: int) -> int:
+    """RDED batch size: IPC <= 10 -> 50 (100 with 100+ classes), larger IPC -> 100 (200); capped at IPC x classes."""
+    batch = 50 if ipc <= 10 else 100
+    if num_classes >= 100:
+        batch *= 2
+    return min(batch, ipc * num_classes)
+
+
+def multistep_lr(epoch: int, epochs: int, lr: float = 0.01, gamma: float = 0.2) -> float:
+    """Hard-label learning rate during epoch `epoch` (0-based): x gamma at epochs 2E//3 and 5E//6."""
+    return lr * gamma ** sum(epoch >= m for m in (2 * epochs // 3, 5 * epochs // 6))
+
+
+def half_cosine_lr(epoch: int, epochs: int, lr: float = 1e-3) -> float:
+    """Soft-label learning rate during epoch `epoch` (0-based): lr * 0.5 * (1 + cos(pi * e / (2E))), ends at lr/2."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / (2 * epochs)))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every resolved training hyperparameter of one evaluation (written to the results JSON)."""
+
+    protocol: str
+    student: str
+    student_width: float
+    image_size: int  # pixels
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float | None
+    betas: tuple[float, float] | None
+    weight_decay: float
+    weight_decay_on: str
+    schedule: str
+    milestones: tuple[int, ...]
+    gamma: float | None
+    loss: str
+    temperature: float | None
+    cutmix_beta: float
+    cutmix_prob: float
+    augmentations: tuple[str, ...]
+    shuffle_factor: int | None
+    test_transform: str
+    eval_epochs: tuple[int, ...]  # 1-based epochs after which the student is tested
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_recipe(config: EvalConfig, ipc: int, num_classes: int) -> Recipe:
+    """Applies the protocol's rules (epochs, batch size, test epochs, ...) to the distilled set's IPC and classes."""
+    size = config.image_size
+    test = f"Resize({size // 7 * 8}), CenterCrop({size}), ImageNet mean/std"
+    if config.protocol == "hard":
+        epochs = config.epochs or hard_epochs(ipc, num_classes)
+        interval = config.eval_interval or max(1, epochs // 100)
+        tests = sorted(set(range(interval, epochs + 1, interval)) | {epochs})
+        return Recipe("hard", config.student, config.student_width, size, epochs, config.batch_size or 64,
+                      "SGD", 0.01, 0.9, None, 5e-4, "all parameters", "MultiStepLR at 2E//3 and 5E//6, gamma 0.2",
+                      (2 * epochs // 3, 5 * epochs // 6), 0.2, "cross-entropy, CutMix area-weighted", None, 1.0, 1.0,
+                      (f"RandomResizedCrop({size}, scale=(0.5, 1))", "RandomHorizontalFlip",
+                       "ColorJitter(0.4, 0.4, 0.4)", "Lighting(PCA, 0.1)"), None, test, tuple(tests))
+    epochs = config.epochs or 300
+    factor = config.shuffle_factor or (1 if size <= 32 else 2)
+    interval = config.eval_interval or 10
+    tests = [e for e in range(1, epochs + 1) if (e % interval == 0 or e == epochs) and e > 0.8 * epochs]
+    return Recipe("soft", config.student, config.student_width, size, epochs,
+                  config.batch_size or soft_batch_size(ipc, num_classes), "AdamW", 1e-3, None, (0.9, 0.999), 0.01,
+                  "weights of conv/linear layers (none on biases and norm parameters)",
+                  "LambdaLR 0.5 * (1 + cos(pi * e / (2E))) per epoch", (), None,
+                  f"KLDiv(batchmean) of log_softmax(student/T) vs softmax(teacher/T), T={config.temperature:g}, "
+                  "no T^2", config.temperature, 1.0, 1.0,
+                  (f"ShufflePatches({factor})", f"RandomResizedCrop({size}, scale=(1/{factor}, 1))",
+                   "RandomHorizontalFlip"), factor, test, tuple(tests))
+
+
+def build_optimizer(model, recipe: Recipe):
+    """Returns (optimizer, per-epoch scheduler) of the recipe for `model` (a torch module)."""
+    import torch
+
+    if recipe.protocol == "hard":
+        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                    weight_decay=recipe.weight_decay)
+        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=recipe.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: half_cosine_lr(e, recipe.epochs, 1.0))
+    return optimizer, scheduler
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class LabelledImages:
+    """Rows of a `datasets.Dataset` with their student targets (0..C-1); images stay undecoded until read."""
+
+    dataset: Any  # datasets.Dataset holding only the image column, as Image(decode=False)
+    rows: list[int]
+    targets: list[int]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, positions) -> LabelledImages:
+        return LabelledImages(self.dataset, [self.rows[i] for i in positions], [self.targets[i] for i in positions])
+
+
+class _TorchImages:  # a map-style dataset for torch's DataLoader
+    def __init__(self, images: LabelledImages, transform):
+        self.images, self.transform = images, transform
+        self.column = images.dataset.column_names[0]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        value = self.images.dataset[self.images.rows[i]][self.column]
+        return self.transform(decode_image(value)), self.images.targets[i]
+
+
+def _columns(dataset) -> tuple[Any, list[str], np.ndarray]:
+    """Returns (image-only dataset with undecoded images, label names, label of every row)."""
+    import datasets
+
+    label_column = _find_column(dataset, datasets.ClassLabel, None, "label")
+    image_column = _find_column(dataset, datasets.Image, None, "image")
+    names = list(dataset.features[label_column].names)
+    labels = np.asarray(dataset.select_columns([label_column]).with_format("numpy")[label_column])
+    images = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+    return images, names, labels
+
+
+def is_run_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / "manifest.json").is_file() and (path / "dataset").is_dir()
+
+
+def open_validation(real: str, split: str = "validation", *, config_name: str | None = None,
+                    revision: str | None = None):
+    """Opens the real split to test on; the default "validation" falls back to "test", then "val" (with a warning).
+
+    Returns:
+        (dataset, the split name actually opened)
+    """
+    candidates = [split] + (list(VAL_SPLIT_FALLBACKS) if split == "validation" else [])
+    first_error = None
+    for name in candidates:
+        try:
+            dataset = open_dataset(real, name, config_name, revision)
+        except ValueError as err:
+            first_error = first_error or err
+            continue
+        if name != split:
+            logger.warning("real dataset %r has no %r split; testing on its %r split instead", real, split, name)
+        return dataset, name
+    raise ValueError(f"cannot open a split to test on in real dataset {real!r}: tried {candidates} "
+                     f"({first_error})") from first_error
+
+
+def align_classes(distilled_names: list[str], distilled_labels: np.ndarray, real_names: list[str]
+                  ) -> tuple[list[str], dict[int, int], list[int]]:
+    """Matches the classes present in the distilled set to the real dataset's classes by label name.
+
+    Returns:
+        (class names in student output order, distilled label -> student target, real label id of each target)
+    """
+    present = sorted(set(int(v) for v in distilled_labels))
+    _check(bool(present), "the distilled set has no images")
+    classes = [distilled_names[label] for label in present]
+    missing = [name for name in classes if name not in real_names]
+    _check(not missing, f"{len(missing)} class(es) of the distilled set are not label names of the real dataset: "
+                        f"{missing[:10]}{' ...' if len(missing) > 10 else ''}; real names are "
+                        f"{real_names[:10]}{' ...' if len(real_names) > 10 else ''}")
+    return classes, {label: i for i, label in enumerate(present)}, [real_names.index(n) for n in classes]
+
+
+def _select(images, labels: np.ndarray, real_ids: list[int], per_class: int | None = None) -> LabelledImages:
+    rows, targets = [], []
+    for target, label in enumerate(real_ids):
+        found = np.flatnonzero(labels == label).tolist()
+        found = found[:per_class] if per_class is not None else found
+        rows += found
+        targets += [target] * len(found)
+    return LabelledImages(images, rows, targets)
+
+
+def random_subset(pool: LabelledImages, counts: list[int], seed: int | list[int]) -> LabelledImages:
+    """Draws `counts[t]` images of every target t from `pool` without replacement, with numpy's `default_rng(seed)`."""
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(pool.targets)
+    positions = []
+    for target, count in enumerate(counts):
+        available = np.flatnonzero(targets == target)
+        _check(len(available) >= count, f"the random baseline needs {count} real images of class {target}, the real "
+                                         f"train split has {len(available)}")
+        positions += sorted(rng.choice(available, size=count, replace=False).tolist())
+    return pool.subset(positions)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class RepeatResult:
+    seed: int
+    epochs: list[int]  # 1-based epochs after which the student was tested
+    top1: list[float]  # top-1 accuracy on the real test images at those epochs, in percent
+    train_images: int
+    seconds: float
+    subset_rows: list[int] | None = None  # real train rows drawn for a random baseline
+
+    @property
+    def best(self) -> float:
+        return max(self.top1)
+
+    @property
+    def best_epoch(self) -> int:
+        return self.epochs[int(np.argmax(self.top1))]
+
+    @property
+    def final(self) -> float:
+        return self.top1[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "best": self.best, "best_epoch": self.best_epoch, "final": self.final,
+                "train_images": self.train_images, "seconds": round(self.seconds, 2), "epochs": self.epochs,
+                "top1": self.top1, **({"subset_rows": self.subset_rows} if self.subset_rows is not None else {})}
+
+
+@dataclass
+class RunResult:
+    """One training set ("distilled", "random" or "full") over all repeats; std is over repeats with ddof=0."""
+
+    name: str
+    repeats: list[RepeatResult]
+
+    def stats(self) -> dict[str, float]:
+        best = np.array([r.best for r in self.repeats])
+        final = np.array([r.final for r in self.repeats])
+        return {"best_mean": float(best.mean()), "best_std": float(best.std()),
+                "final_mean": float(final.mean()), "final_std": float(final.std())}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"train_images": self.repeats[0].train_images, **self.stats(),
+                "repeats": [r.to_dict() for r in self.repeats]}
+
+
+@dataclass
+class EvalResult:
+    config: EvalConfig
+    recipe: Recipe
+    classes: list[str]  # student output order
+    ipc: int  # the most distilled images of any class
+    runs: dict[str, RunResult]  # "distilled", then the baselines
+    report: dict[str, Any]  # the results JSON document
+    results_path: Path | None = None
+    plot_path: Path | None = None
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"{self.config.protocol}-label protocol, {self.recipe.student}, {self.recipe.epochs} epochs, "
+                 f"{len(self.classes)} classes, IPC {self.ipc} (top-1 %, mean ± std over {self.config.repeats})"]
+        for name, run in self.runs.items():
+            s = run.stats()
+            lines.append(f"  {name:9s} best {s['best_mean']:5.1f} ± {s['best_std']:.1f}   "
+                         f"final {s['final_mean']:5.1f} ± {s['final_std']:.1f}   ({run.repeats[0].train_images} images)")
+        if self.results_path is not None:
+            lines.append(f"results: {self.results_path}")
+        return lines
+
+
+def plot_curves(runs: dict[str, RunResult], path: str | Path, title: str) -> Path:
+    """Writes an accuracy-vs-epoch PNG: every repeat thin, the mean over repeats bold."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.2), layout="constrained")
+    axes = figure.subplots()
+    for i, (name, run) in enumerate(runs.items()):
+        color = f"C{i}"
+        for repeat in run.repeats:
+            axes.plot(repeat.epochs, repeat.top1, color=color, alpha=0.3, linewidth=0.8)
+        mean = np.mean([r.top1 for r in run.repeats], axis=0)
+        s = run.stats()
+        axes.plot(run.repeats[0].epochs, mean, color=color, linewidth=2, marker="." if len(mean) < 30 else None,
+                  label=f"{name}: best {s['best_mean']:.1f} ± {s['best_std']:.1f}, final {s['final_mean']:.1f}")
+    axes.set(xlabel="epoch", ylabel="top-1 accuracy on real test images (%)", title=title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize="small")
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=110)
+    return path
+
+
+def record_evaluation(run_dir: str | Path, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Adds `entry` to the run manifest's "evaluation" list, replacing an entry of the same protocol and student."""
+    entries = [e for e in read_manifest(run_dir).get("evaluation", [])
+               if (e.get("protocol"), e.get("student")) != (entry["protocol"], entry["student"])]
+    entries.append(entry)
+    update_manifest(run_dir, evaluation=entries)
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device` {name!r} asked for CUDA but torch sees no CUDA device")
+    return device
+
+
+def _amp_dtype(config: EvalConfig, device):
+    import torch
+
+    if device.type != "cuda" or not config.amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _loader(images: LabelledImages, transform, batch_size: int, *, shuffle: bool, seed: int, workers: int,
+            device):
+    import torch
+
+    # A last batch of one image would break batch norm in train mode; drop it then.
+    drop_last = shuffle and len(images) % batch_size == 1 and len(images) > 1
+    return torch.utils.data.DataLoader(
+        _TorchImages(images, transform), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed))
+
+
+def _cached_batches(loader, max_bytes: int = 1 << 30):
+    """Decodes the (deterministic) test set once when it fits in `max_bytes`; else the loader is re-read."""
+    dataset = loader.dataset
+    sample, _ = dataset[0]
+    if len(dataset) * sample.numel() * sample.element_size() > max_bytes:
+        return loader
+    return [(images, targets) for images, targets in loader]
+
+
+def _top1(model, batches, device, amp) -> float:
+    import torch
+
+    model.eval()
+    correct = total = 0
+    for images, targets in batches:
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(images.to(device, non_blocking=True))
+        correct += int((logits.argmax(1).cpu() == targets).sum())
+        total += len(targets)
+    return 100.0 * correct / total
+
+
+@dataclass
+class _Teacher:
+    model: Any  # torch module in eval mode, on the training device
+    index: Any  # LongTensor: teacher output column of every student class
+    meta: dict[str, Any]
+
+
+def _train_repeat(train: LabelledImages, test_batches, recipe: Recipe, num_classes: int, teacher: _Teacher | None,
+                  *, seed: int, device, amp, workers: int, desc: str, progress: bool) -> RepeatResult:
+    import torch
+    from torch.nn import functional as F
+    from tqdm.auto import tqdm
+
+    from .augment import cutmix, hard_train_transform, soft_train_transform
+    from .students import build_student
+
+    start = time.perf_counter()
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # seeds model init and per-image augmentation, restores the caller's RNG
+        torch.manual_seed(seed)
+        model = build_student(recipe.student, num_classes, recipe.image_size, recipe.student_width).to(device)
+        optimizer, scheduler = build_optimizer(model, recipe)
+        transform = (hard_train_transform(recipe.image_size) if recipe.protocol == "hard"
+                     else soft_train_transform(recipe.image_size, recipe.shuffle_factor))
+        loader = _loader(train, transform, min(recipe.batch_size, len(train)), shuffle=True, seed=seed,
+                         workers=workers, device=device)
+        rng = np.random.default_rng(seed)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+        epochs, top1 = [], []
+        bar = tqdm(range(1, recipe.epochs + 1), desc=desc, disable=not progress, leave=False)
+        for epoch in bar:
+            model.train()
+            for images, targets in loader:
+                images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                images, perm, lam = cutmix(images, rng, recipe.cutmix_beta)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    logits = model(images).float()
+                    if teacher is None:
+                        loss = lam * F.cross_entropy(logits, targets) + (1 - lam) * F.cross_entropy(logits, targets[perm])
+                    else:
+                        with torch.no_grad():
+                            soft = teacher.model(images).float()[:, teacher.index]
+                        t = recipe.temperature
+                        loss = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(soft / t, 1), reduction="batchmean")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            scheduler.step()
+            if epoch in recipe.eval_epochs:
+                epochs.append(epoch)
+                top1.append(_top1(model, test_batches, device, amp))
+                bar.set_postfix(top1=f"{top1[-1]:.1f}")
+                logger.debug("%s epoch %d: top-1 %.2f%%", desc, epoch, top1[-1])
+    return RepeatResult(seed, epochs, top1, len(train), time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _load_teacher(config: EvalConfig, classes: list[str], real_names: list[str], real_ids: list[int],
+                  device) -> _Teacher:
+    import torch
+
+    from .students import load_classifier
+
+    model, meta = load_classifier(config.teacher, pretrained=config.teacher_pretrained, image_size=config.image_size)
+    names = meta["class_names"]
+    if names is not None:
+        missing = [c for c in classes if c not in names]
+        _check(not missing, f"teacher {config.teacher!r} has no output for classes {missing[:10]}")
+        index = [names.index(c) for c in classes]
+    elif meta["num_classes"] == len(real_names):
+        index = real_ids  # outputs follow the real dataset's label ids (e.g. ImageNet-1K weights on ImageNet-1K)
+    elif meta["num_classes"] == len(classes):
+        index = list(range(len(classes)))
+    else:
+        raise ValueError(f"teacher {config.teacher!r} has {meta['num_classes']} outputs and no class names; expected "
+                         f"{len(real_names)} (the real dataset's classes) or {len(classes)} (the evaluated classes)")
+    if meta.get("image_size") not in (None, config.image_size):
+        logger.warning("teacher was trained at %s px, students see %d px", meta["image_size"], config.image_size)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return _Teacher(model.to(device).eval(), torch.tensor(index, device=device), meta)
+
+
+def evaluate(config: EvalConfig, *, device=None, progress: bool = False) -> EvalResult:
+    """Trains students on the distilled set (and baselines) under one protocol and tests them on real images.
+
+    Args:
+        config: what to evaluate and how; see `EvalConfig`.
+        device: overrides `config.device` ("cpu", "cuda", a torch.device).
+        progress: show a progress bar per training run.
+
+    Returns:
+        An `EvalResult`; the results JSON and accuracy-vs-epoch PNG are written to `config.output` (default: the run
+        directory's `evaluation/<protocol>-<student>.json`, or `evaluation-<protocol>-<student>.json`), and the
+        summary is recorded in the run's manifest.
+    """
+    import torch
+
+    from .augment import eval_transform
+
+    started = time.perf_counter()
+    device = torch.device(device) if device is not None else _resolve_device(config.device)
+    amp = _amp_dtype(config, device)
+    workers = config.num_workers if config.num_workers is not None else (
+        min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
+
+    # 1. Open the distilled set (a run directory holds it in dataset/ beside its manifest).
+    run_dir = Path(config.distilled) if is_run_dir(config.distilled) else None
+    manifest = read_manifest(run_dir) if run_dir is not None else {}
+    if run_dir is not None:
+        distilled = open_dataset(str(run_dir / "dataset"))
+    else:
+        distilled = open_dataset(config.distilled, config.distilled_split)
+    d_images, d_names, d_labels = _columns(distilled)
+
+    # 2. Open the real test split and align classes by label name.
+    source = manifest.get("source", {})
+    real, config_name, revision = config.real, config.real_config_name, config.real_revision
+    if real is None:  # the run's own source dataset, at the configuration and revision it was distilled from
+        real, config_name = source.get("dataset"), config_name or source.get("config_name")
+        revision = revision or source.get("revision")
+    _check(real is not None, "`real` must name the real dataset (only a run directory's manifest can supply it)")
+    val, val_split = open_validation(real, config.val_split, config_name=config_name, revision=revision)
+    v_images, real_names, v_labels = _columns(val)
+    classes, target_of, real_ids = align_classes(d_names, d_labels, real_names)
+    train_sets = {"distilled": LabelledImages(d_images, list(range(len(d_labels))),
+                                              [target_of[int(v)] for v in d_labels])}
+    counts = np.bincount(train_sets["distilled"].targets, minlength=len(classes)).tolist()
+    ipc = max(counts)
+    if min(counts) != ipc:
+        logger.warning("the distilled set has %d to %d images per class; rules use IPC %d", min(counts), ipc, ipc)
+    test = _select(v_images, v_labels, real_ids, config.val_per_class)
+    logger.info("evaluating %d distilled images of %d classes (IPC %d) on %d %r images of %s", len(d_labels),
+                len(classes), ipc, len(test), val_split, real)
+
+    # 3. Real train images for the baselines.
+    pool = None
+    if config.baselines:
+        t_images, t_names, t_labels = _columns(open_dataset(real, config.train_split, config_name, revision))
+        _check(t_names == real_names, f"real splits {config.train_split!r} and {val_split!r} have different labels")
+        pool = _select(t_images, t_labels, real_ids)
+
+    # 4. Recipe, teacher and the test batches.
+    recipe = resolve_recipe(config, ipc, len(classes))
+    teacher = _load_teacher(config, classes, real_names, real_ids, device) if config.protocol == "soft" else None
+    test_loader = _loader(test, eval_transform(config.image_size), 256 if device.type == "cuda" else 64,
+                          shuffle=False, seed=config.seed, workers=workers, device=device)
+    test_batches = _cached_batches(test_loader)
+
+    # 5. Train every training set under the identical recipe and seeds.
+    runs: dict[str, RunResult] = {}
+    for name in ["distilled", *config.baselines]:
+        repeats = []
+        for r in range(config.repeats):
+            seed = config.seed + r
+            rows = None
+            if name == "distilled":
+                train = train_sets["distilled"]
+            elif name == "random":
+                train = random_subset(pool, counts, [seed, 1])
+                rows = train.rows
+            else:
+                train = pool
+            repeat = _train_repeat(train, test_batches, recipe, len(classes), teacher, seed=seed, device=device,
+                                   amp=amp, workers=workers, desc=f"{name} #{r + 1}", progress=progress)
+            repeat.subset_rows = rows
+            logger.info("%s repeat %d/%d: best %.2f%% (epoch %d), final %.2f%%", name, r + 1, config.repeats,
+                        repeat.best, repeat.best_epoch, repeat.final)
+            repeats.append(repeat)
+        runs[name] = RunResult(name, repeats)
+
+    # 6. Report: JSON, plot and manifest entry.
+    report = _report(config, recipe, classes, counts, real, val_split, len(test), run_dir, source, runs, teacher,
+                     device, amp, time.perf_counter() - started)
+    result = EvalResult(config, recipe, classes, ipc, runs, report)
+    if config.output:
+        output = Path(config.output)
+    elif run_dir is not None:
+        output = run_dir / "evaluation" / f"{config.protocol}-{config.student}.json"
+    else:
+        output = Path(f"evaluation-{config.protocol}-{config.student}.json")
+    result.results_path, result.plot_path = output, output.with_suffix(".png")
+    report["plot"] = result.plot_path.name
+    plot_curves(runs, result.plot_path, f"{config.protocol}-label protocol, {config.student}, IPC {ipc}")
+    write_json(result.results_path, report)
+    if run_dir is not None and config.record:
+        record_evaluation(run_dir, _manifest_entry(report, result.results_path, run_dir))
+    return result
+
+
+def _report(config, recipe, classes, counts, real, val_split, num_test, run_dir, source, runs, teacher, device, amp,
+            seconds) -> dict[str, Any]:
+    import torch
+    import torchvision
+
+    return {
+        "format": REPORT_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "protocol": config.protocol,
+        "student": config.student,
+        "accuracy_unit": "top-1 percent on the real test images; std over repeats with ddof=0",
+        "distilled": {"source": config.distilled, "run_dir": str(run_dir) if run_dir else None,
+                      "source_dataset": source.get("dataset"), "ipc": max(counts), "num_images": int(sum(counts)),
+                      "images_per_class": dict(zip(classes, counts, strict=True))},
+        "real": {"dataset": real, "val_split": val_split, "val_per_class": config.val_per_class,
+                 "num_test_images": num_test, "train_split": config.train_split if config.baselines else None},
+        "classes": classes,
+        "teacher": None if teacher is None else {"spec": config.teacher, **teacher.meta},
+        "recipe": recipe.to_dict(),
+        "config": config.to_dict(),
+        "results": {name: run.to_dict() for name, run in runs.items()},
+        "baselines": list(config.baselines),
+        "device": str(device),
+        "amp": str(amp).replace("torch.", "") if amp is not None else None,
+        "seconds": round(seconds, 1),
+        "versions": {"vldd": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__},
+    }
+
+
+def _manifest_entry(report: dict[str, Any], results_path: Path, run_dir: Path) -> dict[str, Any]:
+    recipe = report["recipe"]
+    try:
+        results_file = str(results_path.resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        results_file = str(results_path)
+    runs = {name: {k: v for k, v in run.items() if k != "repeats"} for name, run in report["results"].items()}
+    return {"protocol": report["protocol"], "student": report["student"], "student_width": recipe["student_width"],
+            "real": report["real"]["dataset"], "val_split": report["real"]["val_split"],
+            "num_test_images": report["real"]["num_test_images"], "image_size": recipe["image_size"],
+            "epochs": recipe["epochs"], "batch_size": recipe["batch_size"], "repeats": report["config"]["repeats"],
+            "teacher": (report["teacher"] or {}).get("spec"), **runs["distilled"],
+            "baselines": {k: v for k, v in runs.items() if k != "distilled"}, "results_file": results_file,
+            "created": report["created"]}
+
