@@ -113,7 +113,79 @@ def _add_stage_commands(sub):
         p.set_defaults(func=_run_stages(stages), reuse_config=name != "distill")
 
 
-COMMANDS = [_add_stage_commands]
+def _push(args) -> int:
+    from .hub import HubError, push_captions, push_distilled
+
+    shared = {"private": args.private, "max_shard_size": args.max_shard_size, "progress": not args.quiet}
+    try:
+        if args.captions:
+            if args.config_name or args.default:
+                raise ValueError("--config-name and --default apply to distilled sets, not to --captions")
+            result = push_captions(args.run_dir, args.repo, **shared)
+        else:
+            result = push_distilled(args.run_dir, args.repo, config_name=args.config_name, default=args.default,
+                                    **shared)
+    except HubError as err:
+        print(f"vldd: error: {err}", file=sys.stderr)
+        return 2
+    name = "" if args.captions else f', "{result.config_name}"'
+    print(f"published {result.num_rows} rows to {result.url} (configuration {result.config_name})")
+    print(f'load it with: datasets.load_dataset("{result.repo_id}"{name}, split="train")')
+    return 0
+
+
+def _add_push(sub):
+    help_text = "publish a run's distilled set (or, with --captions, its captions) to the Hugging Face Hub"
+    p = sub.add_parser("push", help=help_text, description=f"{help_text}. The token comes from HF_TOKEN, else "
+                       "from `hf auth login`; it needs write access.")
+    p.add_argument("run_dir", help="run directory (holds manifest.json, dataset/ and captions/)")
+    p.add_argument("--repo", metavar="NAMESPACE/NAME", help="target dataset repository (a bare NAME goes to your "
+                   "namespace); default <you>/<source>-vldd-ipc<N>, or <you>/<source>-vldd-captions with --captions")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--captions", action="store_true", help="publish the run's captions as their own dataset")
+    p.add_argument("--config-name", help="dataset configuration to publish the run as (default ipc<N>-seed<S>)")
+    p.add_argument("--default", action="store_true",
+                   help="make this configuration the one load_dataset(repo) loads (the first one pushed always is)")
+    p.add_argument("--max-shard-size", metavar="SIZE", help="largest parquet shard, e.g. 500MB (the default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_push)
+
+
+def _evaluate(args) -> int:
+    from .evaluation import EvalConfig, evaluate
+
+    values = {k[5:]: v for k, v in vars(args).items() if k.startswith("eval:") and v is not None}
+    result = evaluate(EvalConfig(**values), progress=not args.quiet)
+    for line in result.summary_lines():
+        print(line)
+    return 0
+
+
+def _add_evaluate(sub):
+    from .evaluation import BASELINES, PROTOCOLS, EvalConfig
+
+    help_text = "score a distilled set: train students on it and test them on real images (hard or soft labels)"
+    p = sub.add_parser("evaluate", help=help_text, description=f"{help_text}. See vldd/evaluation.py (EvalConfig) "
+                       "for every setting's meaning and units.")
+    hints = typing.get_type_hints(EvalConfig)
+    for f in dataclasses.fields(EvalConfig):
+        kind, flag = hints[f.name], f"--{f.name.replace('_', '-')}"
+        if f.name == "baselines":
+            p.add_argument("--baseline", dest="eval:baselines", action="extend", default=None,
+                           metavar="{" + ",".join(BASELINES) + "}", type=lambda text: [t for t in text.split(",") if t],
+                           help="also train on a same-IPC random real subset and/or the full real train set")
+        elif kind is bool:
+            p.add_argument(flag, dest=f"eval:{f.name}", action=argparse.BooleanOptionalAction, default=None)
+        else:
+            choices = PROTOCOLS if f.name == "protocol" else None
+            p.add_argument(flag, dest=f"eval:{f.name}", default=None, required=f.name == "distilled",
+                           choices=choices, metavar=None if choices else "VALUE",
+                           type=lambda text, kind=kind: _parse_value(kind, text))
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_evaluate)
+
+
+COMMANDS = [_add_stage_commands, _add_push, _add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:
