@@ -164,3 +164,22 @@ def test_single_stage_commands_need_their_inputs(tiny_cache, tmp_path):
     overrides = tiny_overrides(tmp_path)
     with pytest.raises(ValueError, match="captions are missing for classes \\['circle', 'stripes'\\]; run `vldd caption`"):
         distill(load_config(overrides=overrides), stages=("text",), cache_dir=tiny_cache)
+
+
+def test_two_processes_under_accelerate_give_the_single_process_dataset(reference_run, tiny_cache, tmp_path):
+    out = tmp_path / "sharded"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_overrides(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # accelerate's --cpu runs one process unless mpirun is installed; torchrun's processes (--multi_gpu) fall back to
+    # gloo on a machine without CUDA, which is how CPU-only multi-process runs work.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli",
+               "distill", "--config", str(config), "--cache-dir", str(tiny_cache), "--quiet", "--device", "cpu"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sharded = datasets.load_from_disk(str(out / "dataset"))
+    reference = reference_run[1].dataset
+    assert json.loads((out / "manifest.json").read_text())["processes"] == 2
+    assert sharded["prompt"] == reference["prompt"] and sharded["label"] == reference["label"]
+    assert all(np.array_equal(a, b) for a, b in zip(_images(sharded), _images(reference)))

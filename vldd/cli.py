@@ -89,9 +89,24 @@ def _run_stages(stages):
         from .pipeline import distill
 
         config = config_from_args(args)
-        result = distill(config, stages=stages, cache_dir=args.cache_dir, progress=not args.quiet)
-        for line in result.summary_lines():
-            print(line)
+        processes = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: one process per GPU
+            from accelerate import PartialState
+
+            from .pipeline import Processes
+
+            import torch
+
+            # On a machine without CUDA, torchrun's processes (`accelerate launch --multi_gpu`) talk through gloo.
+            state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())
+            processes = Processes.from_accelerate(state)
+            if config.device == "auto":
+                config.device = str(state.device) if state.device.type == "cuda" else "cpu"
+        result = distill(config, stages=stages, cache_dir=args.cache_dir, progress=not args.quiet,
+                         processes=processes)
+        if processes is None or processes.is_main:
+            for line in result.summary_lines():
+                print(line)
         return 0
 
     return run

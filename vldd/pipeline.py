@@ -12,6 +12,7 @@ import gc
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,28 @@ class DistillResult:
         else:
             lines.append(f"stages done: {', '.join(self.manifest.get('stages_done', []))} in {self.run_dir}")
         return lines
+
+
+@dataclass
+class Processes:
+    """This process's place among the processes sharing a run (one per GPU under `accelerate launch`).
+
+    Classes are dealt out round-robin (`classes[index::count]`); every seed depends on the class, never on the
+    process, so the result is the same whatever the process count.
+    """
+
+    index: int = 0  # this process's rank
+    count: int = 1  # number of processes
+    wait: Callable[[], None] = lambda: None  # barrier: returns once every process has reached it
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    @classmethod
+    def from_accelerate(cls, state) -> Processes:
+        """From an `accelerate.PartialState`."""
+        return cls(state.process_index, state.num_processes, state.wait_for_everyone)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -121,7 +144,8 @@ def _classes_to_run(source: SourceDataset, config: DistillConfig) -> dict[int, i
 
 # --- stage 1: captions -------------------------------------------------------------------------------------------
 
-def caption_stage(source: SourceDataset, config: DistillConfig, stage: StageDir, captioner, progress: bool) -> None:
+def caption_stage(source: SourceDataset, config: DistillConfig, stage: StageDir, captioner, classes: list[int],
+                  progress: bool) -> None:
     from .captioning import build_prompt, caption_images
 
     published = None
@@ -130,7 +154,7 @@ def caption_stage(source: SourceDataset, config: DistillConfig, stage: StageDir,
 
         published = load_published_captions(config.caption.from_hub)
         published = dict(zip(published["source_index"], published["caption"]))
-    for label in _progress(source.classes, "captions", progress):
+    for label in _progress(classes, "captions", progress):
         if stage.has(label, ".json"):
             continue
         images, rows, skipped = source.load_class(label)
@@ -171,11 +195,11 @@ def write_captions_dataset(source: SourceDataset, config: DistillConfig, stage: 
 # --- stage 2: image prototypes -------------------------------------------------------------------------------------
 
 def prototype_stage(source: SourceDataset, config: DistillConfig, stage: StageDir, vae, plan: dict[int, int],
-                    progress: bool) -> None:
+                    classes: list[int], progress: bool) -> None:
     from .prototypes import build_prototypes, count_inliers, encode_images
 
     p = config.prototypes
-    for label in _progress(source.classes, "prototypes", progress):
+    for label in _progress(classes, "prototypes", progress):
         if stage.has(label, ".pt"):
             continue
         images, rows, skipped = source.load_class(label)
@@ -204,10 +228,10 @@ def prototype_stage(source: SourceDataset, config: DistillConfig, stage: StageDi
 # --- stage 3: text prototypes --------------------------------------------------------------------------------------
 
 def text_stage(source: SourceDataset, config: DistillConfig, stage: StageDir, captions: StageDir,
-               prototypes: StageDir) -> None:
+               prototypes: StageDir, classes: list[int]) -> None:
     from .text_prototypes import select_text_prototypes
 
-    for label in source.classes:
+    for label in classes:
         if stage.has(label, ".json"):
             continue
         caps = read_json(captions.file(label, ".json"))
@@ -233,11 +257,11 @@ def text_stage(source: SourceDataset, config: DistillConfig, stage: StageDir, ca
 # --- stage 4: generation -------------------------------------------------------------------------------------------
 
 def generate_stage(source: SourceDataset, config: DistillConfig, stage: StageDir, text: StageDir,
-                   prototypes: StageDir, pipe, progress: bool) -> None:
+                   prototypes: StageDir, pipe, classes: list[int], progress: bool) -> None:
     from .generation import generate_images
 
     g = config.generation
-    for label in _progress(source.classes, "generate", progress):
+    for label in _progress(classes, "generate", progress):
         if stage.has(label, ""):
             continue
         protos = torch.load(prototypes.file(label, ".pt"), weights_only=True)
@@ -255,7 +279,7 @@ def generate_stage(source: SourceDataset, config: DistillConfig, stage: StageDir
 
 # --- output --------------------------------------------------------------------------------------------------------
 
-def assemble_dataset(source: SourceDataset, config: DistillConfig, stages: dict[str, StageDir], run_dir: Path):
+def assemble_dataset(source: SourceDataset, config: DistillConfig, stages: dict[str, StageDir], run_dir: Path) -> None:
     """Writes RUN_DIR/dataset (save_to_disk) and RUN_DIR/preview.png from the per-class results."""
     import datasets
 
@@ -288,7 +312,6 @@ def assemble_dataset(source: SourceDataset, config: DistillConfig, stages: dict[
         dataset.save_to_disk(str(tmp))
     with atomic_path(run_dir / "preview.png", ".png") as tmp:
         preview_grid(columns["image"], columns["label"]).save(tmp)
-    return datasets.load_from_disk(str(run_dir / "dataset"))
 
 
 def preview_grid(images: list[Image.Image], labels: list[int], cell: int = 96) -> Image.Image:
@@ -318,7 +341,8 @@ def _free(*models) -> None:
 
 
 def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cache_dir: str | Path | None = None,
-            progress: bool = False, captioner=None, pipeline=None) -> DistillResult:
+            progress: bool = False, captioner=None, pipeline=None, processes: Processes | None = None
+            ) -> DistillResult:
     """Runs the VLCP distillation; every stage resumes from what the run directory already holds.
 
     Args:
@@ -329,25 +353,96 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
         progress: tqdm bars over classes.
         captioner: an already loaded `vldd.captioning.Captioner` (else loaded from `config.caption.model`).
         pipeline: an already loaded img2img pipeline (else loaded from `config.generation.model`).
+        processes: this process's share of a multi-process run (see `Processes`); None = the only process.
     """
     stages = STAGES if stages is None else tuple(stages)
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise ValueError(f"unknown stages {bad}; expected some of {list(STAGES)}")
+    processes = processes or Processes()
     run_dir = Path(config.output)
     timings: dict[str, float] = {}
 
     # 1. Prepare the run directory.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", config.to_yaml())
+    if processes.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", config.to_yaml())
 
-    # 2. Load the source dataset and check every class has enough images for IPC.
+    # 2. Load the source dataset, check every class has enough images for IPC, and take this process's share.
     t = time.perf_counter()
     source = load_source(config.data)
     plan = _classes_to_run(source, config)
+    mine = source.classes[processes.index::processes.count]
     timings["load"] = time.perf_counter() - t
 
     # 3. Name each stage's inputs: a changed setting recomputes that stage and what depends on it, nothing else.
+    dirs = _stage_dirs(run_dir, config, source, processes)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+
+    # 4. Captions: load the captioner once, caption every class not yet done, free it.
+    if "caption" in stages:
+        t = time.perf_counter()
+        todo = [label for label in mine if not dirs["caption"].has(label, ".json")]
+        if todo and captioner is None and not config.caption.from_hub:
+            from .captioning import load_captioner
+
+            captioner = load_captioner(config.caption.model, revision=config.caption.revision, device=device,
+                                       dtype=dtype, cache_dir=cache_dir)
+        caption_stage(source, config, dirs["caption"], captioner, mine, progress)
+        _free(captioner)
+        captioner = None
+        timings["caption"] = time.perf_counter() - t
+
+    # 5. Image prototypes, 6. text prototypes, 7. generation: one SD pipeline serves the VAE and the denoising.
+    needs_pipe = ("prototypes" in stages and any(not dirs["prototypes"].has(c, ".pt") for c in mine)) or (
+        "generate" in stages and any(not dirs["generate"].has(c, "") for c in mine))
+    if needs_pipe and pipeline is None:
+        from .generation import load_pipeline
+
+        g = config.generation
+        pipeline = load_pipeline(g.model, revision=g.revision, device=device, dtype=dtype, scheduler=g.scheduler,
+                                 lora=g.lora, cache_dir=cache_dir)
+    if "prototypes" in stages:
+        t = time.perf_counter()
+        prototype_stage(source, config, dirs["prototypes"], pipeline.vae if needs_pipe else None, plan, mine,
+                        progress)
+        timings["prototypes"] = time.perf_counter() - t
+    if "text" in stages:
+        t = time.perf_counter()
+        _require(source, dirs["caption"], ".json", "captions", "vldd caption", mine)
+        _require(source, dirs["prototypes"], ".pt", "image prototypes", "vldd prototypes", mine)
+        text_stage(source, config, dirs["text"], dirs["caption"], dirs["prototypes"], mine)
+        timings["text"] = time.perf_counter() - t
+    if "generate" in stages:
+        t = time.perf_counter()
+        _require(source, dirs["text"], ".json", "text prototypes", "vldd prototypes", mine)
+        generate_stage(source, config, dirs["generate"], dirs["text"], dirs["prototypes"], pipeline, mine, progress)
+        timings["generate"] = time.perf_counter() - t
+
+    # 8. Once every process is done: the main process writes the captions, the dataset, preview and manifest.
+    processes.wait()
+    if processes.is_main:
+        t = time.perf_counter()
+        if "caption" in stages:
+            _require(source, dirs["caption"], ".json", "captions", "vldd caption", source.classes)
+            write_captions_dataset(source, config, dirs["caption"], run_dir)
+        if "generate" in stages:
+            _require(source, dirs["generate"], "", "generated images", "vldd generate", source.classes)
+            assemble_dataset(source, config, dirs, run_dir)
+        timings["output"] = time.perf_counter() - t
+        _manifest(run_dir, config, source, stages, timings, dirs, dtype, device, processes.count)
+    processes.wait()
+    dataset = None
+    if "generate" in stages:
+        import datasets
+
+        dataset = datasets.load_from_disk(str(run_dir / "dataset"))
+    return DistillResult(run_dir, dataset, read_json(run_dir / "manifest.json", default={}))
+
+
+def _stage_dirs(run_dir: Path, config: DistillConfig, source: SourceDataset, processes: Processes
+                ) -> dict[str, StageDir]:
     data_key = fingerprint(config.data.dataset, config.data.config_name, config.data.split, config.data.revision,
                            source.revision, config.data.max_images_per_class, config.data.image_column,
                            config.data.label_column)
@@ -358,64 +453,21 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     fp["text"] = fingerprint(fp["caption"], fp["prototypes"], config.text)
     gen = {k: v for k, v in vars(config.generation).items() if k != "batch_size"}  # batching changes no result
     fp["generate"] = fingerprint(fp["text"], gen, config.seed)
-    dirs = {name: StageDir(run_dir, name, fp[name]) for name in STAGES}
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-
-    # 4. Captions: load the captioner once, caption every class not yet done, free it.
-    if "caption" in stages:
-        t = time.perf_counter()
-        todo = [label for label in source.classes if not dirs["caption"].has(label, ".json")]
-        if todo and captioner is None and not config.caption.from_hub:
-            from .captioning import load_captioner
-
-            captioner = load_captioner(config.caption.model, revision=config.caption.revision, device=device,
-                                       dtype=dtype, cache_dir=cache_dir)
-        caption_stage(source, config, dirs["caption"], captioner, progress)
-        write_captions_dataset(source, config, dirs["caption"], run_dir)
-        _free(captioner)
-        captioner = None
-        timings["caption"] = time.perf_counter() - t
-
-    # 5. Image prototypes, 6. text prototypes, 7. generation: one SD pipeline serves the VAE and the denoising.
-    needs_pipe = ("prototypes" in stages and any(not dirs["prototypes"].has(c, ".pt") for c in source.classes)) or (
-        "generate" in stages and any(not dirs["generate"].has(c, "") for c in source.classes))
-    if needs_pipe and pipeline is None:
-        from .generation import load_pipeline
-
-        g = config.generation
-        pipeline = load_pipeline(g.model, revision=g.revision, device=device, dtype=dtype, scheduler=g.scheduler,
-                                 lora=g.lora, cache_dir=cache_dir)
-    if "prototypes" in stages:
-        t = time.perf_counter()
-        prototype_stage(source, config, dirs["prototypes"], pipeline.vae if needs_pipe else None, plan, progress)
-        timings["prototypes"] = time.perf_counter() - t
-    if "text" in stages:
-        t = time.perf_counter()
-        _require(source, dirs["caption"], ".json", "captions", "vldd caption")
-        _require(source, dirs["prototypes"], ".pt", "image prototypes", "vldd prototypes")
-        text_stage(source, config, dirs["text"], dirs["caption"], dirs["prototypes"])
-        timings["text"] = time.perf_counter() - t
-    dataset = None
-    if "generate" in stages:
-        t = time.perf_counter()
-        _require(source, dirs["text"], ".json", "text prototypes", "vldd prototypes")
-        generate_stage(source, config, dirs["generate"], dirs["text"], dirs["prototypes"], pipeline, progress)
-        dataset = assemble_dataset(source, config, dirs, run_dir)
-        timings["generate"] = time.perf_counter() - t
-
-    # 8. Record what was done, with what, and how long it took.
-    manifest = _manifest(run_dir, config, source, stages, timings, dirs, dtype, device)
-    return DistillResult(run_dir, dataset, manifest)
+    dirs = {}
+    if processes.is_main:  # only the main process may clear a stale stage
+        dirs = {name: StageDir(run_dir, name, fp[name]) for name in STAGES}
+    processes.wait()
+    return dirs or {name: StageDir(run_dir, name, fp[name]) for name in STAGES}
 
 
-def _require(source: SourceDataset, stage: StageDir, suffix: str, what: str, command: str) -> None:
-    missing = [source.class_names[c] for c in source.classes if not stage.has(c, suffix)]
+def _require(source: SourceDataset, stage: StageDir, suffix: str, what: str, command: str, classes: list[int]
+             ) -> None:
+    missing = [source.class_names[c] for c in classes if not stage.has(c, suffix)]
     if missing:
         raise ValueError(f"{what} are missing for classes {missing[:10]}; run `{command}` on this run directory first")
 
 
-def _manifest(run_dir, config, source, stages, timings, dirs, dtype, device) -> dict:
+def _manifest(run_dir, config, source, stages, timings, dirs, dtype, device, n_processes) -> dict:
     previous = read_json(run_dir / "manifest.json", default={})
     counts: dict[str, Any] = {"classes": len(source.classes), "images_per_class": {}, "skipped_per_class": {},
                               "outliers_per_class": {}, "cluster_sizes": {}, "text_fallbacks": 0}
@@ -451,7 +503,7 @@ def _manifest(run_dir, config, source, stages, timings, dirs, dtype, device) -> 
         versions=_versions(),
         seeds={"run": config.seed, "image_generator": "seed * 1000003 + (label * 100000 + cluster)",
                "vae_sample": "seed * 1000003 + source row"},
-        device=str(device), dtype=str(dtype).replace("torch.", ""),
+        device=str(device), dtype=str(dtype).replace("torch.", ""), processes=n_processes,
         timings={**previous.get("timings", {}), **{k: round(v, 3) for k, v in timings.items()}},
         counts=counts,
         fingerprints={name: d.fingerprint for name, d in dirs.items()},
