@@ -91,11 +91,10 @@ def _run_stages(stages):
         config = config_from_args(args)
         processes = None
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: one process per GPU
+            import torch
             from accelerate import PartialState
 
             from .pipeline import Processes
-
-            import torch
 
             # On a machine without CUDA, torchrun's processes (`accelerate launch --multi_gpu`) talk through gloo.
             state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())
