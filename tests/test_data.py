@@ -129,3 +129,17 @@ def test_presets_and_yaml_file(tmp_path):
     config = load_config(path, {"ipc": 5})
     assert (config.ipc, config.generation.guidance_scale, config.generation.model) == (5, 8, "tiny://stable-diffusion")
     assert DistillConfig().generation.num_inference_steps == 50
+
+
+@pytest.mark.parametrize("kind", ["sample", "folder"])
+def test_streaming_reads_the_same_rows_and_stops_early(kind, image_folder):
+    dataset = "sample" if kind == "sample" else str(image_folder)
+    classes = ["triangle", "stripes"] if kind == "sample" else ["pear"]
+    plain = load_source(DataConfig(dataset=dataset, classes=classes, max_images_per_class=5))
+    streamed = load_source(DataConfig(dataset=dataset, classes=classes, max_images_per_class=5, streaming=True))
+    assert streamed.indices == plain.indices and streamed.class_names == plain.class_names
+    assert streamed.dataset.num_rows == sum(len(r) for r in plain.indices.values())  # nothing else was kept
+    for label in plain.classes:
+        a, rows_a, _ = plain.load_class(label)
+        b, rows_b, _ = streamed.load_class(label)
+        assert rows_a == rows_b and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))

@@ -42,6 +42,7 @@ class DataConfig:
     classes: list[str | int] | None = None  # subset of classes by name or index; None = all
     max_images_per_class: int | None = None  # cap on source images per class (first N); None = all
     too_few_images: str = "error"  # class with fewer usable images than IPC: "error" or "reduce" (fewer clusters)
+    streaming: bool = False  # stream the source, keeping only the selected classes' first images (no full download)
 
     def __post_init__(self):
         _check(bool(self.dataset), "`data.dataset` must be a dataset id or path, got an empty string")

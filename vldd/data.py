@@ -33,6 +33,7 @@ class SourceDataset:
     indices: dict[int, list[int]]  # row indices per selected label (after the per-class cap)
     revision: str | None = None  # resolved dataset fingerprint / commit, for the manifest
     skipped: dict[int, int] = field(default_factory=dict)  # undecodable images per label, filled by load_class
+    positions: dict[int, int] | None = None  # streamed sources: source row -> position in the local copy
 
     def counts(self) -> dict[int, int]:
         return {label: len(rows) for label, rows in self.indices.items()}
@@ -44,7 +45,8 @@ class SourceDataset:
             (images, row indices of those images, number of undecodable images skipped)
         """
         rows = self.indices[label]
-        column = self.dataset.select(rows)[self.image_column] if rows else []
+        positions = [self.positions[r] for r in rows] if self.positions is not None else rows
+        column = self.dataset.select(positions)[self.image_column] if rows else []
         images, kept, skipped = [], [], 0
         for row, value in zip(rows, column):
             try:
@@ -89,10 +91,25 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
 
 
-def open_dataset(dataset: str, split: str = "train", config_name: str | None = None, revision: str | None = None):
-    """Opens `dataset` (Hub id, image folder, `save_to_disk` directory, or "sample") and returns one split."""
+def open_dataset(dataset: str, split: str = "train", config_name: str | None = None, revision: str | None = None,
+                 streaming: bool = False):
+    """Opens `dataset` (Hub id, image folder, `save_to_disk` directory, or "sample") and returns one split.
+
+    With `streaming`, returns an `IterableDataset` that reads rows as they are iterated.
+    """
     import datasets
 
+    if streaming:
+        path = Path(dataset).expanduser()
+        if dataset == "sample" or (path.is_dir() and _is_saved_dataset(path)):
+            return open_dataset(dataset, split, config_name, revision).to_iterable_dataset()
+        kwargs = {"data_dir": str(path)} if path.is_dir() else {"name": config_name, "revision": revision}
+        try:
+            return datasets.load_dataset("imagefolder" if path.is_dir() else dataset, split=split, streaming=True,
+                                         **kwargs)
+        except Exception as err:
+            raise ValueError(f"could not stream dataset {dataset!r} (split {split!r}) ({type(err).__name__}: {err})"
+                             ) from err
     if dataset == "sample":
         from .sample import load_sample
 
@@ -164,7 +181,9 @@ def load_source(config: DataConfig) -> SourceDataset:
     """
     import datasets
 
-    dataset = open_dataset(config.dataset, config.split, config.config_name, config.revision)
+    dataset = open_dataset(config.dataset, config.split, config.config_name, config.revision, config.streaming)
+    if config.streaming:
+        return _load_streamed(dataset, config)
     label_column = config.label_column
     if label_column is not None and label_column in dataset.features and not isinstance(
             dataset.features[label_column], datasets.ClassLabel):
@@ -185,3 +204,49 @@ def load_source(config: DataConfig) -> SourceDataset:
         indices[label] = rows
     revision = getattr(dataset, "_fingerprint", None)
     return SourceDataset(dataset, config.dataset, image_column, label_column, names, classes, indices, revision)
+
+
+def _load_streamed(stream, config: DataConfig) -> SourceDataset:
+    """Reads a streamed split only until every selected class has its images, into a local Arrow file.
+
+    Row numbers are positions in the stream, so they match the non-streamed dataset's rows.
+    """
+    import tempfile
+
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    features = stream.features
+    if features is None:
+        raise ValueError(f"dataset {config.dataset!r} does not declare its features when streamed; "
+                         "run without streaming")
+    label_column = _find_column(stream, datasets.ClassLabel, config.label_column, "label")
+    image_column = _find_column(stream, datasets.Image, config.image_column, "image")
+    names = list(features[label_column].names)
+    classes = _resolve_classes(config.classes, names)
+    cap = config.max_images_per_class
+    wanted = {label: cap if cap is not None else float("inf") for label in classes}
+    stream = stream.select_columns([image_column, label_column]).cast_column(image_column,
+                                                                             datasets.Image(decode=False))
+    local = datasets.Features({image_column: datasets.Image(decode=False), label_column: features[label_column],
+                               "source_row": datasets.Value("int64")})
+    path = Path(tempfile.mkdtemp(prefix="vldd-stream-")) / "data.arrow"
+    indices: dict[int, list[int]] = {label: [] for label in classes}
+    with ArrowWriter(features=local, path=str(path)) as writer:
+        kept = 0
+        for row, example in enumerate(stream):
+            label = example[label_column]
+            if wanted.get(label, 0) > 0:
+                wanted[label] -= 1
+                indices[label].append(row)
+                writer.write({image_column: example[image_column], label_column: label, "source_row": row})
+                kept += 1
+                if all(left <= 0 for left in wanted.values()):
+                    break  # every selected class is full: stop reading the stream
+        writer.finalize()
+    local_dataset = datasets.Dataset.from_file(str(path))
+    position = {row: i for i, row in enumerate(local_dataset["source_row"])}
+    source = SourceDataset(local_dataset, config.dataset, image_column, label_column, names, classes, indices,
+                           revision=None)
+    source.positions = position
+    return source
