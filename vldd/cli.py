@@ -199,7 +199,117 @@ def _add_evaluate(sub):
     p.set_defaults(func=_evaluate)
 
 
-COMMANDS = [_add_stage_commands, _add_push, _add_evaluate]
+def _plan(args) -> int:
+    from .plan import format_plan, plan_run
+
+    config = config_from_args(args)
+    estimates = plan_run(config, cache_dir=args.cache_dir, processes=args.processes)
+    for line in format_plan(estimates, args.processes):
+        print(line)
+    if config.is_tiny:
+        print("NOTE: tiny preset: the figures are for the random-weight test models, not real ones")
+    return 0
+
+
+def _add_plan(sub):
+    help_text = "estimate each stage's time and memory on this device before running (measures a few items)"
+    p = sub.add_parser("plan", help=help_text, description=help_text)
+    add_config_flags(p)
+    p.add_argument("--processes", type=int, default=1, help="processes (GPUs) that will share the run")
+    p.add_argument("--cache-dir", default=os.environ.get("VLDD_CACHE", str(Path.home() / ".cache" / "vldd")),
+                   help="where the tiny preset's models are built (default: $VLDD_CACHE or ~/.cache/vldd)")
+    p.set_defaults(func=_plan, reuse_config=False)
+
+
+def _finetune(args) -> int:
+    from .finetuning import finetune, finetune_config
+
+    values = {k[3:]: v for k, v in vars(args).items() if k.startswith("ft:") and v is not None}
+    if args.run_dir and values.get("captions") not in (None, args.run_dir):
+        raise ValueError(f"give the captions once: a run directory ({args.run_dir!r}) or --captions "
+                         f"({values['captions']!r}), not both")
+    values.setdefault("captions", args.run_dir)
+    if not values["captions"]:
+        raise ValueError("give the captions: a run directory (vldd finetune RUN_DIR ...) or --captions HUB_ID")
+    result = finetune(finetune_config(args.preset, **values), cache_dir=args.cache_dir, progress=not args.quiet)
+    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, only the main process reports
+        for line in result.summary_lines():
+            print(line)
+    return 0
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """A dataclass's end-of-line field comments, as flag help."""
+    import inspect
+    import re
+
+    found = (re.match(r"\s+(\w+): [^=]+=.*?  # (.*)$", line) for line in inspect.getsource(cls).splitlines())
+    return {m.group(1): m.group(2).replace("%", "%%") for m in found if m}
+
+
+def _add_finetune(sub):
+    from .finetuning import PRESETS, FinetuneConfig
+
+    help_text = ("fine-tune Stable Diffusion on a run's (image, caption) pairs, fully or with LoRA (VLCP step 2); "
+                 "multi-GPU with `accelerate launch -m vldd.cli finetune ...`")
+    p = sub.add_parser("finetune", help=help_text, description=f"{help_text}. Defaults are the paper's recipe; see "
+                       "vldd/finetuning.py (FinetuneConfig). A rerun with the same --output resumes from its newest "
+                       "checkpoint.")
+    p.add_argument("run_dir", nargs="?", help="run directory whose captions/ (and manifest.json) to train on")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                   help="starting values: paper (default) or tiny (the CPU test model)")
+    hints, comments = typing.get_type_hints(FinetuneConfig), _field_comments(FinetuneConfig)
+    aliases = {"base_model": ["--base"], "push_to_hub": [], "captions": []}
+    for f in dataclasses.fields(FinetuneConfig):
+        kind, flags = hints[f.name], [f"--{f.name.replace('_', '-')}", *aliases.get(f.name, [])]
+        if kind is bool:
+            p.add_argument(*flags, dest=f"ft:{f.name}", action=argparse.BooleanOptionalAction, default=None,
+                           help=comments.get(f.name))
+        else:
+            metavar = {"captions": "RUN_DIR|DIR|HUB_ID", "base_model": "SD_ID|DIR", "push_to_hub": "REPO",
+                       "output": "DIR"}.get(f.name, "VALUE")
+            p.add_argument(*flags, dest=f"ft:{f.name}", default=None, metavar=metavar, help=comments.get(f.name),
+                           type=lambda text, kind=kind: _parse_value(kind, text))
+    p.add_argument("--cache-dir", default=os.environ.get("VLDD_CACHE", str(Path.home() / ".cache" / "vldd")),
+                   help="where the tiny preset's models are built (default: $VLDD_CACHE or ~/.cache/vldd)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_finetune)
+
+
+def find_app_file() -> Path:
+    """The Gradio app's app.py: beside the vldd package (a checkout), else in the current directory."""
+    for path in (Path(__file__).resolve().parents[1] / "app.py", Path.cwd() / "app.py"):
+        if path.is_file():
+            return path
+    raise FileNotFoundError("app.py was not found beside the vldd package or in the current directory; run "
+                            "`vldd app` from a vldd checkout (the app is the repository's app.py)")
+
+
+def _app(args) -> int:
+    import runpy
+
+    path = find_app_file()
+    if args.cache_dir:
+        os.environ["VLDD_CACHE"] = args.cache_dir
+    forwarded = [*(["--host", args.host] if args.host else []), *(["--port", str(args.port)] if args.port else []),
+                 *(["--share"] if args.share else [])]
+    sys.argv = [str(path), *forwarded]
+    runpy.run_path(str(path), run_name="__main__")  # app.py's main(): builds the demo and serves it until Ctrl+C
+    return 0
+
+
+def _add_app(sub):
+    help_text = "serve the Gradio app locally (the same app.py that runs as a Hugging Face Space)"
+    p = sub.add_parser("app", help=help_text, description=f"{help_text}. Settings: spaces_config.yaml.")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 serves the network)")
+    p.add_argument("--port", type=int, help="port (default 7860, or the next free one)")
+    p.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
+    p.add_argument("--cache-dir", default=os.environ.get("VLDD_CACHE"),
+                   help="where the tiny preset's models are built (default: $VLDD_CACHE or ~/.cache/vldd)")
+    p.set_defaults(func=_app)
+
+
+COMMANDS = [_add_stage_commands, _add_plan, _add_push, _add_evaluate, _add_finetune, _add_app]
 
 
 def build_parser() -> argparse.ArgumentParser:
