@@ -151,6 +151,7 @@ def test_corrupt_image_in_a_folder_is_skipped_and_counted(tiny_cache, tmp_path):
     assert result.dataset.num_rows == 4
     assert result.manifest["counts"]["skipped_per_class"] == {"apple": 0, "pear": 1}
     assert result.dataset.features["label"].names == ["apple", "pear"]
+    assert set(result.dataset["source_dataset"]) == {"folder"}  # not the local path
 
 
 def test_cli_reports_bad_input_without_a_traceback(capsys, tmp_path):

@@ -152,7 +152,7 @@ def caption_stage(source: SourceDataset, config: DistillConfig, stage: StageDir,
     if config.caption.from_hub:
         from .hub import load_published_captions
 
-        published = load_published_captions(config.caption.from_hub)
+        published = load_published_captions(config.caption.from_hub, class_names=source.class_names)
         published = dict(zip(published["source_index"], published["caption"]))
     for label in _progress(classes, "captions", progress):
         if stage.has(label, ".json"):
@@ -283,6 +283,8 @@ def assemble_dataset(source: SourceDataset, config: DistillConfig, stages: dict[
     """Writes RUN_DIR/dataset (save_to_disk) and RUN_DIR/preview.png from the per-class results."""
     import datasets
 
+    # a local path would leak the user's directory layout into published data: keep only its last part
+    source_name = Path(source.source_id).name if Path(source.source_id).exists() else source.source_id
     columns: dict[str, list] = {k: [] for k in ("image", "label", "class_name", "prompt", "cluster", "cluster_size",
                                                 "seed", "source_dataset", "source_row", "text_fallback")}
     for label in source.classes:
@@ -298,7 +300,7 @@ def assemble_dataset(source: SourceDataset, config: DistillConfig, stages: dict[
             columns["cluster"].append(c)
             columns["cluster_size"].append(protos["cluster_sizes"][c])
             columns["seed"].append(config.seed)
-            columns["source_dataset"].append(source.source_id)
+            columns["source_dataset"].append(source_name)
             columns["source_row"].append(-1 if text["source_row"] is None else text["source_row"])
             columns["text_fallback"].append(text["fallback"] or "")
     features = datasets.Features({
