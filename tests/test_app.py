@@ -1,0 +1,340 @@
+"""The Gradio app: launched in-process and driven through gradio_client's named endpoints on the tiny preset.
+
+Also the pieces it is made of (vldd.app_logic), the Space's files (README front matter, requirements.txt,
+spaces_config.yaml) and the Space's limits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from vldd import app_logic as logic
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["circle", "square"]
+# Small and fast: 2 classes x IPC 2 from 12 source images each, 10 x 0.7 = 7 denoising steps.
+TEST_SETTINGS = {"defaults": {"ipc": 2, "images_per_class": 12, "steps": 10, "num_classes": 2},
+                 "default_preset": {"cpu": "tiny", "gpu": "tiny"}, "limits": {"max_classes": 4}}
+RUN = {"dataset": "sample", "preset": "tiny", "ipc": 2, "images_per_class": 12, "steps": 10}
+_MODELS: dict[str, logic.ModelCache] = {}  # one per tiny cache, shared by this module and the browser test
+
+
+def load_app():
+    """Imports the repository's app.py (the file a Space runs) as the module `app`."""
+    if "app" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["app"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["app"]
+
+
+def launch_app(tiny_cache, root: Path, overrides: dict | None = None):
+    """Builds the app with test settings and serves it in this process; returns (app module, demo, settings)."""
+    torch.set_num_threads(1)
+    app = load_app()
+    space = logic.load_space_config(ROOT / "spaces_config.yaml", logic._merge(TEST_SETTINGS, overrides or {}))
+    models = _MODELS.setdefault(str(tiny_cache), logic.ModelCache(str(tiny_cache)))
+    settings = app.AppSettings(space=space, root=root, cache_dir=str(tiny_cache), on_space=False, oauth="off",
+                               has_gpu=False, models=models)
+    demo = app.build_demo(settings)
+    demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_kwargs(settings))
+    return app, demo, settings
+
+
+@pytest.fixture(scope="module")
+def served(tiny_cache, tmp_path_factory):
+    app, demo, settings = launch_app(tiny_cache, tmp_path_factory.mktemp("sessions"))
+    yield SimpleNamespace(app=app, demo=demo, settings=settings, url=demo.local_url)
+    demo.close()
+
+
+@pytest.fixture
+def space():
+    return logic.load_space_config(ROOT / "spaces_config.yaml", TEST_SETTINGS)
+
+
+def _client(url: str, **kwargs):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, **kwargs)
+
+
+# --- the whole pipeline through gradio_client ------------------------------------------------------------------------
+
+def test_tiny_pipeline_through_named_endpoints_then_push(served, hub_server, caplog):
+    from gradio_client.exceptions import AppError
+
+    client = _client(served.url)
+
+    # Dataset: the embedded sample, the first two classes selected, a preview per class.
+    update, counts, preview, message = client.predict(dataset="sample", classes=[], images_per_class=12,
+                                                      api_name="/load_dataset")
+    assert update["value"] == CLASSES
+    assert [c[0] for c in update["choices"]] == ["circle", "square", "triangle", "cross", "stripes"]
+    assert [row[:3] for row in counts["data"][:2]] == [["circle", 30, 12], ["square", 30, 12]]
+    assert len(preview) == 2 * 6 and {item["caption"] for item in preview} == set(CLASSES)
+    assert "5 classes, 150 images" in message
+
+    # Captions: a table with thumbnails and a CSV with every caption.
+    status, table, csv_path = client.predict(**RUN, classes=CLASSES, api_name="/caption")
+    assert "24 captions" in status and table.count("<img src=\"data:image/jpeg;base64,") == 24
+    assert len(Path(csv_path).read_text().splitlines()) == 1 + 24
+
+    # Prototypes: cluster table, decoded prototypes, chosen descriptions with their top words marked.
+    status, summary, clusters, images, described = client.predict(**RUN, classes=CLASSES, api_name="/prototypes")
+    assert [row[:2] for row in clusters["data"]] == [["circle", 0], ["circle", 1], ["square", 0], ["square", 1]]
+    for name in CLASSES:
+        rows = [row for row in clusters["data"] if row[0] == name]
+        assert sum(row[2] for row in rows) + rows[0][3] == 12  # cluster sizes + outliers = source images
+    assert len(images) == 4 and "outliers dropped" in summary
+    assert {d["class_or_confidence"] for d in described} <= {"cluster", "top word", None}
+    assert sum(d["class_or_confidence"] == "cluster" for d in described) == 4
+
+    # Generate: IPC x classes images, grouped by class, each with its prompt.
+    status, gallery, preview_path = client.predict(**RUN, classes=CLASSES, seed=0, strength=0.7, guidance_scale=10.0,
+                                                   api_name="/generate")
+    assert len(gallery) == 2 * 2 and "Distilled 4 images" in status
+    assert [item["caption"].split(" #")[0] for item in gallery] == ["circle", "circle", "square", "square"]
+    assert all(Image.open(item["image"]).size == (64, 64) for item in gallery)
+    assert Image.open(preview_path).size == (2 * 96, 2 * 96)
+
+    # Over a limit: the message, not a crash; the app keeps serving.
+    with pytest.raises(AppError, match=r"IPC 50 asked for; this Space allows at most 10"):
+        client.predict(**{**RUN, "ipc": 50}, classes=CLASSES, api_name="/generate")
+    with pytest.raises(AppError, match=r"5 classes selected; this Space allows at most 4"):
+        client.predict(**RUN, classes=["circle", "square", "triangle", "cross", "stripes"], api_name="/caption")
+
+    # Evaluate: a quick student, an accuracy-vs-epoch plot.
+    summary, plot = client.predict(epochs=2, random_baseline=False, api_name="/evaluate")
+    assert "distilled" in summary and Image.open(plot).size[0] > 100
+
+    # Publish without a token: a clear message, nothing pushed.
+    message, snippet = client.predict(repo_id="", private=False, api_name="/push")
+    assert "Sign in with Hugging Face first" in message and snippet == ""
+    assert not hub_server.server.state.repos or all("vldd" not in r for _, r in hub_server.server.state.repos)
+
+    # Publish with the visitor's token (what "Sign in with Hugging Face" gives the handler).
+    client.oauth_token = hub_server.token
+    suggested = client.predict(dataset="sample", upload=None, ipc=2, api_name="/suggest_repo")
+    assert suggested == "sample-vldd-ipc2"
+    message, snippet = client.predict(repo_id=suggested, private=False, api_name="/push")
+    assert "Published 4 images to [tester/sample-vldd-ipc2]" in message
+    assert 'load_dataset("tester/sample-vldd-ipc2", "ipc2-seed0", split="train")' in snippet
+    import datasets
+
+    pushed = datasets.load_dataset("tester/sample-vldd-ipc2", "ipc2-seed0", split="train")
+    assert pushed.num_rows == 4 and pushed.features["label"].names[:2] == CLASSES
+
+    # The handler itself, with a hand-built gr.OAuthToken, to a private repository.
+    token = gradio.OAuthToken(token=hub_server.token, scope="openid profile write-repos",
+                              expires_at=int(time.time()) + 3600)
+    message, _ = served.app.publish("tester/tiny-private", True, SimpleNamespace(session_hash=client.session_hash),
+                                    token)
+    assert "Published 4 images to [tester/tiny-private]" in message and "(private" in message
+    assert hub_server.token not in caplog.text + message + snippet
+
+
+def test_two_sessions_get_their_own_results(served):
+    clients = {"circle": _client(served.url), "triangle": _client(served.url)}
+    jobs = {name: client.submit(**RUN, classes=[name], api_name="/generate") for name, client in clients.items()}
+    results = {name: job.result(timeout=300) for name, job in jobs.items()}
+    for name, (_, gallery, _) in results.items():
+        assert len(gallery) == 2 and all(item["caption"].startswith(f"{name} #") for item in gallery)
+    paths = {name: {Path(item["image"]).read_bytes() for item in gallery} for name, (_, gallery, _) in results.items()}
+    assert not paths["circle"] & paths["triangle"]
+    sessions = served.settings.sessions
+    runs = [sessions.path(client.session_hash) / "run" for client in clients.values()]
+    assert runs[0] != runs[1] and all((run / "dataset").is_dir() for run in runs)
+
+
+def test_every_event_is_named_and_gpu_events_share_one_limit(served):
+    named = {fn.api_name for fn in served.demo.fns.values() if fn.api_visibility == "public"}
+    assert named == {"load_dataset", "caption", "prototypes", "generate", "evaluate", "push", "random_seed", "stop",
+                     "suggest_repo", "suggest_repo_on_load"}
+    gpu = {fn.api_name: (fn.concurrency_limit, fn.concurrency_id) for fn in served.demo.fns.values()
+           if fn.api_name in ("caption", "prototypes", "generate", "evaluate")}
+    assert set(gpu.values()) == {(1, "gpu")}
+    stop = [d for d in served.demo.config["dependencies"] if d["cancels"]]
+    by_name = {fn.api_name: i for i, fn in served.demo.fns.items()}
+    assert set(stop[0]["cancels"]) == {by_name[n] for n in gpu}
+    assert served.demo._queue.max_size == served.settings.space.queue["max_size"]
+
+
+def test_stopping_between_classes_keeps_what_finished(served, tmp_path):
+    request = logic.make_request(served.settings.space, classes=CLASSES, **RUN)
+    config = logic.distill_config(request, served.settings.space, tmp_path / "run")
+    updates = logic.run_stages(config, ("caption",), served.settings.models)
+    assert next(updates).done == 0
+    assert next(updates).message.endswith("1/2 classes done (circle)")
+    updates.close()  # what Gradio does to a generator when the Stop button cancels the event
+    done = sorted(p.name for p in (tmp_path / "run" / "work" / "caption").glob("*.json") if p.stem.isdigit())
+    assert done == ["000000.json"]
+
+
+# --- pieces ----------------------------------------------------------------------------------------------------------
+
+def test_limits_are_enforced_with_a_message(space):
+    ok = logic.make_request(space, dataset="sample", classes=CLASSES, preset="tiny", ipc=10, images_per_class=50)
+    assert ok.ipc == 10 and ok.images_per_class == 50
+    cases = {"ipc": (11, "IPC 11 asked for; this Space allows at most 10"),
+             "images_per_class": (51, "51 source images per class asked for; this Space uses at most 50"),
+             "steps": (101, "101 inference steps asked for; this Space allows at most 100")}
+    for key, (value, message) in cases.items():
+        values = {"dataset": "sample", "classes": CLASSES, "preset": "tiny", "ipc": 2, key: value}
+        with pytest.raises(logic.LimitError, match=message):
+            logic.make_request(space, **values)
+    with pytest.raises(logic.LimitError, match="5 classes selected; this Space allows at most 4"):
+        logic.make_request(space, dataset="sample", classes=["a", "b", "c", "d", "e"], preset="tiny", ipc=1)
+    with pytest.raises(ValueError, match="choose at least one class"):
+        logic.make_request(space, dataset="sample", classes=[], preset="tiny", ipc=1)
+    with pytest.raises(ValueError, match="`preset` must be one of"):
+        logic.make_request(space, dataset="sample", classes=CLASSES, preset="nope", ipc=1)
+
+
+def test_gpu_estimate_follows_classes_ipc_and_steps(space):
+    def seconds(**changes):
+        values = {"dataset": "sample", "classes": CLASSES, "preset": "paper", "ipc": 10, "images_per_class": 30,
+                  "steps": 50, **changes}
+        return logic.estimate_run_seconds(logic.make_request(space, **values), logic.STAGES, space)
+
+    base = seconds()
+    assert seconds(classes=CLASSES * 2) > base and seconds(ipc=5) < base and seconds(steps=100) > base
+    s = space.presets["paper"].gpu_seconds
+    generate_only = logic.estimate_run_seconds(logic.make_request(
+        space, dataset="sample", classes=CLASSES, preset="paper", ipc=10, images_per_class=30, steps=50,
+        captions_from="user/captions"), ("generate",), space)
+    assert generate_only == int(s["load"] + 2 * 10 * 35 * s["step"] + 0.999)
+    logic.check_gpu_budget(base, space)
+    with pytest.raises(logic.LimitError, match=r"estimated at 400 s of GPU time; this Space allows at most 300 s"):
+        logic.check_gpu_budget(400, space)
+
+
+def test_sessions_are_separate_and_cleaned_up(tmp_path):
+    sessions = logic.Sessions(tmp_path, ttl_hours=1)
+    a, b = sessions.run_dir("session-a"), sessions.run_dir("session-b")
+    assert a != b and a.is_dir() and b.is_dir() and "session-a" not in str(a)
+    with pytest.raises(ValueError, match="no session id"):
+        sessions.run_dir(None)
+    old = sessions.path("session-b")
+    stamp = time.time() - 2 * 3600
+    os.utime(old, (stamp, stamp))
+    sessions.run_dir("session-a")  # any use prunes sessions idle past the TTL
+    assert not old.exists() and a.is_dir()
+    sessions.close("session-a")
+    assert not sessions.path("session-a").exists()
+
+
+def test_uploaded_zip_becomes_an_image_folder(tmp_path):
+    archive = tmp_path / "shapes.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in ("red", "blue"):
+            for i in range(3):
+                buffer = tmp_path / "im.png"
+                Image.new("RGB", (8, 8), name).save(buffer)
+                z.write(buffer, f"shapes/{name}/{i}.png")
+        z.writestr("shapes/notes.txt", "ignored")
+    folder = logic.extract_upload(archive, tmp_path / "uploads", max_bytes=10**6)
+    assert folder.name == "shapes" and sorted(p.name for p in folder.iterdir()) == ["blue", "red"]
+    assert logic.extract_upload(archive, tmp_path / "uploads", max_bytes=10**6) == folder  # reused
+    view = logic.dataset_overview(str(folder), classes=None, images_per_class=2, num_default=5, preview_per_class=1)
+    assert view.class_names == ["blue", "red"] and [row[:3] for row in view.counts] == [["blue", 3, 2], ["red", 3, 2]]
+    streamed = logic.dataset_overview(str(folder), classes=["red"], images_per_class=2, num_default=5,
+                                      preview_per_class=2, streaming=True)
+    assert streamed.selected == ["red"] and [c for _, c in streamed.preview] == ["red", "red"]
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../outside.png", b"x")
+    with pytest.raises(ValueError, match="outside its folder"):
+        logic.extract_upload(evil, tmp_path / "uploads", max_bytes=10**6)
+    with pytest.raises(logic.LimitError, match="unpacks to more than"):
+        logic.extract_upload(archive, tmp_path / "small", max_bytes=10)
+    (tmp_path / "not.zip").write_text("plain text")
+    with pytest.raises(ValueError, match="is not a zip file"):
+        logic.extract_upload(tmp_path / "not.zip", tmp_path / "uploads", max_bytes=10**6)
+
+
+def test_local_paths_only_where_allowed(tmp_path):
+    kwargs = {"upload": None, "upload_dir": tmp_path / "uploads", "max_upload_mb": 1}
+    assert logic.resolve_dataset("frgfm/imagenette", allow_local_paths=False, **kwargs) == "frgfm/imagenette"
+    assert logic.resolve_dataset(str(tmp_path), allow_local_paths=True, **kwargs) == str(tmp_path)
+    with pytest.raises(ValueError, match="is a local path, and this Space reads only"):
+        logic.resolve_dataset(str(tmp_path), allow_local_paths=False, **kwargs)
+
+
+def test_top_words_are_highlighted_as_the_score_counts_them():
+    segments = logic.highlight("A red ring with a thin red edge.", [["red", 3], ["edge", 1], ["blue", 2]])
+    assert segments == [("A ", None), ("red", "top word"), (" ring with a thin ", None), ("red", "top word"),
+                        (" ", None), ("edge", "top word"), (".", None)]
+    assert logic.highlight("nothing here", [["red", 1]]) == [("nothing here", None)]
+
+
+def test_push_token_never_stands_in_for_the_space_owner(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_machine_token")
+    assert logic.push_token(None, on_space=False) is None
+    assert logic.push_token("hf_visitor", on_space=True) == "hf_visitor"
+    assert logic.push_token(logic.GRADIO_MOCK_TOKEN, on_space=False) == "hf_machine_token"  # local mocked login
+    assert logic.push_token(logic.GRADIO_MOCK_TOKEN, on_space=True) == logic.GRADIO_MOCK_TOKEN  # never the owner's
+    assert logic.publish("/nonexistent", "x", False, None).message == logic.SIGN_IN_FIRST
+
+
+def test_vldd_app_command_finds_the_app():
+    from vldd.cli import build_parser, find_app_file
+
+    assert find_app_file() == ROOT / "app.py"
+    args = build_parser().parse_args(["app", "--port", "7999"])
+    assert args.port == 7999 and args.func.__name__ == "_app"
+
+
+# --- the Space's files -----------------------------------------------------------------------------------------------
+
+def test_readme_front_matter_agrees_with_the_space_config_and_requirements(space):
+    front = logic.read_front_matter(ROOT / "README.md")
+    assert front["sdk"] == "gradio" and front["sdk_version"] == gradio.__version__
+    assert (ROOT / front["app_file"]).is_file()
+    assert logic.check_space_files(ROOT, space) == []
+
+
+def test_space_file_check_catches_disagreements(tmp_path, space):
+    s = space.space
+    front = {"title": "vldd", "sdk": "gradio", "sdk_version": s["sdk_version"], "python_version": s["python_version"],
+             "app_file": "app.py", "hf_oauth": True, "hf_oauth_scopes": s["hf_oauth_scopes"]}
+    (tmp_path / "app.py").write_text("")
+    (tmp_path / "README.md").write_text(f"---\n{yaml.safe_dump(front)}---\n# vldd\n")
+    (tmp_path / "requirements.txt").write_text(f"gradio[oauth]=={s['sdk_version']}\nspaces>=0.40\n")
+    assert logic.check_space_files(tmp_path, space) == []
+    (tmp_path / "README.md").write_text(f"---\n{yaml.safe_dump({**front, 'sdk_version': '5.0.0'})}---\n")
+    (tmp_path / "requirements.txt").write_text("gradio\n")
+    problems = "\n".join(logic.check_space_files(tmp_path, space))
+    assert "`sdk_version` is '5.0.0'" in problems and "must pin gradio[oauth]==" in problems
+    assert "must list `spaces`" in problems
+
+
+def test_space_config_is_valid_and_offers_the_presets():
+    space = logic.load_space_config(ROOT / "spaces_config.yaml")
+    assert {"paper", "tiny"} <= set(space.presets) and space.space["sdk_version"] == gradio.__version__
+    assert space.preset_for(False) == "tiny" and space.preset_for(True) == "paper"
+    for spec in space.presets.values():
+        assert set(spec.gpu_seconds) == {"load", "caption", "encode", "step"}
+        logic.distill_config(logic.make_request(space, dataset="sample", classes=["0"], preset=spec.name, ipc=1),
+                             space, "/tmp/unused")
+
+
+def test_gradio_is_imported_with_spaces_first():
+    source = (ROOT / "app.py").read_text()
+    first_import = next(line for line in source.splitlines() if line.lstrip().startswith(("import ", "from ")))
+    assert first_import.strip() == "import spaces"
+

@@ -1,0 +1,819 @@
+"""What the Gradio app (app.py) does, as plain functions: plain values in, plain values out, no Gradio here.
+
+app.py only composes the tabs and wires their events to these functions; everything here is testable without a
+browser or a server.
+
+Example:
+    >>> space = load_space_config("spaces_config.yaml")
+    >>> request = make_request(space, dataset="sample", classes=["circle", "square"], preset="tiny", ipc=2)
+    >>> config = distill_config(request, space, run_dir="/tmp/run")
+    >>> for update in run_stages(config, STAGES, ModelCache()):
+    ...     print(update.message)
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import hashlib
+import html
+import io
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import PRESETS, DistillConfig, from_dict
+from .runs import read_json, write_text
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("caption", "prototypes", "text", "generate")
+STAGES_OF = {  # what each tab's button runs; later stages resume from what earlier ones left on disk
+    "caption": ("caption",),
+    "prototypes": ("caption", "prototypes", "text"),
+    "generate": STAGES,
+}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+GRADIO_MOCK_TOKEN = "mock-oauth-token-for-local-dev"  # what Gradio's mocked (off-Space) login hands to handlers
+
+
+class LimitError(ValueError):
+    """A request over one of the Space's per-run limits; the message names the limit."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+# --- the Space's settings (spaces_config.yaml) -----------------------------------------------------------------------
+
+@dataclass
+class PresetSpec:
+    name: str
+    label: str  # shown in the Preset menu
+    base: str  # a vldd preset (vldd.config.PRESETS)
+    overrides: dict[str, Any] = field(default_factory=dict)  # nested DistillConfig values applied on top of `base`
+    gpu_seconds: dict[str, float] = field(default_factory=dict)  # load, caption, encode, step (see the YAML)
+
+
+@dataclass
+class Limits:
+    max_classes: int = 10
+    max_ipc: int = 10
+    max_images_per_class: int = 50
+    max_steps: int = 100
+    max_gpu_seconds: float = 300.0
+    max_upload_mb: int = 200
+    max_caption_rows: int = 20
+
+
+@dataclass
+class SpaceConfig:
+    """spaces_config.yaml, validated."""
+
+    space: dict[str, Any]
+    presets: dict[str, PresetSpec]
+    default_preset: dict[str, str]
+    defaults: dict[str, Any]
+    limits: Limits
+    queue: dict[str, int]
+    evaluation: dict[str, Any]
+    sessions: dict[str, float]
+
+    def preset_for(self, has_gpu: bool) -> str:
+        return self.default_preset["gpu" if has_gpu else "cpu"]
+
+
+def load_space_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SpaceConfig:
+    """Reads spaces_config.yaml; `overrides` (nested, same layout) win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"app settings file {str(path)!r} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if overrides:
+        raw = _merge(raw, overrides)
+    presets = {}
+    for name, spec in (raw.get("presets") or {}).items():
+        _check(spec.get("base") in PRESETS, f"preset {name!r}: `base` must be one of {sorted(PRESETS)}, got "
+                                            f"{spec.get('base')!r}")
+        presets[name] = PresetSpec(name, spec.get("label", name), spec["base"], spec.get("overrides") or {},
+                                   spec.get("gpu_seconds") or {})
+    _check(bool(presets), f"{str(path)!r} must offer at least one preset under `presets`")
+    default_preset = raw.get("default_preset") or {}
+    for kind in ("gpu", "cpu"):
+        _check(default_preset.get(kind) in presets,
+               f"`default_preset.{kind}` must be one of {sorted(presets)}, got {default_preset.get(kind)!r}")
+    limits = Limits(**(raw.get("limits") or {}))
+    return SpaceConfig(raw.get("space") or {}, presets, default_preset, raw.get("defaults") or {}, limits,
+                       raw.get("queue") or {}, raw.get("evaluation") or {}, raw.get("sessions") or {})
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# --- one run's request -----------------------------------------------------------------------------------------------
+
+@dataclass
+class RunRequest:
+    """Everything the stage buttons send, checked against the limits."""
+
+    dataset: str  # "sample", a Hub id, or a local folder (an extracted upload)
+    classes: list[str]  # class names (or indices as strings)
+    preset: str  # a key of SpaceConfig.presets
+    ipc: int
+    images_per_class: int  # source images per class used (the first N)
+    config_name: str | None = None
+    split: str = "train"
+    captions_from: str | None = None  # published captions (Hub id) reused instead of captioning
+    seed: int = 0
+    strength: float = 0.7
+    guidance_scale: float = 10.0
+    steps: int = 50  # num_inference_steps; int(steps x strength) are run
+    streaming: bool = False  # stream the source: read only the selected classes' first images (Hub datasets)
+
+    @property
+    def denoising_steps(self) -> int:
+        return max(1, int(self.steps * self.strength))
+
+
+def _int(value, name: str) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a whole number, got {value!r}") from None
+    _check(number == int(number), f"`{name}` must be a whole number, got {value!r}")
+    return int(number)
+
+
+def make_request(space: SpaceConfig, *, dataset: str, classes: list[str] | None, preset: str, ipc, images_per_class=None,
+                 config_name: str | None = None, split: str | None = None, captions_from: str | None = None,
+                 seed=0, strength=0.7, guidance_scale=10.0, steps=50, streaming: bool = False) -> RunRequest:
+    """Builds a `RunRequest` from UI values and enforces the Space's limits.
+
+    Raises:
+        LimitError: a value over a limit (the message names it and the allowed maximum).
+        ValueError: a malformed value.
+    """
+    classes = [str(c).strip() for c in (classes or []) if str(c).strip()]
+    _check(preset in space.presets, f"`preset` must be one of {sorted(space.presets)}, got {preset!r}")
+    _check(bool(classes), "choose at least one class (Dataset tab)")
+    ipc, steps = _int(ipc, "ipc"), _int(steps, "steps")
+    _check(ipc >= 1 and steps >= 1, f"IPC and steps must be at least 1, got {ipc} and {steps}")
+    images = check_selection(space, classes, images_per_class, ipc=ipc, steps=steps)
+    request = RunRequest(dataset=(dataset or "sample").strip(), classes=classes, preset=preset, ipc=ipc,
+                         images_per_class=images, config_name=(config_name or "").strip() or None,
+                         split=(split or "train").strip(), captions_from=(captions_from or "").strip() or None,
+                         seed=_int(seed, "seed"), strength=float(strength), guidance_scale=float(guidance_scale),
+                         steps=steps, streaming=bool(streaming))
+    _check(0.0 < request.strength <= 1.0, f"`strength` must be in (0.0, 1.0], got {request.strength}")
+    return request
+
+
+def check_selection(space: SpaceConfig, classes: list[str] | None, images_per_class, *, ipc: int = 1,
+                    steps: int = 1) -> int:
+    """Checks a request against the per-run limits and returns the images per class (default: the limit).
+
+    Raises:
+        LimitError: naming every value over its limit and the allowed maximum.
+    """
+    lim = space.limits
+    images = _int(images_per_class if images_per_class not in (None, "") else lim.max_images_per_class,
+                  "images_per_class")
+    _check(images >= 1, f"source images per class must be at least 1, got {images}")
+    over = []
+    if len(classes or []) > lim.max_classes:
+        over.append(f"{len(classes)} classes selected; this Space allows at most {lim.max_classes}")
+    if ipc > lim.max_ipc:
+        over.append(f"IPC {ipc} asked for; this Space allows at most {lim.max_ipc} images per class")
+    if images > lim.max_images_per_class:
+        over.append(f"{images} source images per class asked for; this Space uses at most {lim.max_images_per_class}")
+    if steps > lim.max_steps:
+        over.append(f"{steps} inference steps asked for; this Space allows at most {lim.max_steps}")
+    if over:
+        raise LimitError("Over this Space's limits: " + "; ".join(over) + ". Lower the value, or run vldd on your "
+                         "own machine (`vldd distill`), which has no limits.")
+    return images
+
+
+def distill_config(request: RunRequest, space: SpaceConfig, run_dir: str | Path) -> DistillConfig:
+    """The `DistillConfig` of a request: the preset's base, its overrides, then the request's values."""
+    preset = space.presets[request.preset]
+    values = _merge(preset.overrides, {
+        "preset": preset.base, "output": str(run_dir), "ipc": request.ipc, "seed": request.seed,
+        "data": {"dataset": request.dataset, "config_name": request.config_name, "split": request.split,
+                 "classes": list(request.classes), "max_images_per_class": request.images_per_class,
+                 "streaming": request.streaming},
+        "caption": {"from_hub": request.captions_from},
+        "generation": {"strength": request.strength, "guidance_scale": request.guidance_scale,
+                       "num_inference_steps": request.steps},
+    })
+    return from_dict(values)
+
+
+def estimate_run_seconds(request: RunRequest, stages: tuple[str, ...], space: SpaceConfig) -> int:
+    """GPU seconds a run of `stages` needs: load + images x (caption + encode) + classes x IPC x denoising steps.
+
+    The same inputs as the GPU function, as ZeroGPU's `@spaces.GPU(duration=...)` expects.
+    """
+    s = space.presets[request.preset].gpu_seconds
+    images = len(request.classes) * request.images_per_class
+    seconds = s.get("load", 0.0)
+    if "caption" in stages and not request.captions_from:
+        seconds += images * s.get("caption", 0.0)
+    if "prototypes" in stages:
+        seconds += images * s.get("encode", 0.0) + len(request.classes) * request.ipc * s.get("encode", 0.0)
+    if "generate" in stages:
+        seconds += len(request.classes) * request.ipc * request.denoising_steps * s.get("step", 0.0)
+    return max(1, int(seconds + 0.999))
+
+
+def check_gpu_budget(seconds: float, space: SpaceConfig) -> None:
+    """Raises LimitError when a run is estimated above the Space's GPU time per call."""
+    if seconds > space.limits.max_gpu_seconds:
+        raise LimitError(f"This run is estimated at {seconds:.0f} s of GPU time; this Space allows at most "
+                         f"{space.limits.max_gpu_seconds:.0f} s per run. Choose fewer classes, fewer source images "
+                         "per class, a lower IPC or fewer steps.")
+
+
+# --- sessions: one run directory per browser session -----------------------------------------------------------------
+
+class Sessions:
+    """Per-session working directories under one root; sessions idle longer than `ttl_hours` are deleted.
+
+    The directory name is a hash of Gradio's session id, so nothing a visitor sends becomes a path.
+    """
+
+    def __init__(self, root: str | Path, ttl_hours: float = 6.0):
+        self.root = Path(root)
+        self.ttl_seconds = ttl_hours * 3600
+
+    def path(self, session_hash: str | None) -> Path:
+        if not session_hash:
+            raise ValueError("this request carries no session id; use the web page or gradio_client")
+        return self.root / hashlib.sha256(session_hash.encode()).hexdigest()[:24]
+
+    def run_dir(self, session_hash: str | None) -> Path:
+        """The session's run directory (created, and the session marked active)."""
+        session = self.path(session_hash)
+        (session / "run").mkdir(parents=True, exist_ok=True)
+        os.utime(session)
+        self.prune(keep=session)
+        return session / "run"
+
+    def upload_dir(self, session_hash: str | None) -> Path:
+        return self.path(session_hash) / "uploads"
+
+    def close(self, session_hash: str | None) -> None:
+        if session_hash:
+            shutil.rmtree(self.path(session_hash), ignore_errors=True)
+
+    def prune(self, keep: Path | None = None) -> None:
+        if not self.root.is_dir():
+            return
+        cutoff = time.time() - self.ttl_seconds
+        for session in self.root.iterdir():
+            if session != keep and session.is_dir() and session.stat().st_mtime < cutoff:
+                shutil.rmtree(session, ignore_errors=True)
+
+
+# --- datasets: the sample, a Hub id, or an uploaded zip --------------------------------------------------------------
+
+def extract_upload(zip_path: str | Path, dest_root: str | Path, max_bytes: int) -> Path:
+    """Unpacks an uploaded zip of an image folder (one sub-folder per class) and returns the folder to load.
+
+    The folder is named by the zip's content hash, so uploading the same zip again reuses it. Entries that would land
+    outside the folder, and archives that unpack to more than `max_bytes`, are refused.
+    """
+    zip_path = Path(zip_path)
+    digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()[:16]
+    target = Path(dest_root) / digest
+    if not (target / ".complete").is_file():
+        try:
+            archive = zipfile.ZipFile(zip_path)
+        except zipfile.BadZipFile:
+            raise ValueError(f"{zip_path.name!r} is not a zip file; upload a .zip of a folder with one sub-folder "
+                             "per class") from None
+        with archive:
+            members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")
+                       and Path(m.filename).suffix.lower() in IMAGE_SUFFIXES]
+            if not members:
+                raise ValueError(f"{zip_path.name!r} holds no images; expected class folders of .png/.jpg files")
+            if sum(m.file_size for m in members) > max_bytes:
+                raise LimitError(f"{zip_path.name!r} unpacks to more than {max_bytes // 2**20} MB, this Space's limit")
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            for member in members:
+                out = (target / member.filename).resolve()
+                if not out.is_relative_to(target.resolve()):
+                    raise ValueError(f"{zip_path.name!r} has an entry outside its folder: {member.filename!r}")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        (target / ".complete").touch()
+    root = target
+    # A zip of "mydata/" holds one folder whose entries are all class (or split) folders: load from inside it.
+    while True:
+        entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+        if len(entries) == 1 and entries[0].is_dir() and all(p.is_dir() for p in entries[0].iterdir()
+                                                              if not p.name.startswith(".")):
+            root = entries[0]
+        else:
+            return root
+
+
+def resolve_dataset(dataset: str, upload: str | None, *, upload_dir: Path, allow_local_paths: bool,
+                    max_upload_mb: int) -> str:
+    """What to load: an uploaded zip (extracted), else `dataset` ("sample", a Hub id or, where allowed, a folder)."""
+    if upload:
+        return str(extract_upload(upload, upload_dir, max_upload_mb * 2**20))
+    dataset = (dataset or "").strip() or "sample"
+    if dataset != "sample" and not allow_local_paths and (dataset.startswith(("/", "~", ".")) or Path(dataset).exists()):
+        raise ValueError(f"{dataset!r} is a local path, and this Space reads only Hub datasets, the sample and "
+                         "uploaded zips")
+    return dataset
+
+
+def is_hub_id(dataset: str) -> bool:
+    """Whether `dataset` names a Hub dataset (not the sample, not a local folder)."""
+    return dataset != "sample" and not Path(dataset).expanduser().exists()
+
+
+@dataclass
+class DatasetOverview:
+    class_names: list[str]  # every class of the dataset
+    selected: list[str]  # the classes a run will use
+    counts: list[list[Any]]  # rows: class, images in the split, images used, selected
+    preview: list[tuple[Any, str]]  # (image, caption) per shown image, grouped by class
+    message: str
+
+
+def dataset_overview(dataset: str, *, classes: list[str] | None, images_per_class: int, num_default: int,
+                     preview_per_class: int, config_name: str | None = None, split: str = "train",
+                     streaming: bool = False) -> DatasetOverview:
+    """Opens a dataset and describes it: class names, per-class counts, a preview grid of the selected classes.
+
+    Args:
+        classes: the wanted classes (names or index strings); empty = the first `num_default`.
+        streaming: read only what the preview needs (class names come from the features; totals stay unknown).
+    """
+    from .config import DataConfig
+    from .data import load_source
+
+    every = None
+    if streaming:
+        names = _streamed_class_names(dataset, split, config_name)
+    else:
+        every = load_source(DataConfig(dataset=dataset, config_name=config_name, split=split))
+        names = every.class_names
+    wanted = [c for c in (classes or []) if c]
+    if wanted:
+        missing = [c for c in wanted if c not in names and not (c.isdigit() and int(c) < len(names))]
+        _check(not missing, f"classes {missing} are not in {dataset!r}; its classes are {names[:20]}"
+                            + (" ..." if len(names) > 20 else ""))
+        selected = [names[int(c)] if c not in names else c for c in wanted]
+    else:
+        selected = [name for i, name in enumerate(names) if every is None or every.indices[i]][:num_default]
+    shown = load_source(DataConfig(dataset=dataset, config_name=config_name, split=split, classes=list(selected),
+                                   max_images_per_class=preview_per_class, streaming=streaming))
+    preview = []
+    for label in shown.classes:
+        images, _, _ = shown.load_class(label)
+        preview += [(image, names[label]) for image in images]
+    if every is not None:
+        counts = [[name, len(every.indices[i]), min(len(every.indices[i]), images_per_class), name in selected]
+                  for i, name in enumerate(names)]
+        size = f"{len(names)} classes, {every.dataset.num_rows} images"
+    else:
+        counts = [[name, None, images_per_class if name in selected else 0, name in selected] for name in names]
+        size = f"{len(names)} classes (streamed: only the selected classes' first images are read)"
+    message = f"**{dataset}** ({split}): {size}. Selected {len(selected)}: {', '.join(selected)}."
+    return DatasetOverview(names, selected, counts, preview, message)
+
+
+def _streamed_class_names(dataset: str, split: str, config_name: str | None) -> list[str]:
+    import datasets
+
+    from .data import _find_column, open_dataset
+
+    stream = open_dataset(dataset, split, config_name, streaming=True)
+    if stream.features is None:
+        raise ValueError(f"dataset {dataset!r} does not declare its features when streamed")
+    return list(stream.features[_find_column(stream, datasets.ClassLabel, None, "label")].names)
+
+
+# --- models, loaded once per process ---------------------------------------------------------------------------------
+
+class ModelCache:
+    """Captioners and Stable Diffusion pipelines, each loaded once per process (key: model, revision, device, dtype).
+
+    On ZeroGPU, `preload` puts them on the GPU at start-up, in the main process, as ZeroGPU requires.
+    """
+
+    def __init__(self, cache_dir: str | Path | None = None):
+        self.cache_dir = cache_dir  # where tiny:// models are built
+        self._models: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def _get(self, key: tuple, load: Callable[[], Any]):
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = load()
+            return self._models[key]
+
+    @staticmethod
+    def _place(config: DistillConfig):
+        from .pipeline import resolve_device, resolve_dtype
+
+        device = resolve_device(config.device)
+        return device, resolve_dtype(config.dtype, device)
+
+    def captioner(self, config: DistillConfig):
+        from .captioning import load_captioner
+
+        device, dtype = self._place(config)
+        c = config.caption
+        return self._get(("captioner", c.model, c.revision, str(device), str(dtype)), lambda: load_captioner(
+            c.model, revision=c.revision, device=device, dtype=dtype, cache_dir=self.cache_dir))
+
+    def pipeline(self, config: DistillConfig):
+        from .generation import load_pipeline
+
+        device, dtype = self._place(config)
+        g = config.generation
+        key = ("pipeline", g.model, g.revision, g.scheduler, g.lora, str(device), str(dtype))
+        return self._get(key, lambda: load_pipeline(g.model, revision=g.revision, device=device, dtype=dtype,
+                                                    scheduler=g.scheduler, lora=g.lora, cache_dir=self.cache_dir))
+
+    def deferred(self, kind: str, config: DistillConfig):
+        """A stand-in that loads the model on first use, so a run whose stages are all on disk loads nothing."""
+        return _Deferred(lambda: getattr(self, kind)(config))
+
+    def preload(self, config: DistillConfig) -> None:
+        if not config.caption.from_hub:
+            self.captioner(config)
+        self.pipeline(config)
+
+
+class _Deferred:
+    def __init__(self, load: Callable[[], Any]):
+        self._load = load
+
+    def __getattr__(self, name: str):
+        return getattr(self._load(), name)
+
+    def __call__(self, *args, **kwargs):
+        return self._load()(*args, **kwargs)
+
+
+# --- running stages --------------------------------------------------------------------------------------------------
+
+@dataclass
+class StageUpdate:
+    done: int  # classes finished
+    total: int
+    message: str
+    result: Any = None  # the `DistillResult`, on the last update
+
+
+def run_stages(config: DistillConfig, stages: tuple[str, ...], models: ModelCache) -> Iterator[StageUpdate]:
+    """Runs `stages` one class at a time, yielding after each, then writes the run's outputs (dataset, preview).
+
+    Each class is its own `distill` call on the same run directory: results per class do not depend on the other
+    classes, so they are what one call over all classes would give. Closing the generator between classes cancels
+    the run; what finished stays on disk and the next run resumes from it.
+    """
+    from .data import load_source
+    from .pipeline import distill
+
+    source = load_source(config.data)
+    names = [source.class_names[label] for label in source.classes]
+    kwargs = {"stages": stages, "cache_dir": models.cache_dir, "progress": True,
+              "captioner": models.deferred("captioner", config) if "caption" in stages and not
+              config.caption.from_hub else None,
+              "pipeline": models.deferred("pipeline", config) if {"prototypes", "generate"} & set(stages) else None}
+    what = " → ".join(dict.fromkeys("text prototypes" if s == "text" else s for s in stages))
+    yield StageUpdate(0, len(names), f"{what}: starting on {len(names)} classes")
+    for i, (label, name) in enumerate(zip(source.classes, names)):
+        one = dataclasses.replace(config, data=dataclasses.replace(config.data, classes=[label]))
+        distill(one, **kwargs)
+        yield StageUpdate(i + 1, len(names), f"{what}: {i + 1}/{len(names)} classes done ({name})")
+    result = distill(config, **kwargs)  # every class is on disk: this writes the combined outputs and manifest
+    yield StageUpdate(len(names), len(names), _summary(result, what), result)
+
+
+def _summary(result, what: str) -> str:
+    from .pipeline import TINY_NOTE
+
+    lines = [f"**Note**: {TINY_NOTE}"] if result.manifest.get("tiny") else []
+    if result.dataset is not None:
+        lines.append(f"Distilled {result.dataset.num_rows} images ({len(result.manifest['source']['classes'])} classes "
+                     f"× IPC {result.manifest['config']['ipc']}).")
+    else:
+        lines.append(f"Done: {what}.")
+    return "\n".join(lines)
+
+
+# --- what each tab shows ---------------------------------------------------------------------------------------------
+
+def _work(run_dir: Path, stage: str, label: int, suffix: str) -> Path:
+    return Path(run_dir) / "work" / stage / f"{label:06d}{suffix}"
+
+
+def _classes(run_dir: Path) -> list[tuple[int, str]]:
+    source = read_json(Path(run_dir) / "manifest.json", default={}).get("source") or {}
+    return [(label, source["class_names"][label]) for label in source.get("classes", [])]
+
+
+def _thumbnail(image, size: int = 56) -> str:
+    image = image.convert("RGB")
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@dataclass
+class CaptionView:
+    table_html: str  # thumbnails, classes and captions
+    csv_path: Path  # every caption, for download
+    rows: int
+
+
+def caption_view(config: DistillConfig, max_rows_per_class: int = 20) -> CaptionView:
+    """The captions of a run as an HTML table with thumbnails (first rows per class) and a CSV of all of them."""
+    from .data import load_source
+
+    run_dir = Path(config.output)
+    source = load_source(config.data)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["source_row", "label", "class_name", "caption"])
+    cells, total = [], 0
+    for label, name in _classes(run_dir):
+        record = read_json(_work(run_dir, "caption", label, ".json"))
+        if record is None:
+            continue
+        for row, caption in zip(record["rows"], record["captions"]):
+            writer.writerow([row, label, name, caption])
+        total += len(record["rows"])
+        shown = dict(zip(record["rows"][:max_rows_per_class], record["captions"]))
+        if label in source.indices:
+            head = dataclasses.replace(source, indices={label: [r for r in source.indices[label] if r in shown]})
+            images, rows, _ = head.load_class(label)
+            for image, row in zip(images, rows):
+                cells.append(f'<tr><td><img src="{_thumbnail(image)}" alt="source row {row}"></td>'
+                             f"<td>{html.escape(name)}</td><td>{row}</td><td>{html.escape(shown[row])}</td></tr>")
+    csv_path = run_dir / "captions.csv"
+    write_text(csv_path, out.getvalue())
+    table = ('<table class="vldd-captions"><thead><tr><th>image</th><th>class</th><th>source row</th>'
+             f'<th>caption</th></tr></thead><tbody>{"".join(cells)}</tbody></table>')
+    return CaptionView(table, csv_path, total)
+
+
+@dataclass
+class PrototypeView:
+    clusters: list[list[Any]]  # rows: class, cluster, images, outliers dropped (class), score, fallback
+    images: list[tuple[Any, str]]  # decoded prototypes with captions
+    highlighted: list[tuple[str, str | None]]  # chosen descriptions, top words marked "top word"
+    summary: str
+
+
+def highlight(prompt: str, top_words: list[tuple[str, int]] | list[list]) -> list[tuple[str, str | None]]:
+    """Splits `prompt` into (text, "top word" | None) segments, marking the top words the way the score counts them
+    (case-sensitive substrings)."""
+    words = sorted({w for w, _ in top_words if w and w in prompt}, key=len, reverse=True)
+    if not words:
+        return [(prompt, None)]
+    segments, last = [], 0
+    for match in re.finditer("|".join(re.escape(w) for w in words), prompt):
+        if match.start() > last:
+            segments.append((prompt[last:match.start()], None))
+        segments.append((match.group(), "top word"))
+        last = match.end()
+    if last < len(prompt):
+        segments.append((prompt[last:], None))
+    return segments
+
+
+def prototype_view(run_dir: str | Path, vae=None) -> PrototypeView:
+    """Cluster sizes, outliers, decoded prototypes (when a VAE is given) and each cluster's chosen description."""
+    import torch
+
+    run_dir = Path(run_dir)
+    clusters, images, highlighted, lines = [], [], [], []
+    for label, name in _classes(run_dir):
+        path = _work(run_dir, "prototypes", label, ".pt")
+        texts = read_json(_work(run_dir, "text", label, ".json"), default=[])
+        if not path.is_file():
+            continue
+        protos = torch.load(path, weights_only=True)
+        outliers = sum(1 for a in protos["assignment"] if a < 0)
+        sizes = protos["cluster_sizes"]
+        lines.append(f"**{name}**: {len(protos['assignment'])} images, {outliers} outliers dropped, "
+                     f"{len(sizes)} clusters of {', '.join(map(str, sizes))} images")
+        decoded = []
+        if vae is not None:
+            from .prototypes import decode_latents
+
+            decoded = decode_latents(vae, protos["centers"])
+        for c, size in enumerate(sizes):
+            text = texts[c] if c < len(texts) else {}
+            clusters.append([name, c, size, outliers, text.get("score"), text.get("fallback") or ""])
+            if decoded:
+                images.append((decoded[c], f"{name} · prototype {c} ({size} images)"))
+            if text:
+                highlighted.append((f"{name} · cluster {c} ({size} images): ", "cluster"))
+                highlighted += highlight(text["prompt"], text["top_words"])
+                highlighted.append(("\n\n", None))
+    return PrototypeView(clusters, images, highlighted, "\n\n".join(lines))
+
+
+def gallery(run_dir: str | Path) -> list[tuple[str, str]]:
+    """The generated images, class by class, each captioned with its class and prompt."""
+    run_dir = Path(run_dir)
+    items = []
+    for label, name in _classes(run_dir):
+        texts = read_json(_work(run_dir, "text", label, ".json"), default=[])
+        folder = _work(run_dir, "generate", label, "")
+        for c, text in enumerate(texts):
+            path = folder / f"{c:04d}.png"
+            if path.is_file():
+                items.append((str(path), f"{name} #{c}: {text['prompt']}"))
+    return items
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------------
+
+def evaluation_available() -> bool:
+    try:
+        from .evaluation import evaluate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def eval_settings(space: SpaceConfig, epochs, random_baseline: bool) -> dict[str, Any]:
+    """The quick evaluation's EvalConfig values, with `epochs` checked against the limit."""
+    e = space.evaluation
+    epochs = _int(epochs, "epochs")
+    _check(epochs >= 1, f"`epochs` must be >= 1, got {epochs}")
+    if epochs > e.get("max_epochs", 200):
+        raise LimitError(f"{epochs} epochs asked for; this Space's quick evaluation allows at most "
+                         f"{e.get('max_epochs', 200)}")
+    return {"protocol": e.get("protocol", "hard"), "student": e.get("student"),
+            "student_width": e.get("student_width", 1.0), "image_size": e.get("image_size", 64), "epochs": epochs,
+            "repeats": e.get("repeats", 1), "baselines": ["random"] if random_baseline else [], "num_workers": 0}
+
+
+def estimate_eval_seconds(run_dir: str | Path, settings: dict[str, Any], space: SpaceConfig) -> int:
+    """GPU seconds of the quick evaluation: load + epochs x (training + test images) x seconds per image-epoch."""
+    manifest = read_json(Path(run_dir) / "manifest.json", default={})
+    classes = len((manifest.get("source") or {}).get("classes", [])) or 1
+    ipc = (manifest.get("config") or {}).get("ipc", 1)
+    sets = 1 + len(settings["baselines"])
+    per = space.evaluation.get("gpu_seconds") or {}
+    images = classes * ipc * sets + classes * 50  # ~50 test images per class
+    return max(1, int(per.get("load", 0) + settings["epochs"] * images * per.get("image_epoch", 0.0) + 0.999))
+
+
+@dataclass
+class EvalView:
+    plot_path: Path
+    summary: str
+
+
+def quick_evaluate(run_dir: str | Path, settings: dict[str, Any]) -> EvalView:
+    """Trains a small student on the distilled set (and a random real subset) and tests it on real images."""
+    from .evaluation import EvalConfig, evaluate
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "dataset").is_dir():
+        raise ValueError("there is no distilled set to evaluate yet: run the Generate tab first")
+    result = evaluate(EvalConfig(distilled=str(run_dir), **settings), progress=True)
+    lines = [line for line in result.summary_lines() if not line.startswith("results:")]
+    return EvalView(result.plot_path, f"{lines[0]}\n```\n" + "\n".join(line.strip() for line in lines[1:]) + "\n```")
+
+
+# --- publishing ------------------------------------------------------------------------------------------------------
+
+def suggest_repo(dataset: str, ipc, username: str | None) -> str:
+    """`<user>/<source>-vldd-ipc<N>` (a bare name without a user: the push puts it in the signed-in account)."""
+    from .hub import source_short_name
+
+    name = f"{source_short_name(dataset or 'sample')}-vldd-ipc{_int(ipc or 1, 'ipc')}"
+    return f"{username}/{name}" if username else name
+
+
+def push_token(oauth_token: str | None, *, on_space: bool) -> str | None:
+    """The token to push with: the visitor's OAuth token. Off a Space, Gradio's mocked login stands for this
+    machine's own login, so its placeholder is swapped for that token; on a Space it never is."""
+    if not oauth_token:
+        return None
+    if oauth_token == GRADIO_MOCK_TOKEN and not on_space:
+        from huggingface_hub import get_token
+
+        return get_token()
+    return oauth_token
+
+
+@dataclass
+class PublishView:
+    message: str  # markdown: where it went, or why it did not
+    snippet: str  # python code that loads it ("" when nothing was pushed)
+    url: str | None = None
+
+
+SIGN_IN_FIRST = ("**Sign in with Hugging Face first** (the button above): the distilled set is pushed to your own "
+                 "account, with your permission, and nothing is published without it.")
+
+
+def publish(run_dir: str | Path, repo_id: str, private: bool, token: str | None) -> PublishView:
+    """Pushes the session's distilled set to the Hub with the visitor's token (never logged or shown)."""
+    if not token:
+        return PublishView(SIGN_IN_FIRST, "")
+    run_dir = Path(run_dir)
+    if not (run_dir / "dataset").is_dir():
+        return PublishView("**Nothing to publish yet**: run the Generate tab first.", "")
+    from .hub import push_distilled
+
+    result = push_distilled(run_dir, (repo_id or "").strip() or None, private=private, token=token)
+    snippet = (f'from datasets import load_dataset\n\nds = load_dataset("{result.repo_id}", "{result.config_name}", '
+               'split="train")')
+    visibility = "private" if private else "public"
+    message = (f"Published {result.num_rows} images to [{result.repo_id}]({result.url}) ({visibility}, configuration "
+               f"`{result.config_name}`).")
+    return PublishView(message, snippet, result.url)
+
+
+def oauth_mode(on_space: bool) -> str:
+    """"space": real Sign in with Hugging Face. "local": off a Space, Gradio mocks the button with this machine's
+    login, which must exist and answer `whoami`. "off": neither, so no button is shown (Gradio would fail to start)."""
+    if on_space:
+        return "space"
+    try:
+        from huggingface_hub import get_token, whoami
+
+        token = get_token()
+        if token and whoami(token).get("type") == "user":
+            return "local"
+    except Exception as err:  # offline, invalid token, ...
+        logger.info("no local Hugging Face login usable for the sign-in button (%s)", type(err).__name__)
+    return "off"
+
+
+# --- the Space's files agree with each other -------------------------------------------------------------------------
+
+def read_front_matter(readme: str | Path) -> dict[str, Any]:
+    """The YAML block between the leading `---` lines of a README."""
+    text = Path(readme).read_text()
+    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
+    if not match:
+        raise ValueError(f"{str(readme)!r} has no front matter (a YAML block between '---' lines at the top)")
+    return yaml.safe_load(match.group(1)) or {}
+
+
+def check_space_files(root: str | Path, space: SpaceConfig) -> list[str]:
+    """Disagreements between README.md's front matter, requirements.txt and spaces_config.yaml (empty = none)."""
+    root = Path(root)
+    problems = []
+    try:
+        front = read_front_matter(root / "README.md")
+    except (OSError, ValueError) as err:
+        return [str(err)]
+    expected = {"sdk": space.space.get("sdk", "gradio"), "sdk_version": str(space.space.get("sdk_version")),
+                "app_file": space.space.get("app_file", "app.py"),
+                "python_version": str(space.space.get("python_version")), "hf_oauth": True,
+                "hf_oauth_scopes": space.space.get("hf_oauth_scopes")}
+    for key, value in expected.items():
+        got = front.get(key)
+        got = str(got) if key in ("sdk_version", "python_version") and got is not None else got
+        if got != value:
+            problems.append(f"README.md front matter `{key}` is {got!r}; spaces_config.yaml says {value!r}")
+    if not (root / str(front.get("app_file", ""))).is_file():
+        problems.append(f"README.md's app_file {front.get('app_file')!r} does not exist")
+    requirements = root / "requirements.txt"
+    if not requirements.is_file():
+        problems.append("requirements.txt is missing: a Space installs its dependencies from it")
+    else:
+        lines = [line.split("#")[0].strip().replace(" ", "") for line in requirements.read_text().splitlines()]
+        if f"gradio[oauth]=={expected['sdk_version']}" not in lines:
+            problems.append(f"requirements.txt must pin gradio[oauth]=={expected['sdk_version']} (the sdk_version)")
+        if not any(re.match(r"^spaces([<>=!~].*)?$", line) for line in lines):
+            problems.append("requirements.txt must list `spaces` (ZeroGPU)")
+    return problems
