@@ -1,0 +1,765 @@
+"""Fine-tuning Stable Diffusion on the (image, caption) pairs (DESIGN.md §3 step 2), full or LoRA.
+
+The paper runs diffusers' text-to-image recipe on every captioned training image: 512 px, center crop, random flip,
+EMA, fp16 mixed precision, gradient checkpointing, AdamW at a constant 1e-5, gradient norm clipped at 1, 8 epochs of
+batch 32 x gradient accumulation 4, the DDPM noise-prediction MSE (v-prediction when the scheduler says so), VAE and
+text encoder frozen, captions truncated to CLIP's 77 tokens. This module runs that recipe with stock classes
+(`UNet2DConditionModel`, `DDPMScheduler`, `EMAModel`, `StableDiffusionPipeline`), `accelerate` for devices, precision
+and data parallelism, and `peft` for LoRA on the UNet's attention projections.
+
+Everything random comes from generators seeded by (seed, epoch, micro-batch, process): the data order, flips and
+crops, the VAE sample, the noise and the timesteps. A run killed after a checkpoint and resumed therefore continues
+with exactly the losses the uninterrupted run would have had.
+
+Layout of the output directory::
+
+    OUTPUT/
+      model_index.json, unet/, vae/, ...   the fine-tuned pipeline (full fine-tuning; EMA weights when use_ema)
+      pytorch_lora_weights.safetensors     the UNet LoRA adapter instead (lora=True)
+      README.md                            model card: base model, data, captioner, every hyperparameter
+      finetune.json                        config, data, steps, losses and versions; written last
+      losses.jsonl                         one line per optimizer step: step, epoch, loss, lr
+      checkpoints/checkpoint-<step>/       resumable states (model, optimizer, scheduler, EMA)
+
+Example:
+    >>> result = finetune(FinetuneConfig(captions="runs/imagenette", output="models/imagenette-sd-seed0"))
+    >>> pipe = load_pipeline("models/imagenette-sd-seed0")  # vldd.generation; LoRA: load_pipeline(base, lora=...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import TINY_DIFFUSION
+from .runs import read_json, write_json, write_text
+
+logger = logging.getLogger(__name__)
+
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # the UNet attention projections (diffusers' LoRA recipe)
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+LORA_CHECKPOINT = "unet_lora.safetensors"  # a LoRA run's checkpoints hold the adapter only (peft's key names)
+SUMMARY = "finetune.json"
+LOSSES = "losses.jsonl"
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+# Settings that may change when a run is resumed: they decide how long to train and what to do with the result, not
+# how any step is computed.
+RESUMABLE_CHANGES = {"output", "max_train_steps", "num_train_epochs", "checkpointing_steps",
+                     "checkpoints_total_limit", "resume", "dataloader_num_workers", "push_to_hub", "private"}
+KNOWN_LICENSES = {SD15: "creativeml-openrail-m", "benjamin-paine/stable-diffusion-v1-5": "creativeml-openrail-m",
+                  "runwayml/stable-diffusion-v1-5": "creativeml-openrail-m"}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass
+class FinetuneConfig:
+    captions: str = ""  # run directory, captions `save_to_disk` directory, or Hub captions dataset id
+    output: str = "models/finetuned"  # where the model, card, losses and checkpoints go
+    base_model: str = SD15  # Stable Diffusion checkpoint (Hub id or directory) to start from
+    revision: str | None = None  # base model revision on the Hub
+    dataset: str | None = None  # source dataset of the captions; None = the one the captions' manifest names
+    config_name: str | None = None  # source dataset configuration; None = the manifest's
+    split: str | None = None  # source split; None = the manifest's, else "train"
+    image_column: str | None = None  # auto-detected (first Image feature) when None
+    max_train_samples: int | None = None  # train on the first N caption rows only (class-ordered; debugging)
+    resolution: int = 512  # images are resized (shorter side, bilinear) and cropped to resolution x resolution px
+    center_crop: bool = True  # crop the center; False = a seeded random crop
+    random_flip: bool = True  # seeded horizontal flip with probability 0.5
+    train_batch_size: int = 32  # images per process per micro-batch
+    gradient_accumulation_steps: int = 4  # micro-batches per optimizer step (effective batch = this x batch x GPUs)
+    num_train_epochs: int = 8  # passes over the pairs; ignored when max_train_steps is set
+    max_train_steps: int | None = None  # total optimizer steps; None = num_train_epochs epochs
+    learning_rate: float = 1e-5  # AdamW learning rate (paper, full fine-tuning; LoRA usually wants ~1e-4)
+    lr_scheduler: str = "constant"  # diffusers.optimization schedule: constant, constant_with_warmup, linear, cosine...
+    lr_warmup_steps: int = 0  # optimizer steps of warm-up
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.999  # AdamW beta2
+    adam_weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    adam_epsilon: float = 1e-8  # AdamW epsilon
+    max_grad_norm: float = 1.0  # gradients are clipped to this L2 norm (over the trained parameters)
+    use_ema: bool = True  # keep an exponential moving average of the trained weights; the output holds the EMA
+    ema_decay: float = 0.9999  # EMA's largest decay; early steps use (1 + t) / (10 + t) below it (diffusers' EMAModel)
+    mixed_precision: str = "fp16"  # "no", "fp16" (needs CUDA) or "bf16": frozen models in it, UNet under autocast
+    gradient_checkpointing: bool = True  # recompute UNet activations in the backward pass: less memory, slower
+    prediction_type: str | None = None  # "epsilon" or "v_prediction"; None = the base scheduler's
+    seed: int = 0  # seeds data order, flips, crops, noise, timesteps and LoRA init; one model per seed
+    checkpointing_steps: int = 500  # save a resumable checkpoint every N optimizer steps (and at the end); 0 = never
+    checkpoints_total_limit: int | None = None  # keep only the newest N checkpoints; None = all
+    resume: bool = True  # continue from the newest checkpoint in OUTPUT/checkpoints when there is one
+    lora: bool = False  # train a LoRA adapter on the UNet attention projections instead of the whole UNet
+    lora_rank: int = 4  # LoRA rank r
+    lora_alpha: int | None = None  # LoRA alpha (the update is scaled by alpha / r); None = r
+    dataloader_num_workers: int = 0  # image-decoding worker processes per training process
+    push_to_hub: str | None = None  # model repository ("namespace/name", or "name" in your namespace) to upload to
+    private: bool = False  # create that repository private
+
+    def __post_init__(self):
+        _check(bool(self.captions), "`captions` must be a run directory, a captions directory or a Hub dataset id, "
+               "got an empty string")
+        _check(bool(self.output), "`output` must be a directory, got an empty string")
+        _check(self.resolution >= 8 and self.resolution % 8 == 0,
+               f"`resolution` must be a positive multiple of 8 pixels, got {self.resolution}")
+        for name in ("train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "lora_rank"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"`{name}` must be an integer >= 1, got {value!r}")
+        for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "lora_alpha"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, int) and value >= 1),
+                   f"`{name}` must be an integer >= 1 or None, got {value!r}")
+        for name in ("lr_warmup_steps", "checkpointing_steps", "seed", "dataloader_num_workers"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 0, f"`{name}` must be an integer >= 0, got {value!r}")
+        _check(self.learning_rate > 0, f"`learning_rate` must be > 0, got {self.learning_rate}")
+        _check(self.max_grad_norm > 0, f"`max_grad_norm` must be > 0, got {self.max_grad_norm}")
+        _check(0.0 <= self.ema_decay <= 1.0, f"`ema_decay` must be in [0.0, 1.0], got {self.ema_decay}")
+        for name in ("adam_beta1", "adam_beta2"):
+            _check(0.0 <= getattr(self, name) < 1.0, f"`{name}` must be in [0.0, 1.0), got {getattr(self, name)}")
+        _check(self.adam_weight_decay >= 0, f"`adam_weight_decay` must be >= 0, got {self.adam_weight_decay}")
+        _check(self.adam_epsilon > 0, f"`adam_epsilon` must be > 0, got {self.adam_epsilon}")
+        _check(self.mixed_precision in MIXED_PRECISIONS,
+               f"`mixed_precision` must be one of {list(MIXED_PRECISIONS)}, got {self.mixed_precision!r}")
+        _check(self.prediction_type in (None, "epsilon", "v_prediction"),
+               f"`prediction_type` must be 'epsilon', 'v_prediction' or None, got {self.prediction_type!r}")
+        from diffusers.optimization import SchedulerType
+
+        names = [s.value for s in SchedulerType]
+        _check(self.lr_scheduler in names, f"`lr_scheduler` must be one of {names}, got {self.lr_scheduler!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Presets are data: overrides of the defaults (which are the paper's recipe).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tiny": {"base_model": TINY_DIFFUSION, "resolution": 64, "train_batch_size": 8, "gradient_accumulation_steps": 1,
+             "num_train_epochs": 2, "learning_rate": 1e-4, "mixed_precision": "no", "gradient_checkpointing": False,
+             "checkpointing_steps": 20},
+}
+
+
+def finetune_config(preset: str = "paper", **values: Any) -> FinetuneConfig:
+    """A validated `FinetuneConfig` from a preset ("paper" or "tiny") and field values that override it."""
+    _check(preset in PRESETS, f"`preset` must be one of {sorted(PRESETS)}, got {preset!r}")
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    unknown = set(values) - known
+    _check(not unknown, f"unknown fine-tuning settings {sorted(unknown)}; expected some of {sorted(known)}")
+    return FinetuneConfig(**{**PRESETS[preset], **values})
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning call produced."""
+
+    output: Path
+    lora: bool
+    base_model: str  # what it was trained from (a LoRA adapter is applied to it)
+    global_step: int  # optimizer steps done in total, this call and the ones it resumed
+    total_steps: int  # optimizer steps the run was asked for
+    epochs: int  # epochs the run spans
+    resumed_from: int | None  # the checkpoint step this call continued from; None = started fresh
+    losses: list[float] = field(default_factory=list)  # per-step training loss of every step, from step 1
+    weights_bytes: int = 0  # size of the saved weights (the UNet, or the LoRA adapter)
+    hub_repo: str | None = None  # the model repository it was pushed to
+
+    def summary_lines(self) -> list[str]:
+        kind = "LoRA adapter" if self.lora else "pipeline"
+        lines = [f"fine-tuned {self.global_step}/{self.total_steps} steps ({self.epochs} epochs)"
+                 + (f", resumed from step {self.resumed_from}" if self.resumed_from is not None else "")
+                 + f" -> {kind} in {self.output} ({_size(self.weights_bytes)} of weights)"]
+        if self.losses:
+            head, tail = self.losses[: max(1, len(self.losses) // 10)], self.losses[-max(1, len(self.losses) // 10):]
+            lines.append(f"loss: {np.mean(head):.4f} (first steps) -> {np.mean(tail):.4f} (last steps); per step in "
+                         f"{self.output / LOSSES}")
+        model = self.hub_repo or self.output
+        flags = f"--diffusion-model {self.base_model} --lora {model}" if self.lora else f"--diffusion-model {model}"
+        lines.append(f"generate with it: vldd generate --output RUN_DIR {flags}")
+        if self.hub_repo:
+            lines.append(f"published to the Hub model repository {self.hub_repo}")
+        return lines
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
+
+def _derive(*keys: int) -> int:
+    """One 64-bit seed from a tuple of non-negative integers (independent streams per key tuple)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0])
+
+
+def _generator(*keys: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_derive(*keys))
+
+
+def epoch_batches(n: int, *, epoch: int, seed: int, batch_size: int, process_index: int = 0,
+                  num_processes: int = 1) -> list[list[tuple[int, bool, float, float]]]:
+    """This process's micro-batches of one epoch: keys (pair index, flip, crop u, crop v), seeded by (seed, epoch).
+
+    The epoch's permutation is padded (wrapping around, as `DistributedSampler`) to a multiple of the process count
+    and dealt out round-robin, so every process runs the same number of micro-batches.
+    """
+    g = _generator(seed, 0, epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    flips = (torch.rand(n, generator=g) < 0.5).tolist()
+    crops = torch.rand(n, 2, generator=g).tolist()
+    order += order[: (-len(order)) % num_processes]
+    mine = order[process_index::num_processes]
+    keys = [(i, flips[i], crops[i][0], crops[i][1]) for i in mine]
+    return [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """(image, caption) pairs: images read from the source by row, transformed as the recipe says, captions tokenized.
+
+    Items are addressed by the keys `epoch_batches` makes, which carry each item's flip and crop draws.
+    """
+
+    def __init__(self, images, image_column: str, rows: list[int], captions: list[str], tokenizer, *,
+                 resolution: int, center_crop: bool, random_flip: bool):
+        self.images, self.image_column, self.rows, self.captions = images, image_column, rows, captions
+        self.tokenizer = tokenizer
+        self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, bool, float, float]) -> dict[str, torch.Tensor]:
+        import torchvision.transforms.v2.functional as TF
+
+        from .data import decode_image
+
+        i, flip, u, v = key
+        image = decode_image(self.images[self.rows[i]][self.image_column])
+        image = TF.resize(image, self.resolution, interpolation=TF.InterpolationMode.BILINEAR)
+        if self.center_crop:
+            image = TF.center_crop(image, [self.resolution, self.resolution])
+        else:
+            top, left = round(u * (image.height - self.resolution)), round(v * (image.width - self.resolution))
+            image = TF.crop(image, top, left, self.resolution, self.resolution)
+        if self.random_flip and flip:
+            image = TF.horizontal_flip(image)
+        pixels = TF.to_dtype(TF.to_image(image), torch.float32, scale=True) * 2.0 - 1.0
+        # Captions truncated to CLIP's 77 tokens, as the paper trained (generation, by contrast, never truncates).
+        ids = self.tokenizer(self.captions[i], max_length=self.tokenizer.model_max_length, padding="max_length",
+                             truncation=True, return_tensors="pt").input_ids[0]
+        return {"pixel_values": pixels, "input_ids": ids}
+
+
+def _hub_manifest(repo_id: str) -> dict[str, Any]:
+    """The manifest a published captions repository carries (vldd/captions/manifest.json), or {}."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return json.loads(Path(hf_hub_download(repo_id, "vldd/captions/manifest.json", repo_type="dataset")).read_text())
+    except Exception as err:  # not a vldd repository, offline...: the caller asks for --dataset instead
+        logger.debug("no vldd manifest in %s: %s", repo_id, err)
+        return {}
+
+
+def load_pairs(config: FinetuneConfig, tokenizer) -> tuple[PairDataset, dict[str, Any]]:
+    """Reads the captions and opens their source dataset.
+
+    Returns:
+        (the pairs, a description of the data for the card: source, split, captions, captioner, number of pairs).
+    """
+    from .config import DataConfig
+    from .data import load_source
+    from .hub import load_published_captions
+
+    path = Path(config.captions).expanduser()
+    if (path / "manifest.json").is_file():
+        manifest = read_json(path / "manifest.json", default={})
+    else:
+        manifest = {} if path.exists() else _hub_manifest(config.captions)
+    captions = load_published_captions(config.captions)
+    if config.max_train_samples is not None:
+        captions = captions.select(range(min(config.max_train_samples, captions.num_rows)))
+    _check(captions.num_rows > 0, f"the captions {config.captions!r} hold no rows")
+    source = manifest.get("source") or {}
+    dataset = config.dataset or source.get("dataset")
+    if not dataset:
+        raise ValueError(f"the captions {config.captions!r} do not name their source dataset (no vldd manifest); "
+                         "pass the source dataset with `dataset` (--dataset)")
+    from_manifest = config.dataset is None
+    split = config.split or (source.get("split") if from_manifest else None) or "train"
+    config_name = config.config_name or (source.get("config_name") if from_manifest else None)
+    opened = load_source(DataConfig(
+        dataset=dataset, split=split, config_name=config_name, image_column=config.image_column,
+        revision=source.get("revision") if from_manifest else None,
+        label_column=source.get("label_column") if from_manifest else None))
+    rows = captions["source_index"]
+    if max(rows) >= opened.dataset.num_rows or min(rows) < 0:
+        raise ValueError(f"the captions address source rows up to {max(rows)}, but {dataset!r} split {split!r} has "
+                         f"{opened.dataset.num_rows} rows: they were made from another dataset or split")
+    captioners = sorted(set(captions["captioner"])) if "captioner" in captions.features else []
+    pairs = PairDataset(opened.dataset, opened.image_column, rows, captions["caption"], tokenizer,
+                        resolution=config.resolution, center_crop=config.center_crop, random_flip=config.random_flip)
+    data = {"dataset": dataset, "config_name": config_name, "split": split, "captions": config.captions,
+            "captioner": ", ".join(captioners) or ((manifest.get("models") or {}).get("captioner") or {}).get("id"),
+            "num_pairs": len(rows), "num_classes": len(set(captions["label"])),
+            "license": source.get("license")}
+    return pairs, data
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------------
+
+def _checkpoints(output: Path) -> list[tuple[int, Path]]:
+    root = output / "checkpoints"
+    found = [(int(m.group(1)), p) for p in root.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(output: str | Path) -> tuple[int, Path] | None:
+    """(step, directory) of the newest complete checkpoint in OUTPUT/checkpoints, or None."""
+    found = _checkpoints(Path(output))
+    return found[-1] if found else None
+
+
+def _save_checkpoint(accelerator, output: Path, step: int, limit: int | None) -> None:
+    # Written to a temporary directory and renamed when complete: a run killed mid-save leaves no half checkpoint.
+    root = output / "checkpoints"
+    tmp, final = root / f".checkpoint-{step}.tmp", root / f"checkpoint-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if limit is not None:
+            for _, old in _checkpoints(output)[: max(0, len(_checkpoints(output)) - limit + 1)]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(tmp / "vldd_step.json", {"step": step})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+
+
+def _training_settings(config: FinetuneConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+
+
+def _check_resumable(output: Path, config: FinetuneConfig) -> None:
+    stored = read_json(output / "finetune_config.json")
+    if stored is None:
+        return
+    now = _training_settings(config)
+    changed = {k: (stored.get(k), v) for k, v in now.items() if stored.get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+        raise ValueError(f"{str(output)!r} holds checkpoints of a run with other settings ({detail}); resume with the "
+                         "same settings, pick another output, or pass resume=False (--no-resume) to start over")
+
+
+def _read_losses(output: Path, up_to: int | None = None) -> list[dict[str, Any]]:
+    path = output / LOSSES
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if up_to is None or r["step"] <= up_to]
+
+
+# --- training ------------------------------------------------------------------------------------------------------
+
+def _load_models(config: FinetuneConfig, path: str):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    kw = {"revision": config.revision}
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
+        noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kw)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"could not load Stable Diffusion model {config.base_model!r}: {err}") from err
+    if config.prediction_type is not None:
+        noise_scheduler.register_to_config(prediction_type=config.prediction_type)
+    return tokenizer, text_encoder, vae, unet, noise_scheduler
+
+
+def _add_lora(unet, config: FinetuneConfig) -> None:
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
+                      init_lora_weights="gaussian", target_modules=LORA_TARGETS)
+    with torch.random.fork_rng(devices=[]):  # the adapter's random init is part of the seeded run
+        torch.manual_seed(_derive(config.seed, 2))
+        unet.add_adapter(lora)
+
+
+def _lora_state(unet) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)), unet.peft_config["default"].to_dict()
+
+
+def _save_lora_in_checkpoints(accelerator) -> None:
+    """Checkpoints of a LoRA run hold the adapter only (the frozen UNet is the base's): MBs instead of GBs."""
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    def save(models, weights, output_dir):
+        if accelerator.is_main_process:
+            state = get_peft_model_state_dict(accelerator.unwrap_model(models[0]))
+            save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(output_dir, LORA_CHECKPOINT))
+        weights.clear()
+
+    def load(models, input_dir):
+        model = accelerator.unwrap_model(models.pop())
+        set_peft_model_state_dict(model, load_file(os.path.join(input_dir, LORA_CHECKPOINT)))
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
+
+
+def _micro_step(batch, *, vae, text_encoder, unet, noise_scheduler, generator, weight_dtype, device) -> torch.Tensor:
+    """The recipe's loss on one micro-batch: MSE between the UNet's prediction and the noise (or velocity)."""
+    import torch.nn.functional as F
+    from diffusers.utils.torch_utils import randn_tensor
+
+    with torch.no_grad():
+        pixels = batch["pixel_values"].to(device, weight_dtype)
+        latents = vae.encode(pixels).latent_dist.sample(generator=generator) * vae.config.scaling_factor
+        encoder_hidden_states = text_encoder(batch["input_ids"].to(device), return_dict=False)[0]
+    noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              generator=generator).to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    prediction = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
+    return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+
+
+def finetune(config: FinetuneConfig, *, cache_dir: str | Path | None = None, progress: bool = False) -> FinetuneResult:
+    """Fine-tunes Stable Diffusion on captioned images (full or LoRA), resuming from the output's latest checkpoint.
+
+    Under `accelerate launch` every process runs this same call; each trains on its share of every batch.
+
+    Args:
+        config: the whole job.
+        cache_dir: where tiny models are built (`tiny://` ids).
+        progress: a tqdm bar over optimizer steps (main process only).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel, cast_training_params
+    from tqdm.auto import tqdm
+
+    from .tiny import resolve_model
+
+    output = Path(config.output)
+    base_path = resolve_model(config.base_model, cache_dir)
+
+    # 1. Devices and precision.
+    # On a machine without GPUs, cpu=True is what lets several processes (torchrun / accelerate launch) train
+    # data-parallel over gloo; otherwise accelerate picks the device.
+    no_gpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=no_gpu)
+    try:
+        if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+            raise ValueError("`mixed_precision` 'fp16' (the paper's) needs a CUDA GPU; on CPU use 'no' or 'bf16'")
+        device, main = accelerator.device, accelerator.is_main_process
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+        # 2. Models: VAE and text encoder frozen (in the training precision), UNet (or its LoRA) trained in fp32.
+        tokenizer, text_encoder, vae, unet, noise_scheduler = _load_models(config, base_path)
+        for frozen in (vae, text_encoder):
+            frozen.requires_grad_(False).eval().to(device)
+        if config.lora:
+            unet.requires_grad_(False)
+            _add_lora(unet, config)
+        if weight_dtype != torch.float32:
+            for frozen in (vae, text_encoder) + ((unet,) if config.lora else ()):
+                frozen.to(dtype=weight_dtype)
+            if config.lora:
+                cast_training_params(unet, dtype=torch.float32)  # the adapter trains in fp32
+        unet.to(device)
+        unet.train()
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        params = [p for p in unet.parameters() if p.requires_grad]
+
+        # 3. Data, and the schedule it implies.
+        pairs, data = load_pairs(config, tokenizer)
+        W = accelerator.num_processes
+        micro_per_epoch = math.ceil(math.ceil(len(pairs) / W) / config.train_batch_size)
+        steps_per_epoch = math.ceil(micro_per_epoch / config.gradient_accumulation_steps)
+        total_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
+        epochs = math.ceil(total_steps / steps_per_epoch)
+
+        # 4. Optimizer, learning-rate schedule, EMA.
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                                      weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+        # accelerate steps a prepared scheduler once per process: scale as diffusers' script does.
+        lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps * W,
+                                     num_training_steps=total_steps * W)
+        unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+        if config.lora:
+            _save_lora_in_checkpoints(accelerator)
+        ema = None
+        if config.use_ema:
+            ema = EMAModel(params, decay=config.ema_decay)
+            ema.to(device)
+            accelerator.register_for_checkpointing(ema)
+
+        # 5. Resume from the newest checkpoint (optimizer, scheduler, EMA and step restored), or start fresh.
+        global_step, resumed_from = 0, None
+        latest = latest_checkpoint(output) if config.resume else None
+        if latest is not None:
+            _check_resumable(output, config)
+            global_step = resumed_from = latest[0]
+            accelerator.load_state(str(latest[1]))
+            if ema is not None:
+                ema.to(device)  # accelerate loads custom states on the CPU
+            logger.info("resuming from %s (step %d)", latest[1], global_step)
+        records = _read_losses(output, up_to=global_step) if latest is not None else []
+        if main:
+            output.mkdir(parents=True, exist_ok=True)
+            if latest is None:
+                shutil.rmtree(output / "checkpoints", ignore_errors=True)
+            for stale in (output / "checkpoints").glob(".checkpoint-*.tmp"):  # left by a run killed mid-save
+                shutil.rmtree(stale, ignore_errors=True)
+            write_json(output / "finetune_config.json", _training_settings(config))
+            write_text(output / LOSSES, "".join(json.dumps(r) + "\n" for r in records))
+        accelerator.wait_for_everyone()
+
+        # 6. Train: per optimizer step, gradient_accumulation_steps micro-batches, clipped, stepped, EMA updated.
+        loader_kw = {"num_workers": config.dataloader_num_workers, "collate_fn": torch.utils.data.default_collate}
+        bar = tqdm(total=total_steps, initial=global_step, desc="finetune", unit="step", disable=not (progress and main))
+        ga = config.gradient_accumulation_steps
+        log = open(output / LOSSES, "a") if main else None
+        try:
+            for epoch in range(global_step // steps_per_epoch, epochs):
+                if global_step >= total_steps:
+                    break
+                batches = epoch_batches(len(pairs), epoch=epoch, seed=config.seed,
+                                        batch_size=config.train_batch_size, process_index=accelerator.process_index,
+                                        num_processes=W)
+                first = (global_step - epoch * steps_per_epoch) * ga  # micro-batches already done this epoch
+                groups = [list(range(i, min(i + ga, len(batches)))) for i in range(first, len(batches), ga)]
+                loader = iter(torch.utils.data.DataLoader(pairs, batch_sampler=batches[first:], **loader_kw))
+                for group in groups:
+                    if global_step >= total_steps:
+                        break
+                    step_loss = 0.0
+                    for k, micro in enumerate(group):
+                        batch = next(loader)
+                        g = _generator(config.seed, 1, epoch, micro, accelerator.process_index)
+                        syncing = k == len(group) - 1
+                        with nullcontext() if syncing else accelerator.no_sync(unet):  # DDP all-reduces on the last only
+                            loss = _micro_step(batch, vae=vae, text_encoder=text_encoder, unet=unet,
+                                               noise_scheduler=noise_scheduler, generator=g,
+                                               weight_dtype=weight_dtype, device=device)
+                            accelerator.backward(loss / len(group))
+                        step_loss += loss.detach().float() / len(group)
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.step(params)
+                    global_step += 1
+                    mean_loss = accelerator.reduce(step_loss.to(device), reduction="mean").item()
+                    record = {"step": global_step, "epoch": epoch, "loss": mean_loss,
+                              "lr": lr_scheduler.get_last_lr()[0]}
+                    records.append(record)
+                    if log is not None:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    if config.checkpointing_steps and (global_step % config.checkpointing_steps == 0
+                                                       or global_step == total_steps):
+                        _save_checkpoint(accelerator, output, global_step, config.checkpoints_total_limit)
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+
+        # 7. Save the model (EMA weights when kept), the summary and the card.
+        accelerator.wait_for_everyone()
+        weights_bytes = 0
+        if main:
+            unet = accelerator.unwrap_model(unet)
+            if ema is not None:
+                ema.copy_to(params)
+            weights_bytes = _save_model(unet, config, base_path, output)
+            summary = _summary(config, data, global_step, total_steps, epochs, records, weights_bytes)
+            write_json(output / SUMMARY, summary)
+            write_text(output / "README.md", render_model_card(summary))
+        accelerator.wait_for_everyone()
+        result = FinetuneResult(output, config.lora, config.base_model, global_step, total_steps, epochs, resumed_from,
+                                [r["loss"] for r in records], weights_bytes)
+
+        # 8. Publish (main process only; the token comes from huggingface_hub's login).
+        if config.push_to_hub and main:
+            result.hub_repo = push_model(output, config.push_to_hub, private=config.private)
+        return result
+    finally:
+        accelerator.free_memory()
+        AcceleratorState._reset_state()  # so a later call in this process may pick another precision
+
+
+def _save_model(unet, config: FinetuneConfig, base_path: str, output: Path) -> int:
+    """Writes the pipeline (full) or the LoRA adapter into `output`; returns the size of the trained weights."""
+    from diffusers import StableDiffusionPipeline
+
+    if config.lora:
+        state, metadata = _lora_state(unet)
+        StableDiffusionPipeline.save_lora_weights(output, unet_lora_layers=state, unet_lora_adapter_metadata=metadata,
+                                                  safe_serialization=True)
+        return (output / LORA_WEIGHTS).stat().st_size
+    # The frozen components are loaded afresh from the base, so they are saved in their original precision.
+    pipe = StableDiffusionPipeline.from_pretrained(base_path, unet=unet, revision=config.revision,
+                                                   safety_checker=None, requires_safety_checker=False)
+    if config.prediction_type is not None:
+        pipe.scheduler.register_to_config(prediction_type=config.prediction_type)
+    pipe.save_pretrained(output, safe_serialization=True)
+    return sum(f.stat().st_size for f in (output / "unet").glob("*.safetensors"))
+
+
+def _public(value: str | None) -> str | None:
+    """Local paths are reduced to their last component: the card and summary must not leak machine paths."""
+    if value is None or value.startswith("tiny://"):
+        return value
+    return Path(value).name if Path(value).expanduser().exists() else value
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
+
+    out = {"vldd": __version__, "python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers", "accelerate", "peft", "datasets"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _summary(config, data, global_step, total_steps, epochs, records, weights_bytes) -> dict[str, Any]:
+    settings = config.to_dict()
+    for key in ("captions", "output", "base_model", "dataset"):
+        settings[key] = _public(settings[key])
+    losses = [r["loss"] for r in records]
+    return {
+        "vldd_version": __version__, "kind": "lora" if config.lora else "full",
+        "base_model": _public(config.base_model), "base_revision": config.revision,
+        "tiny": config.base_model.startswith("tiny://"),
+        "data": {**data, "dataset": _public(data["dataset"]), "captions": _public(data["captions"])},
+        "config": settings, "global_step": global_step, "total_steps": total_steps, "epochs": epochs,
+        "final_loss": losses[-1] if losses else None,
+        "mean_loss_last_10pct": float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else None,
+        "weights_bytes": weights_bytes, "versions": _versions(),
+    }
+
+
+# --- card and Hub --------------------------------------------------------------------------------------------------
+
+def _is_hub_id(value: str | None) -> bool:
+    return bool(value) and not value.startswith("tiny://") and re.fullmatch(r"[\w.-]+/[\w.-]+", value) is not None
+
+
+def render_model_card(summary: dict[str, Any], repo_id: str | None = None) -> str:
+    """The model card (README.md) of a fine-tuned model, from `templates/model_card.md`. Pure.
+
+    Args:
+        summary: the run's `finetune.json` content.
+        repo_id: the model repository, when published (used in the usage snippets).
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .hub import PAPER_BIBTEX
+
+    base, data, config = summary["base_model"], summary["data"], summary["config"]
+    lora = summary["kind"] == "lora"
+    tags = ["stable-diffusion", "stable-diffusion-diffusers", "text-to-image", "diffusers", "vldd",
+            "dataset-distillation"] + (["lora"] if lora else [])
+    card_data = ModelCardData(
+        license=KNOWN_LICENSES.get(base), library_name="diffusers", pipeline_tag="text-to-image", tags=tags,
+        base_model=base if _is_hub_id(base) else None,
+        datasets=[d for d in (data.get("dataset"), data.get("captions")) if _is_hub_id(d)] or None)
+    where = repo_id or summary["config"]["output"]
+    # Where the data came from is in the "Training data" section, resolved; the table holds how it was trained.
+    hidden = ("captions", "output", "push_to_hub", "private", "resume", "dataset", "config_name", "split")
+    settings = [(k, _cell(v)) for k, v in config.items() if k not in hidden]
+    card = ModelCard.from_template(
+        card_data, template_str=_template(), title=f"{'LoRA' if lora else 'Fine-tuned'} {base} on "
+        f"{data.get('dataset')} captions (vldd)", lora=lora, base=base, base_revision=summary.get("base_revision"),
+        data=data, settings=settings, summary=summary, where=where, versions=list(summary["versions"].items()),
+        bibtex=PAPER_BIBTEX, tiny=summary.get("tiny"), weights_size=_size(summary["weights_bytes"]))
+    return str(card)
+
+
+def _template() -> str:
+    return resources.files("vldd").joinpath("templates", "model_card.md").read_text(encoding="utf-8")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).replace("|", "\\|")
+
+
+def push_model(output: str | Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+    """Uploads a fine-tuned model directory (without its checkpoints) to a Hub model repository, card included.
+
+    Args:
+        output: a directory `finetune` wrote.
+        repo_id: "namespace/name", or "name" in the token owner's namespace.
+        private: create the repository private.
+        token: a write token; default `huggingface_hub`'s (HF_TOKEN, then `hf auth login`).
+
+    Returns:
+        The repository id ("namespace/name").
+    """
+    from huggingface_hub import HfApi
+
+    from .hub import resolve_token
+
+    output = Path(output)
+    summary = read_json(output / SUMMARY)
+    if summary is None:
+        raise FileNotFoundError(f"{str(output)!r} holds no finished fine-tuning ({SUMMARY} is missing)")
+    token = resolve_token(token)
+    api = HfApi(token=token, library_name="vldd", library_version=__version__)
+    if "/" not in repo_id:
+        repo_id = f"{api.whoami()['name']}/{repo_id}"
+    url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    write_text(output / "README.md", render_model_card(summary, repo_id=repo_id))
+    api.upload_folder(folder_path=str(output), repo_id=repo_id, repo_type="model",
+                      ignore_patterns=["checkpoints/**", ".*", "finetune_config.json"],
+                      commit_message=f"Upload fine-tuned model (vldd {__version__})")
+    logger.info("published %s to %s", output, url)
+    return repo_id
