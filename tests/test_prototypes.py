@@ -47,6 +47,17 @@ def test_kmeans_inertia_within_one_percent_of_sklearn(n, d, k):
     assert (torch.cdist(torch.from_numpy(x), result.centers).argmin(1) == result.labels).all()
 
 
+def test_kmeans_on_an_embedding_equals_kmeans_on_the_rows():
+    """With fewer rows than dimensions, k-means runs on an n-dim embedding with the same distances: same answer."""
+    x = torch.from_numpy(clustered(80, 40, k=6, seed=3))  # n >= d: clustered as given
+    rotation = torch.linalg.qr(torch.randn(240, 240, generator=torch.Generator().manual_seed(0)))[0]
+    wide = torch.cat([x, torch.zeros(80, 200)], dim=1) @ rotation  # n < d: same distances, via the embedding
+    direct, embedded = kmeans(x, 5, seed=0), kmeans(wide, 5, seed=0)
+    assert torch.equal(direct.labels, embedded.labels)
+    assert embedded.inertia == pytest.approx(direct.inertia, rel=1e-4)
+    torch.testing.assert_close((embedded.centers @ rotation.T)[:, :40], direct.centers, rtol=1e-4, atol=1e-4)
+
+
 def test_kmeans_finds_known_centres():
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     offsets = torch.tensor([[0.5, 0.0], [-0.5, 0.0], [0.0, 0.5], [0.0, -0.5]])
