@@ -184,3 +184,4 @@ def test_two_processes_under_accelerate_give_the_single_process_dataset(referenc
     assert json.loads((out / "manifest.json").read_text())["processes"] == 2
     assert sharded["prompt"] == reference["prompt"] and sharded["label"] == reference["label"]
     assert all(np.array_equal(a, b) for a, b in zip(_images(sharded), _images(reference)))
+

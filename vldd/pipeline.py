@@ -173,6 +173,7 @@ def caption_stage(source: SourceDataset, config: DistillConfig, stage: StageDir,
                                       batch_size=c.batch_size, seed=config.seed * 1_000_003 + label)
         write_json(stage.file(label, ".json"), {"rows": rows, "captions": captions, "prompt": prompt,
                                                 "skipped": skipped})
+        del images  # before the next class loads: one class in memory at a time, not two
 
 
 def write_captions_dataset(source: SourceDataset, config: DistillConfig, stage: StageDir, run_dir: Path) -> int:
@@ -212,17 +213,22 @@ def prototype_stage(source: SourceDataset, config: DistillConfig, stage: StageDi
             k = usable
         latents = encode_images(vae, images, resolution=p.resolution, seeds=rows, seed=config.seed,
                                 batch_size=p.encode_batch_size)
-        protos = build_prototypes(latents, k, contamination=p.contamination, n_neighbors=p.lof_neighbors,
+        device = vae.device if vae is not None else "cpu"  # LOF and k-means run where the VAE runs (GPU)
+        protos = build_prototypes(latents.to(device), k, contamination=p.contamination, n_neighbors=p.lof_neighbors,
                                   n_init=p.n_init, max_iter=p.max_iter, tol=p.tol, seed=config.seed)
         flat, centers = latents.flatten(1), protos.centers.flatten(1)
         nearest = []
         for c in range(k):
             members = (protos.assignment == c).nonzero().squeeze(1)
+            if len(members) == 0:  # only when a class has fewer distinct images than clusters
+                raise ValueError(f"class {source.class_names[label]!r}: cluster {c} of {k} is empty; the class has "
+                                 "too few distinct images for IPC " + str(k))
             nearest.append(int(members[(flat[members] - centers[c]).norm(dim=1).argmin()]))
         with atomic_path(stage.file(label, ".pt")) as tmp:
             torch.save({"rows": rows, "centers": protos.centers, "assignment": protos.assignment.tolist(),
                         "cluster_sizes": protos.cluster_sizes, "inertia": protos.inertia, "nearest": nearest,
                         "skipped": skipped}, tmp)
+        del images, latents, flat  # before the next class loads: one class in memory at a time, not two
 
 
 # --- stage 3: text prototypes --------------------------------------------------------------------------------------
