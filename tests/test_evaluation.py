@@ -348,3 +348,29 @@ def test_cli_evaluate(tmp_path, capsys):
     assert read_manifest(run)["evaluation"][0]["results_file"] == str(output)
     assert main(["evaluate", "--distilled", str(run), "--epochs", "0"]) == 2
     assert "`epochs` must be >= 1" in capsys.readouterr().err
+
+
+def test_two_processes_under_accelerate_give_the_single_process_results(tmp_path):
+    """Jobs (training set, repeat) are dealt out across processes; every number equals the one-process run's."""
+    import os
+    import subprocess
+    import sys
+
+    run = make_run(tmp_path / "run")
+    flags = ["--distilled", str(run), "--real", "sample", "--protocol", "hard", "--epochs", "2", "--batch-size", "16",
+             "--student-width", str(WIDTH), "--image-size", str(SIZE), "--repeats", "2", "--baseline", "random",
+             "--device", "cpu", "--no-record", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = tmp_path / "single.json"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli"]
+    for command, output in (([sys.executable, "-m", "vldd.cli"], single), (launch, tmp_path / "sharded.json")):
+        done = subprocess.run([*command, "evaluate", *flags, "--output", str(output)], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads(p.read_text()) for p in (single, tmp_path / "sharded.json"))
+    assert two["processes"] == 2 and one["processes"] == 1
+    for name in ("distilled", "random"):
+        curves = [[r["top1"] for r in report["results"][name]["repeats"]] for report in (one, two)]
+        assert curves[0] == curves[1]
+    assert not list(tmp_path.glob(".sharded.parts"))  # the per-job files are cleaned up

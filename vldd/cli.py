@@ -84,23 +84,29 @@ def config_from_args(args: argparse.Namespace) -> cfg.DistillConfig:
     return cfg.load_config(path, overrides)
 
 
+def _processes(device: str):
+    """Under `accelerate launch` (WORLD_SIZE > 1): this process's `Processes` and its device; else (None, device)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, device
+    import torch
+    from accelerate import PartialState
+
+    from .pipeline import Processes
+
+    # On a machine without CUDA, torchrun's processes (`accelerate launch --multi_gpu`) talk through gloo.
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    if device == "auto":
+        device = str(state.device) if state.device.type == "cuda" else "cpu"
+    return Processes.from_accelerate(state), device
+
+
 def _run_stages(stages):
     def run(args):
         from .pipeline import distill
 
         config = config_from_args(args)
-        processes = None
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: one process per GPU
-            import torch
-            from accelerate import PartialState
-
-            from .pipeline import Processes
-
-            # On a machine without CUDA, torchrun's processes (`accelerate launch --multi_gpu`) talk through gloo.
-            state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())
-            processes = Processes.from_accelerate(state)
-            if config.device == "auto":
-                config.device = str(state.device) if state.device.type == "cuda" else "cpu"
+        processes, device = _processes(config.device)
+        config.device = device
         result = distill(config, stages=stages, cache_dir=args.cache_dir, progress=not args.quiet,
                          processes=processes)
         if processes is None or processes.is_main:
@@ -169,9 +175,12 @@ def _evaluate(args) -> int:
     from .evaluation import EvalConfig, evaluate
 
     values = {k[5:]: v for k, v in vars(args).items() if k.startswith("eval:") and v is not None}
-    result = evaluate(EvalConfig(**values), progress=not args.quiet)
-    for line in result.summary_lines():
-        print(line)
+    config = EvalConfig(**values)
+    processes, device = _processes(config.device)
+    result = evaluate(config, device=device if processes else None, progress=not args.quiet, processes=processes)
+    if processes is None or processes.is_main:
+        for line in result.summary_lines():
+            print(line)
     return 0
 
 

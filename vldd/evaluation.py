@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,7 +32,7 @@ import numpy as np
 
 from . import __version__
 from .data import _find_column, decode_image, open_dataset
-from .runs import atomic_path, read_manifest, update_manifest, write_json
+from .runs import atomic_path, read_json, read_manifest, update_manifest, write_json
 
 # torch, torchvision and the networks are imported where used, so that building the CLI stays fast.
 
@@ -583,13 +584,15 @@ def _load_teacher(config: EvalConfig, classes: list[str], real_names: list[str],
     return _Teacher(model.to(device).eval(), torch.tensor(index, device=device), meta)
 
 
-def evaluate(config: EvalConfig, *, device=None, progress: bool = False) -> EvalResult:
+def evaluate(config: EvalConfig, *, device=None, progress: bool = False, processes=None) -> EvalResult:
     """Trains students on the distilled set (and baselines) under one protocol and tests them on real images.
 
     Args:
         config: what to evaluate and how; see `EvalConfig`.
         device: overrides `config.device` ("cpu", "cuda", a torch.device).
         progress: show a progress bar per training run.
+        processes: a `vldd.pipeline.Processes` when several processes share the work (`accelerate launch`): the
+            (training set, repeat) jobs are dealt out across them, and the main process writes the report.
 
     Returns:
         An `EvalResult`; the results JSON and accuracy-vs-epoch PNG are written to `config.output` (default: the run
@@ -649,44 +652,63 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False) -> Eval
                           shuffle=False, seed=config.seed, workers=workers, device=device)
     test_batches = _cached_batches(test_loader)
 
-    # 5. Train every training set under the identical recipe and seeds.
-    runs: dict[str, RunResult] = {}
-    for name in ["distilled", *config.baselines]:
-        repeats = []
-        for r in range(config.repeats):
-            seed = config.seed + r
-            rows = None
-            if name == "distilled":
-                train = train_sets["distilled"]
-            elif name == "random":
-                train = random_subset(pool, counts, [seed, 1])
-                rows = train.rows
-            else:
-                train = pool
-            repeat = _train_repeat(train, test_batches, recipe, len(classes), teacher, seed=seed, device=device,
-                                   amp=amp, workers=workers, desc=f"{name} #{r + 1}", progress=progress)
-            repeat.subset_rows = rows
-            logger.info("%s repeat %d/%d: best %.2f%% (epoch %d), final %.2f%%", name, r + 1, config.repeats,
-                        repeat.best, repeat.best_epoch, repeat.final)
-            repeats.append(repeat)
-        runs[name] = RunResult(name, repeats)
-
-    # 6. Report: JSON, plot and manifest entry.
-    report = _report(config, recipe, classes, counts, real, val_split, len(test), run_dir, source, runs, teacher,
-                     device, amp, time.perf_counter() - started)
-    result = EvalResult(config, recipe, classes, ipc, runs, report)
     if config.output:
         output = Path(config.output)
     elif run_dir is not None:
         output = run_dir / "evaluation" / f"{config.protocol}-{config.student}.json"
     else:
         output = Path(f"evaluation-{config.protocol}-{config.student}.json")
+
+    # 5. Train every training set under the identical recipe and seeds; with several processes, each takes its share
+    #    of the (training set, repeat) jobs and leaves its results beside the report for the main process.
+    from .pipeline import Processes
+
+    processes = processes or Processes()
+    jobs = [(name, r) for name in ["distilled", *config.baselines] for r in range(config.repeats)]
+    parts = output.parent / f".{output.stem}.parts"
+    if processes.count > 1 and processes.is_main:
+        shutil.rmtree(parts, ignore_errors=True)
+    processes.wait()
+    done: dict[tuple[str, int], RepeatResult] = {}
+    for name, r in jobs[processes.index::processes.count]:
+        seed = config.seed + r
+        rows = None
+        if name == "distilled":
+            train = train_sets["distilled"]
+        elif name == "random":
+            train = random_subset(pool, counts, [seed, 1])
+            rows = train.rows
+        else:
+            train = pool
+        repeat = _train_repeat(train, test_batches, recipe, len(classes), teacher, seed=seed, device=device,
+                               amp=amp, workers=workers, desc=f"{name} #{r + 1}", progress=progress)
+        repeat.subset_rows = rows
+        logger.info("%s repeat %d/%d: best %.2f%% (epoch %d), final %.2f%%", name, r + 1, config.repeats,
+                    repeat.best, repeat.best_epoch, repeat.final)
+        done[name, r] = repeat
+        if processes.count > 1:
+            write_json(parts / f"{name}-{r}.json", dataclasses.asdict(repeat))
+    processes.wait()
+    if processes.count > 1:
+        done = {(name, r): RepeatResult(**read_json(parts / f"{name}-{r}.json")) for name, r in jobs}
+    runs = {name: RunResult(name, [done[name, r] for r in range(config.repeats)])
+            for name in ["distilled", *config.baselines]}
+
+    # 6. Report: JSON, plot and manifest entry.
+    report = _report(config, recipe, classes, counts, real, val_split, len(test), run_dir, source, runs, teacher,
+                     device, amp, time.perf_counter() - started)
+    report["processes"] = processes.count
+    result = EvalResult(config, recipe, classes, ipc, runs, report)
     result.results_path, result.plot_path = output, output.with_suffix(".png")
     report["plot"] = result.plot_path.name
-    plot_curves(runs, result.plot_path, f"{config.protocol}-label protocol, {config.student}, IPC {ipc}")
-    write_json(result.results_path, report)
-    if run_dir is not None and config.record:
-        record_evaluation(run_dir, _manifest_entry(report, result.results_path, run_dir))
+    if processes.is_main:
+        plot_curves(runs, result.plot_path, f"{config.protocol}-label protocol, {config.student}, IPC {ipc}")
+        write_json(result.results_path, report)
+        if run_dir is not None and config.record:
+            record_evaluation(run_dir, _manifest_entry(report, result.results_path, run_dir))
+    processes.wait()
+    if processes.count > 1 and processes.is_main:
+        shutil.rmtree(parts, ignore_errors=True)
     return result
 
 
