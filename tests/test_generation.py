@@ -4,7 +4,24 @@ import numpy as np
 import pytest
 import torch
 
-from vldd.generation import denoising_steps, encode_prompts, generate_images, load_pipeline, window_token_ids
+from vldd.generation import (
+    denoising_steps,
+    encode_prompts,
+    generate_images,
+    load_pipeline,
+    prompt_token_ids,
+    window_token_ids,
+)
+from vldd.tiny import clip_tokenizer
+
+NEGATIVE = "cartoon, anime, painting"  # the paper's: 3 words, 7 ids with BOS/EOS
+BOS, EOS = 49406, 49407  # CLIP's; EOS is also SD v1.5's pad token
+# 105 CLIP tokens (107 ids with BOS/EOS), 97 words
+CAPTION_105 = ("A small brown dog with a long fluffy tail sits on green grass near a wooden fence, its ears raised, "
+               "its nose black and wet, with white patches on its chest and paws, a red collar around its neck, "
+               "looking towards the camera in bright afternoon sunlight while leaves fall around it and a ball lies "
+               "beside its front paws on the lawn in a quiet garden behind a small white house with a red roof, "
+               "and two birds sit on the fence above it, watching the dog as it waits for its owner to play outside.")
 
 LONG = ("A small brown dog with a long fluffy tail sits on green grass near a wooden fence, its ears raised, "
         "its nose black and wet, with white patches on its chest and paws, a red collar around its neck, "
@@ -33,7 +50,7 @@ def test_windows_drop_no_token(pipe):
 
 def test_chunked_embeddings_equal_per_window_clip_encodings(pipe):
     tok, enc = pipe.tokenizer, pipe.text_encoder
-    embeds, negative = encode_prompts(tok, enc, [LONG], "cartoon, anime, painting")
+    embeds, negative = encode_prompts(pipe, [LONG], "cartoon, anime, painting", chunking="windows")
     windows = window_token_ids(tok, LONG)
     with torch.no_grad():
         expected = torch.cat([enc(w[None])[0] for w in windows], dim=1)
@@ -46,9 +63,67 @@ def test_chunked_embeddings_equal_per_window_clip_encodings(pipe):
 
 def test_short_prompt_is_encoded_exactly_as_the_pipeline_does(pipe):
     reference, reference_neg = pipe.encode_prompt("a photo of a dog", "cpu", 1, True, "cartoon, anime, painting")
-    mine, mine_neg = encode_prompts(pipe.tokenizer, pipe.text_encoder, ["a photo of a dog"], "cartoon, anime, painting")
+    mine, mine_neg = encode_prompts(pipe, ["a photo of a dog"], "cartoon, anime, painting", chunking="windows")
     torch.testing.assert_close(mine, reference)
     torch.testing.assert_close(mine_neg, reference_neg)
+
+
+def _official_ids(tokenizer, prompt, negative_prompt):
+    """The paper's `get_pipeline_embeds` token ids (gen_syn_image.py), transcribed call for call."""
+    if len(prompt.split(" ")) >= len(negative_prompt.split(" ")):
+        ids = tokenizer(prompt, return_tensors="pt", truncation=False).input_ids
+        negative = tokenizer(negative_prompt, truncation=False, padding="max_length", max_length=ids.shape[-1],
+                             return_tensors="pt").input_ids
+    else:
+        negative = tokenizer(negative_prompt, return_tensors="pt", truncation=False).input_ids
+        ids = tokenizer(prompt, return_tensors="pt", truncation=False, padding="max_length",
+                        max_length=negative.shape[-1]).input_ids
+    return ids, negative
+
+
+def test_official_layout_with_the_real_clip_vocabulary():
+    tok = clip_tokenizer()  # the full 49,408-token CLIP vocabulary, rebuilt from open_clip's BPE merges
+    assert len(tok(CAPTION_105, add_special_tokens=False, verbose=False).input_ids) == 105
+    ids, negative = prompt_token_ids(tok, [CAPTION_105], NEGATIVE)
+    assert ids.shape == negative.shape == (1, 107)  # windows would give 154
+    assert ids[0, 0] == BOS and ids[0, 76] != EOS and ids[0, 77] != BOS and ids[0, -1] == EOS  # chunk 2: 30, no BOS
+    assert negative[0, :7].tolist() == tok(NEGATIVE).input_ids and set(negative[0, 7:].tolist()) == {EOS}
+
+    ids, negative = prompt_token_ids(tok, ["A tench."], NEGATIVE)  # 2 words: the negative prompt sets the length
+    assert ids.tolist() == [[BOS, 320, 1149, 634, 269, EOS, EOS]]  # 6 ids padded to 7, not 77
+    assert negative.tolist() == [[BOS, 7651, 267, 6469, 267, 3086, EOS]]
+
+    short = "a photo of a golden retriever lying on the grass"
+    ids, negative = prompt_token_ids(tok, [short], NEGATIVE)  # <= 77 ids: one chunk, not padded to 77
+    assert ids.tolist() == [tok(short).input_ids] and negative.shape == ids.shape == (1, 12)
+
+    # "a red fish": 3 words >= 3 words, so the official code lets its 5 ids set the length and fails on the 7-id
+    # negative prompt; vldd pads both to 7
+    ids, negative = prompt_token_ids(tok, ["a red fish"], NEGATIVE)
+    assert ids.tolist() == [[BOS, 320, 736, 2759, EOS, EOS, EOS]] and negative.shape == (1, 7)
+
+
+@pytest.mark.parametrize("prompt", [CAPTION_105, "A tench.", "a photo of a golden retriever lying on the grass",
+                                    LONG, "red", "cartoon, anime, painting, sketch, drawing"])
+def test_official_layout_equals_the_paper_code_token_for_token(prompt):
+    tok = clip_tokenizer()
+    expected_ids, expected_negative = _official_ids(tok, prompt, NEGATIVE)
+    ids, negative = prompt_token_ids(tok, [prompt], NEGATIVE)
+    assert torch.equal(ids, expected_ids) and torch.equal(negative, expected_negative)
+
+
+def test_official_embeddings_are_chunks_encoded_separately_and_concatenated(pipe):
+    enc = pipe.text_encoder
+    embeds, negative = encode_prompts(pipe, [CAPTION_105], NEGATIVE)
+    ids, neg_ids = _official_ids(pipe.tokenizer, CAPTION_105, NEGATIVE)
+    with torch.no_grad():
+        expected = torch.cat([enc(ids[:, :77])[0], enc(ids[:, 77:])[0]], dim=1)
+        expected_neg = torch.cat([enc(neg_ids[:, :77])[0], enc(neg_ids[:, 77:])[0]], dim=1)
+    assert embeds.shape == negative.shape == (1, 107, enc.config.hidden_size)
+    torch.testing.assert_close(embeds, expected)
+    torch.testing.assert_close(negative, expected_neg)
+    with pytest.raises(ValueError, match="'tokens'"):
+        encode_prompts(pipe, ["a dog"], NEGATIVE, chunking="tokens")
 
 
 @pytest.mark.parametrize("scheduler, calls, first", [("DDIMScheduler", 35, 681), ("PNDMScheduler", 36, 701)])

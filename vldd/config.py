@@ -43,6 +43,9 @@ class DataConfig:
     max_images_per_class: int | None = None  # cap on source images per class (first N); None = all
     too_few_images: str = "error"  # class with fewer usable images than IPC: "error" or "reduce" (fewer clusters)
     streaming: bool = False  # stream the source, keeping only the selected classes' first images (no full download)
+    # names for the captioning prompt and the text filter, one per source class in label order: a file (one name per
+    # line) or a list; None = resolved from the labels (WordNet ids and ImageNet short names -> full ImageNet names)
+    class_names: str | list[str] | None = None
 
     def __post_init__(self):
         _check(bool(self.dataset), "`data.dataset` must be a dataset id or path, got an empty string")
@@ -50,6 +53,8 @@ class DataConfig:
                f"`data.too_few_images` must be 'error' or 'reduce', got {self.too_few_images!r}")
         _check(self.max_images_per_class is None or self.max_images_per_class >= 1,
                f"`data.max_images_per_class` must be >= 1 or None, got {self.max_images_per_class}")
+        _check(self.class_names is None or isinstance(self.class_names, (str, list)),
+               f"`data.class_names` must be a file path or a list of names, got {self.class_names!r}")
 
 
 @dataclass
@@ -117,6 +122,9 @@ class GenerationConfig:
     guidance_scale: float = 10.0  # classifier-free guidance (D4M: 8)
     eta: float = 0.0  # DDIM eta
     negative_prompt: str = "cartoon, anime, painting"
+    # long prompts: "official" slices the token ids every 77 (the paper's code); "windows" wraps windows of 75
+    # tokens in BOS/EOS and pads each to 77 (a prompt of <= 75 tokens is then encoded as the stock pipeline does)
+    prompt_chunking: str = "official"
     batch_size: int = 4  # prototypes per pipeline call
     output_size: int = 256  # generated images are resized to output_size x output_size pixels
 
@@ -129,6 +137,8 @@ class GenerationConfig:
                "leaves no denoising step")
         _check(self.guidance_scale >= 0, f"`generation.guidance_scale` must be >= 0, got {self.guidance_scale}")
         _check(self.batch_size >= 1, f"`generation.batch_size` must be >= 1, got {self.batch_size}")
+        _check(self.prompt_chunking in ("official", "windows"),
+               f"`generation.prompt_chunking` must be 'official' or 'windows', got {self.prompt_chunking!r}")
         _check(self.output_size >= 8, f"`generation.output_size` must be >= 8 pixels, got {self.output_size}")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .classnames import ClassNames, resolve_class_names
 from .config import DataConfig
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,12 @@ class SourceDataset:
     revision: str | None = None  # resolved dataset fingerprint / commit, for the manifest
     skipped: dict[int, int] = field(default_factory=dict)  # undecodable images per label, filled by load_class
     positions: dict[int, int] | None = None  # streamed sources: source row -> position in the local copy
+    resolved_names: ClassNames | None = None  # the class names prompts and the text filter use (see vldd.classnames)
+
+    @property
+    def prompt_names(self) -> list[str]:
+        """Per label, the name the captioning prompt and the text-prototype filter use (e.g. "tench, Tinca tinca")."""
+        return self.resolved_names.names if self.resolved_names is not None else self.class_names
 
     def counts(self) -> dict[int, int]:
         return {label: len(rows) for label, rows in self.indices.items()}
@@ -194,6 +201,7 @@ def load_source(config: DataConfig) -> SourceDataset:
         raise ValueError(f"column {image_column!r} is a {type(dataset.features[image_column]).__name__}, not an Image")
     dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     names = list(dataset.features[label_column].names)
+    resolved = resolve_class_names(names, config.class_names)
     classes = _resolve_classes(config.classes, names)
     labels = np.asarray(dataset.select_columns([label_column]).with_format("numpy")[label_column])
     indices = {}
@@ -203,7 +211,8 @@ def load_source(config: DataConfig) -> SourceDataset:
             rows = rows[: config.max_images_per_class]
         indices[label] = rows
     revision = getattr(dataset, "_fingerprint", None)
-    return SourceDataset(dataset, config.dataset, image_column, label_column, names, classes, indices, revision)
+    return SourceDataset(dataset, config.dataset, image_column, label_column, names, classes, indices, revision,
+                         resolved_names=resolved)
 
 
 def _load_streamed(stream, config: DataConfig) -> SourceDataset:
@@ -223,6 +232,7 @@ def _load_streamed(stream, config: DataConfig) -> SourceDataset:
     label_column = _find_column(stream, datasets.ClassLabel, config.label_column, "label")
     image_column = _find_column(stream, datasets.Image, config.image_column, "image")
     names = list(features[label_column].names)
+    resolved = resolve_class_names(names, config.class_names)
     classes = _resolve_classes(config.classes, names)
     cap = config.max_images_per_class
     wanted = {label: cap if cap is not None else float("inf") for label in classes}
@@ -247,6 +257,6 @@ def _load_streamed(stream, config: DataConfig) -> SourceDataset:
     local_dataset = datasets.Dataset.from_file(str(path))
     position = {row: i for i, row in enumerate(local_dataset["source_row"])}
     source = SourceDataset(local_dataset, config.dataset, image_column, label_column, names, classes, indices,
-                           revision=None)
+                           revision=None, resolved_names=resolved)
     source.positions = position
     return source

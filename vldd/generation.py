@@ -1,9 +1,9 @@
 """Stage 4: generation (DESIGN.md §3 step 5) with the stock `StableDiffusionImg2ImgPipeline`.
 
 Each prototype latent (already scaled) is noised to `strength` of the schedule and denoised under its text prototype.
-Prompts are never truncated: their tokens are split into windows of 75, each wrapped in BOS/EOS and padded to 77,
-encoded by CLIP, and the embeddings concatenated along the sequence; a prompt that fits one window is encoded exactly
-as the pipeline itself would. Every image has its own seeded generator, so it is reproducible alone.
+Prompts are never truncated: as the official code does, their token ids are sliced every 77, each chunk is encoded by
+CLIP and the embeddings are concatenated along the sequence (`prompt_token_ids` gives the layout, and the option of
+BOS/EOS windows). Every image has its own seeded generator, so it is reproducible alone.
 
 Example:
     >>> pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", device="cuda", dtype=torch.float16)
@@ -79,22 +79,70 @@ def window_token_ids(tokenizer, text: str, n_windows: int | None = None) -> torc
     return torch.tensor(rows, dtype=torch.long)
 
 
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: list[str], negative_prompt: str = ""
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP embeddings of long prompts, window by window, and of the negative prompt padded to the same length.
+PROMPT_CHUNKING = ("official", "windows")
+
+
+def prompt_token_ids(tokenizer, prompts: list[str], negative_prompt: str = "", chunking: str = "official"
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token ids the text encoder sees, `model_max_length` (77) at a time, for prompts and the negative prompt.
+
+    "official" is the paper's `get_pipeline_embeds` (FAITHFULNESS.md, "Long prompts"): each text is tokenized with
+    BOS and EOS, neither truncated nor padded, and the shorter padded with the pad id to the longer; the ids are then
+    sliced every 77, so the first chunk is BOS + 76 ids, later chunks carry no BOS and the last is not padded to 77.
+    The official code picks the text that sets the length by whitespace word count and pads the other to it; wherever
+    that code runs, this is the longer one (105 tokens -> 107 ids; "A tench." -> 7, set by the 7-id negative
+    prompt). Where it fails (more words but fewer ids than the negative prompt: "a red fish", 5 ids against 7, gives
+    tensors of two shapes), vldd pads both to the longer length. Prompts of one call are all padded to the longest.
+
+    "windows" splits the ids into windows of 75, each wrapped in BOS/EOS and padded to 77 (a prompt of up to 75
+    tokens is then encoded exactly as the stock pipeline encodes it); the negative prompt gets as many windows.
+
+    Args:
+        tokenizer: the pipeline's CLIP tokenizer.
+        prompts: the prompts; no token is dropped.
+        negative_prompt: the negative prompt.
+        chunking: "official" or "windows".
 
     Returns:
-        (prompt_embeds, negative_prompt_embeds), each (len(prompts), n_windows x 77, hidden size), where n_windows is
-        the most any prompt of the batch needs.
+        (ids of shape (len(prompts), L), negative ids of shape (1, L)); L is the embedding length.
     """
-    counts = [window_token_ids(tokenizer, p).shape[0] for p in prompts]
-    n = max(counts + [window_token_ids(tokenizer, negative_prompt).shape[0]])
-    ids = torch.stack([window_token_ids(tokenizer, p, n) for p in prompts])  # (b, n, 77)
-    neg = window_token_ids(tokenizer, negative_prompt, n)[None].expand_as(ids)
-    both = torch.cat([ids, neg]).flatten(0, 1).to(text_encoder.device)
-    hidden = text_encoder(both)[0].to(text_encoder.dtype)  # (2b*n, 77, d)
-    hidden = hidden.reshape(2 * len(prompts), n * hidden.shape[1], hidden.shape[2])
+    texts = [*prompts, negative_prompt]
+    if chunking == "windows":
+        n = max(window_token_ids(tokenizer, t).shape[0] for t in texts)
+        ids = torch.stack([window_token_ids(tokenizer, t, n).flatten() for t in texts])
+    elif chunking == "official":
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        rows = [tokenizer(t, truncation=False, verbose=False).input_ids for t in texts]
+        length = max(len(r) for r in rows)
+        ids = torch.tensor([r + [pad] * (length - len(r)) for r in rows], dtype=torch.long)
+    else:
+        raise ValueError(f"`chunking` must be one of {PROMPT_CHUNKING}, got {chunking!r}")
+    return ids[:-1], ids[-1:]
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "", chunking: str = "official"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP embeddings of prompts of any length and of the negative prompt, chunk by chunk (`prompt_token_ids`).
+
+    Each chunk of `model_max_length` ids goes through the text encoder on its own; the last hidden states are
+    concatenated along the sequence, as the official code does.
+
+    Args:
+        pipe: a Stable Diffusion pipeline (its `tokenizer` and `text_encoder` are used).
+        prompts: the prompts.
+        negative_prompt: the negative prompt.
+        chunking: "official" (the paper's layout) or "windows" (BOS/EOS windows of 75 tokens).
+
+    Returns:
+        (prompt_embeds, negative_prompt_embeds), each (len(prompts), L, hidden size) with the same L.
+    """
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    ids, negative = prompt_token_ids(tokenizer, prompts, negative_prompt, chunking)
+    both = torch.cat([ids, negative.expand(len(prompts), -1)]).to(encoder.device)
+    size = tokenizer.model_max_length
+    hidden = torch.cat([encoder(both[:, i:i + size])[0] for i in range(0, both.shape[1], size)], dim=1)
+    hidden = hidden.to(encoder.dtype)
     return hidden[: len(prompts)], hidden[len(prompts):]
 
 
@@ -107,7 +155,8 @@ def denoising_steps(num_inference_steps: int, strength: float) -> int:
 def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: list[int], seed: int = 0,
                     negative_prompt: str = "cartoon, anime, painting", strength: float = 0.7,
                     num_inference_steps: int = 50, guidance_scale: float = 10.0, eta: float = 0.0,
-                    batch_size: int = 4, output_size: int | None = None, progress: bool = False) -> list[Image.Image]:
+                    batch_size: int = 4, output_size: int | None = None, prompt_chunking: str = "official",
+                    progress: bool = False) -> list[Image.Image]:
     """Noises each prototype latent and denoises it under its prompt; one image per prototype.
 
     Args:
@@ -119,6 +168,7 @@ def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: l
         negative_prompt, strength, num_inference_steps, guidance_scale, eta: the img2img settings.
         batch_size: prototypes per pipeline call.
         output_size: images are resized (bicubic) to output_size x output_size; None keeps the model's size.
+        prompt_chunking: how long prompts are encoded: "official" or "windows" (see `prompt_token_ids`).
         progress: show a tqdm bar over batches.
     """
     from tqdm.auto import tqdm
@@ -128,15 +178,14 @@ def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: l
     if not (len(latents) == len(prompts) == len(seeds)):
         raise ValueError(f"got {len(latents)} latents, {len(prompts)} prompts and {len(seeds)} seeds; expected equal")
     device, dtype = pipe.device, pipe.unet.dtype
-    # Batch only prompts of the same window count: padding a short prompt with empty windows would change its image.
-    windows = [window_token_ids(pipe.tokenizer, p).shape[0] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: windows[i])
+    # Batch only prompts of one embedding length: padding a prompt to a longer one's length would change its image.
+    lengths = [prompt_token_ids(pipe.tokenizer, [p], negative_prompt, prompt_chunking)[0].shape[1] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    batches = [[i for i in b if windows[i] == w] for b in batches for w in sorted({windows[i] for i in b})]
+    batches = [[i for i in b if lengths[i] == n] for b in batches for n in sorted({lengths[i] for i in b})]
     images: list[Image.Image | None] = [None] * len(prompts)
     for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
-        embeds, negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompts[i] for i in batch],
-                                          negative_prompt)
+        embeds, negative = encode_prompts(pipe, [prompts[i] for i in batch], negative_prompt, prompt_chunking)
         out = pipe(image=latents[batch].to(device, dtype), prompt_embeds=embeds, negative_prompt_embeds=negative,
                    strength=strength, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                    eta=eta, generator=image_generators(seed, [seeds[i] for i in batch], device), output_type="pil")

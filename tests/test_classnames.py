@@ -1,0 +1,129 @@
+"""Class names for prompts and the text filter: WordNet ids and ImageNet short names -> the official full names."""
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from vldd.classnames import resolve_class_names
+from vldd.config import DataConfig
+from vldd.data import load_source
+
+# The official code's class lists (03_distiilation/label-prompt/*.txt), as WordNet ids.
+IMAGENETTE = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916", "n03417042", "n03425413",
+              "n03445777", "n03888257"]
+IMAGEWOOF = ["n02086240", "n02087394", "n02088364", "n02089973", "n02093754", "n02096294", "n02099601", "n02105641",
+             "n02111889", "n02115641"]
+IMAGEIDC = ["n01749939", "n01773797", "n02091831", "n02107142", "n02488291", "n02869837", "n03062245", "n04517823",
+            "n04589890", "n13037406"]
+IMAGENET_100 = """
+n01558993 n01692333 n01729322 n01735189 n01749939 n01773797 n01820546 n01855672 n01978455 n01980166 n01983481 n02009229
+n02018207 n02085620 n02086240 n02086910 n02087046 n02089867 n02089973 n02090622 n02091831 n02093428 n02099849 n02100583
+n02104029 n02105505 n02106550 n02107142 n02108089 n02109047 n02113799 n02113978 n02114855 n02116738 n02119022 n02123045
+n02138441 n02172182 n02231487 n02259212 n02326432 n02396427 n02483362 n02488291 n02701002 n02788148 n02804414 n02859443
+n02869837 n02877765 n02974003 n03017168 n03032252 n03062245 n03085013 n03259280 n03379051 n03424325 n03492542 n03494278
+n03530642 n03584829 n03594734 n03637318 n03642806 n03764736 n03775546 n03777754 n03785016 n03787032 n03794056 n03837869
+n03891251 n03903868 n03930630 n03947888 n04026417 n04067472 n04099969 n04111531 n04127249 n04136333 n04229816 n04238763
+n04336792 n04418357 n04429376 n04435653 n04485082 n04493381 n04517823 n04589890 n04592741 n07714571 n07715103 n07753275
+n07831146 n07836838 n13037406 n13040303""".split()
+
+# frgfm/imagenette's label names, and what the official code prompts with (IMAGENET2012_CLASSES)
+IMAGENETTE_HUB = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
+                  "garbage truck", "gas pump", "golf ball", "parachute"]
+IMAGENETTE_OFFICIAL = ["tench, Tinca tinca", "English springer, English springer spaniel", "cassette player",
+                       "chain saw, chainsaw", "church, church building", "French horn, horn", "garbage truck, dustcart",
+                       "gas pump, gasoline pump, petrol pump, island dispenser", "golf ball", "parachute, chute"]
+
+
+def _short(wnids):
+    return [name.split(", ")[0] for name in resolve_class_names(wnids).names]
+
+
+def test_wordnet_ids_become_full_imagenet_names():
+    resolved = resolve_class_names(IMAGENETTE)
+    assert resolved.names == IMAGENETTE_OFFICIAL and resolved.rule == "imagenet" and resolved.wnids == IMAGENETTE
+    # outside ImageNet-1K: the ImageNet-22K table
+    assert resolve_class_names(["n00004475", "n01440764"]).names == ["organism, being", "tench, Tinca tinca"]
+
+
+def test_short_hub_names_resolve_to_the_same_strings():
+    resolved = resolve_class_names(IMAGENETTE_HUB)
+    assert resolved.names == IMAGENETTE_OFFICIAL and resolved.wnids == IMAGENETTE
+    woof = ["Shih-Tzu", "Rhodesian ridgeback", "Beagle", "English foxhound", "Border terrier", "Australian terrier",
+            "Golden retriever", "Old English sheepdog", "Samoyed", "Dingo"]  # as ImageWoof mirrors label them
+    assert resolve_class_names(woof).wnids == IMAGEWOOF
+    assert resolve_class_names(woof).names[9] == "dingo, warrigal, warragal, Canis dingo"
+    for wnids in (IMAGEIDC, IMAGENET_100):
+        assert resolve_class_names(_short(wnids)).names == resolve_class_names(wnids).names
+    assert resolve_class_names(IMAGEIDC).names[-1] == "gyromitra"
+    keras_style = [name.replace(" ", "_") for name in IMAGENETTE_HUB]  # underscores become spaces first
+    assert resolve_class_names(keras_style).names == IMAGENETTE_OFFICIAL
+
+
+def test_full_names_are_kept_and_imagenet_1k_maps_by_position():
+    assert resolve_class_names(IMAGENETTE_OFFICIAL).names == IMAGENETTE_OFFICIAL
+    import timm.data
+
+    info = timm.data.ImageNetInfo()
+    full = [info.label_name_to_description(w) for w in info.label_names()]
+    short = [name.split(", ")[0] for name in full]  # two "crane"s, two "maillot"s
+    resolved = resolve_class_names(short)
+    assert resolved.names == full and resolved.wnids == info.label_names()
+    assert resolved.names[639] == "maillot, tank suit" and resolved.names[638] == "maillot"
+
+
+def test_ambiguous_names_are_errors_never_guesses():
+    assert resolve_class_names(["Cardigan"]).names == ["Cardigan, Cardigan Welsh corgi"]  # the corgi
+    assert resolve_class_names(["cardigan"]).names == ["cardigan"]  # the sweater
+    crane = resolve_class_names(["crane", "tench"])  # bird and machine share the name: the name is sure, not the id
+    assert crane.names == ["crane", "tench, Tinca tinca"] and crane.wnids == [None, "n01440764"]
+    for name in ("CARDIGAN", "Maillot", "grass snake"):
+        with pytest.raises(ValueError, match=f"class '{name}' names several ImageNet classes.*data.class_names"):
+            resolve_class_names([name, "tench"])
+
+
+def test_other_sources_keep_their_labels_with_spaces():
+    cifar10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert resolve_class_names(cifar10).names == cifar10 and resolve_class_names(cifar10).rule == "labels"
+    cifar100 = ["apple", "aquarium_fish", "baby", "bear", "tiger", "maple_tree"]  # "tiger" alone is ImageNet's too
+    assert resolve_class_names(cifar100).names == ["apple", "aquarium fish", "baby", "bear", "tiger", "maple tree"]
+    mixed = resolve_class_names(["n01440764", "my_own_class", "n99999999"])
+    assert mixed.names == ["tench, Tinca tinca", "my own class", "n99999999"] and mixed.rule == "labels"
+
+
+def test_override_wins_and_is_checked(tmp_path):
+    path = tmp_path / "names.txt"
+    path.write_text("a tench\n\nthe church\n")
+    assert resolve_class_names(["n01440764", "n03028079"], path).names == ["a tench", "the church"]
+    assert resolve_class_names(["x", "y"], ["first", "second"]).rule == "override"
+    with pytest.raises(ValueError, match="has 3 names but the source has 2 classes"):
+        resolve_class_names(["x", "y"], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="is not a file"):
+        resolve_class_names(["x", "y"], str(tmp_path / "missing.txt"))
+
+
+def _folder(root, classes, per_class=3):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_sources_carry_their_resolved_names(tmp_path):
+    folder = _folder(tmp_path / "wnids", ["n01440764", "n03417042"])
+    source = load_source(DataConfig(dataset=str(folder)))
+    assert source.class_names == ["n01440764", "n03417042"]  # the ClassLabel stays the source's
+    assert source.prompt_names == ["tench, Tinca tinca", "garbage truck, dustcart"]
+
+    short = datasets.Dataset.from_dict(
+        {"image": [Image.new("RGB", (8, 8))] * 2, "label": [0, 1]},
+        features=datasets.Features({"image": datasets.Image(),
+                                    "label": datasets.ClassLabel(names=["tench", "garbage truck"])}))
+    short.save_to_disk(str(tmp_path / "short"))
+    assert load_source(DataConfig(dataset=str(tmp_path / "short"))).prompt_names == source.prompt_names
+    override = load_source(DataConfig(dataset=str(folder), class_names=["fish", "truck"]))
+    assert override.prompt_names == ["fish", "truck"] and override.resolved_names.rule == "override"
+    with pytest.raises(ValueError, match="has 1 names but the source has 2 classes"):
+        load_source(DataConfig(dataset=str(folder), class_names=["fish"]))
