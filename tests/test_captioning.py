@@ -6,7 +6,17 @@ import pytest
 import torch
 from PIL import Image
 
-from vldd.captioning import Captioner, build_prompt, caption_images, captions_dataset, load_captioner
+from vldd.captioning import (
+    LLAVA_V1_SYSTEM,
+    Captioner,
+    build_prompt,
+    caption_images,
+    captions_dataset,
+    clean_caption,
+    conversation_text,
+    expand_to_square,
+    load_captioner,
+)
 from vldd.config import PAPER_PROMPT, TINY_CAPTIONER
 
 NEW_TOKENS = 10
@@ -106,3 +116,74 @@ def test_bad_model_id_is_a_clear_error(model_id, tiny_cache):
 def test_directory_that_is_not_a_captioner(tmp_path, tiny_cache):
     with pytest.raises(ValueError, match="could not load captioner"):
         load_captioner(str(tmp_path), cache_dir=tiny_cache)
+
+
+PAPER_TENCH = build_prompt(PAPER_PROMPT, "tench, Tinca tinca")
+
+
+def test_llava_v1_conversation_text(captioner):
+    assert LLAVA_V1_SYSTEM == ("A chat between a curious human and an artificial intelligence assistant. The assistant "
+                               "gives helpful, detailed, and polite answers to the human's questions.")
+    assert conversation_text(captioner, PAPER_TENCH) == (
+        "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the human's questions. USER: <image>\nDescribe the physical appearance of "
+        "the tench, Tinca tinca in the image.Include details about its shape, posture, color, and any distinct "
+        "features. ASSISTANT:")
+    # llava-hf's own template has no system prompt
+    assert conversation_text(captioner, "Hi.", "chat_template") == "USER: <image>\nHi. ASSISTANT:"
+    with pytest.raises(ValueError, match="'vicuna'"):
+        conversation_text(captioner, "Hi.", "vicuna")
+
+
+def test_other_captioners_keep_their_chat_template(captioner, monkeypatch):
+    monkeypatch.setattr(captioner.model.config.text_config, "model_type", "qwen2")  # a LLaVA that is not LLaVA-1.5
+    assert conversation_text(captioner, "Hi.") == "USER: <image>\nHi. ASSISTANT:"
+
+
+def test_expand_to_square_keeps_the_edges():
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)  # 40 wide, 24 high
+    square = np.asarray(expand_to_square(Image.fromarray(pixels), (122, 116, 104)))
+    assert square.shape == (40, 40, 3)
+    assert np.array_equal(square[8:32], pixels)  # every pixel, the borders of the original included
+    assert (square[:8] == (122, 116, 104)).all() and (square[32:] == (122, 116, 104)).all()
+    tall = np.asarray(expand_to_square(Image.fromarray(pixels[:, :15]), (1, 2, 3)))  # odd padding: 4 left, 5 right
+    assert tall.shape == (24, 24, 3) and np.array_equal(tall[:, 4:19], pixels[:, :15])
+    assert (tall[:, :4] == (1, 2, 3)).all() and (tall[:, 19:] == (1, 2, 3)).all()
+
+
+class _Recording:
+    """Passes every call to the real processor and records the texts and images it was given."""
+
+    def __init__(self, processor):
+        self.processor, self.calls = processor, []
+
+    def __getattr__(self, name):
+        return getattr(self.processor, name)
+
+    def __call__(self, images, text, **kwargs):
+        self.calls.append((images, text))
+        return self.processor(images=images, text=text, **kwargs)
+
+
+def test_llava_images_are_padded_and_prompted_as_the_paper(captioner, images):
+    recording = _Recording(captioner.processor)
+    spied = Captioner(captioner.model, recording, captioner.model_id, None)
+    caption(spied, images[:2], do_sample=False)
+    (given, texts), = recording.calls
+    assert texts == [conversation_text(captioner, PAPER_TENCH)] * 2
+    assert [im.size for im in given] == [(48, 48), (48, 48)]  # 48 x 40 and 48 x 46 images, padded
+    assert given[0].getpixel((0, 0)) == (122, 116, 104)  # CLIP's mean colour, from the processor's image_mean
+    assert np.array_equal(np.asarray(given[0])[4:44], np.asarray(images[0]))
+    recording.calls.clear()
+    caption(spied, images[:1], do_sample=False, pad_to_square=False, conversation="chat_template")
+    (given, texts), = recording.calls
+    assert given[0].size == (48, 40) and texts == ["USER: <image>\n" + PAPER_TENCH + " ASSISTANT:"]
+
+
+def test_official_caption_post_processing(captioner, images, monkeypatch):
+    assert clean_caption('The dog\'s "tail" is long; it\'s curled.') == "The dog tail is long; it curled."
+    assert clean_caption("It's \"Tinca's\" fin") == "It Tinca fin"
+    monkeypatch.setattr(captioner.processor, "batch_decode", lambda ids, **kw: [' The fish\'s "fin". '] * len(ids))
+    assert caption(captioner, images[:1], do_sample=False, max_new_tokens=1) == ["The fish fin."]
+    assert caption(captioner, images[:1], do_sample=False, max_new_tokens=1, clean=False) == ['The fish\'s "fin".']

@@ -1,7 +1,10 @@
 """Stage 1: a vision-language model describes every training image (DESIGN.md §3, step 1).
 
 The paper captions with LLaVA-v1.5-7B (`llava-hf/llava-1.5-7b-hf`), sampling at temperature 0.2 with up to 1024 new
-tokens, from a prompt that names the class. Any image-text-to-text model with a chat template works the same way.
+tokens, from a prompt that names the class. For LLaVA-1.5 models vldd reproduces LLaVA's own `model_vqa.py` set-up
+(FAITHFULNESS.md, "Captioning"): the `llava_v1` conversation with its system prompt, and images padded to a centred
+square with the processor's mean colour (`expand2square`) before the processor; captions then get the official
+post-processing (`"` and `'s` removed). Any other image-text-to-text model uses its processor's chat template.
 
 Example:
     >>> captioner = load_captioner("llava-hf/llava-1.5-7b-hf", device="cuda", dtype=torch.float16)
@@ -18,18 +21,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .tiny import resolve_model
 
 if TYPE_CHECKING:
     import datasets
-    from PIL import Image
     from transformers import PreTrainedModel, ProcessorMixin
 
 logger = logging.getLogger(__name__)
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+CONVERSATIONS = ("llava_v1", "chat_template")
+# LLaVA's conv_llava_v1 system prompt (llava/conversation.py)
+LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                   "helpful, detailed, and polite answers to the human's questions.")
 
 
 @dataclass
@@ -114,12 +121,54 @@ def build_prompt(template: str, class_name: str) -> str:
         ) from err
 
 
-def _chat_text(processor, prompt: str) -> str:
+def is_llava_v15(model: PreTrainedModel) -> bool:
+    """Whether `model` is a LLaVA-1.5 (LLaVA with a Llama language model, as `llava-hf/llava-1.5-7b-hf`)."""
+    config = model.config
+    return config.model_type == "llava" and getattr(config.text_config, "model_type", None) == "llama"
+
+
+def conversation_text(captioner: Captioner, prompt: str, conversation: str = "llava_v1") -> str:
+    """The text given to the processor with each image.
+
+    Args:
+        captioner: from `load_captioner`.
+        prompt: the instruction, e.g. `build_prompt(PAPER_PROMPT, "tench, Tinca tinca")`.
+        conversation: "llava_v1" gives LLaVA-1.5 models the paper's conversation, as LLaVA's `model_vqa.py` builds
+            it: `"<system prompt> USER: <image>\n{prompt} ASSISTANT:"` (llava-hf's chat template has no system
+            prompt); other models, and "chat_template", use the processor's chat template (one user turn: the
+            image, then the text).
+    """
+    if conversation not in CONVERSATIONS:
+        raise ValueError(f"`conversation` must be one of {CONVERSATIONS}, got {conversation!r}")
+    processor = captioner.processor
+    if conversation == "llava_v1" and is_llava_v15(captioner.model):
+        return f"{LLAVA_V1_SYSTEM} USER: {getattr(processor, 'image_token', '<image>')}\n{prompt} ASSISTANT:"
     if getattr(processor, "chat_template", None) is None:
         logger.warning("the captioner's processor has no chat template; passing the prompt as is")
         return prompt
-    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    return processor.apply_chat_template(conversation, add_generation_prompt=True)
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(turn, add_generation_prompt=True)
+
+
+def expand_to_square(image: Image.Image, color: tuple[int, int, int]) -> Image.Image:
+    """Pads `image` to a square, centred, with `color` (LLaVA's `expand2square`); a square image is returned as is."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    square = Image.new(image.mode, (side, side), color)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square
+
+
+def mean_color(processor: ProcessorMixin) -> tuple[int, int, int]:
+    """The image processor's mean as an RGB colour, as LLaVA computes it: (122, 116, 104) for CLIP."""
+    return tuple(int(x * 255) for x in processor.image_processor.image_mean)
+
+
+def clean_caption(text: str) -> str:
+    """The official post-processing of a caption (`llava_result_sum.py`): `"` characters, then `'s`, removed."""
+    return text.replace('"', "").replace("'s", "")
 
 
 def _batch_seed(seed: int, start: int) -> int:
@@ -138,12 +187,15 @@ def caption_images(
     max_new_tokens: int = 1024,
     batch_size: int = 8,
     seed: int = 0,
+    conversation: str = "llava_v1",
+    pad_to_square: bool = True,
+    clean: bool = True,
     progress: bool = False,
 ) -> list[str]:
     """Describes each image with the captioner, prompted with the class name (paper: sampling at temperature 0.2).
 
-    The prompt goes through the processor's chat template (one user turn: the image, then the text); only the newly
-    generated tokens are decoded. Batch `i` samples from a seed derived from `(seed, i * batch_size)`, so the same
+    The prompt is wrapped in the conversation `conversation_text` builds; only the newly generated tokens are decoded,
+    then stripped (and cleaned, with `clean`). Batch `i` samples from a seed derived from `(seed, i * batch_size)`, so the same
     `seed` and `batch_size` give the same captions; the global RNG state is left untouched.
 
     Args:
@@ -156,10 +208,14 @@ def caption_images(
         max_new_tokens: generation budget per caption, in tokens.
         batch_size: images per `generate` call.
         seed: seeds sampling.
+        conversation: "llava_v1" (the paper's conversation for LLaVA-1.5 models) or "chat_template".
+        pad_to_square: LLaVA-1.5 models: pad each image to a centred square with the processor's mean colour before
+            the processor (LLaVA's `image_aspect_ratio: pad`), so resizing and centre-cropping lose no edge.
+        clean: apply the official post-processing (`clean_caption`).
         progress: show a tqdm bar.
 
     Returns:
-        One caption per image, in order, stripped of surrounding whitespace.
+        One caption per image, in order.
     """
     # 1. Check inputs
     if batch_size < 1:
@@ -170,8 +226,11 @@ def caption_images(
         raise ValueError(f"`max_new_tokens` must be >= 1, got {max_new_tokens}")
     model, processor = captioner.model, captioner.processor
 
-    # 2. Prompt, in the model's chat format
-    text = _chat_text(processor, build_prompt(prompt_template, class_name))
+    # 2. Prompt, in the model's conversation format; LLaVA-1.5 images padded to squares
+    text = conversation_text(captioner, build_prompt(prompt_template, class_name), conversation)
+    if pad_to_square and is_llava_v15(model):
+        color = mean_color(processor)
+        images = [expand_to_square(image, color) for image in images]
     generate_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                        "pad_token_id": processor.tokenizer.pad_token_id}
     if do_sample:
@@ -189,7 +248,8 @@ def caption_images(
             torch.manual_seed(_batch_seed(seed, start))
             output = model.generate(**inputs, **generate_kwargs)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        captions.extend(caption.strip() for caption in processor.batch_decode(new_tokens, skip_special_tokens=True))
+        decoded = [caption.strip() for caption in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+        captions.extend(clean_caption(caption) if clean else caption for caption in decoded)
     return captions
 
 

@@ -66,6 +66,11 @@ class CaptionConfig:
     temperature: float = 0.2  # sampling temperature
     max_new_tokens: int = 1024  # generation budget per caption, in tokens
     batch_size: int = 8  # images per captioner call
+    # LLaVA-1.5 captioners: "llava_v1" = the paper's conversation (LLaVA's system prompt, "USER: <image>\n{prompt}
+    # ASSISTANT:"); "chat_template" = the processor's template (no system prompt). Other captioners use their template
+    conversation: str = "llava_v1"
+    pad_to_square: bool = True  # LLaVA-1.5: pad images to a centred square of the CLIP mean colour (no edge cropped)
+    clean_captions: bool = True  # the official post-processing: remove '"' and "'s" from captions before storing
     from_hub: str | None = None  # reuse a published captions dataset (Hub id or directory) instead of captioning
 
     def __post_init__(self):
@@ -74,6 +79,8 @@ class CaptionConfig:
         _check(self.temperature > 0, f"`caption.temperature` must be > 0, got {self.temperature}")
         _check(self.max_new_tokens >= 1, f"`caption.max_new_tokens` must be >= 1, got {self.max_new_tokens}")
         _check(self.batch_size >= 1, f"`caption.batch_size` must be >= 1, got {self.batch_size}")
+        _check(self.conversation in ("llava_v1", "chat_template"),
+               f"`caption.conversation` must be 'llava_v1' or 'chat_template', got {self.conversation!r}")
 
 
 @dataclass
