@@ -1,5 +1,7 @@
 """Class names for prompts and the text filter: WordNet ids and ImageNet short names -> the official full names."""
 
+import json
+
 import datasets
 import numpy as np
 import pytest
@@ -127,3 +129,52 @@ def test_sources_carry_their_resolved_names(tmp_path):
     assert override.prompt_names == ["fish", "truck"] and override.resolved_names.rule == "override"
     with pytest.raises(ValueError, match="has 1 names but the source has 2 classes"):
         load_source(DataConfig(dataset=str(folder), class_names=["fish"]))
+
+
+def test_distill_prompts_and_filters_with_the_full_imagenet_names(tiny_cache, tmp_path):
+    """WordNet-id folders: the captioning prompt and the class-name filter use "tench, Tinca tinca", not "n01440764".
+
+    Half of the tench captions mention "tinca" (below the class-common threshold), so only the class-name filter can
+    keep it out of the cluster's top words; the dataset and the manifest carry the names used.
+    """
+    from vldd.captioning import captions_dataset
+    from vldd.config import load_config
+    from vldd.pipeline import distill
+
+    wnids = ["n01440764", "n03417042"]
+    folder = _folder(tmp_path / "train", wnids, per_class=8)
+    rows = list(range(16))
+    captions = [("A slim tinca fish with green scales." if i % 2 else "A green fish with small fins.") if i < 8 else
+                ("A dustcart truck, painted green." if i % 2 else "A green truck on a road.") for i in rows]
+    published = captions_dataset(rows, [i // 8 for i in rows], captions, ["p"] * 16, "hand-written", wnids)
+    published.save_to_disk(str(tmp_path / "captions"))
+    config = load_config(overrides={
+        "preset": "tiny", "output": str(tmp_path / "run"), "ipc": 1,
+        "data": {"dataset": str(folder)}, "caption": {"from_hub": str(tmp_path / "captions")},
+        "text": {"top_k": 5}, "generation": {"num_inference_steps": 2}})
+    result = distill(config, cache_dir=tiny_cache)
+
+    work = tmp_path / "run" / "work"
+    caption_record = json.loads((work / "caption" / "000000.json").read_text())
+    assert "the tench, Tinca tinca in the image." in caption_record["prompt"]
+    for path in (work / "text" / "000000.json", work / "text" / "000001.json"):
+        words = {w for proto in json.loads(path.read_text()) for w, _ in proto["top_words"]}
+        assert words and not words & {"tench", "tinca", "garbage", "truck", "dustcart"}
+    assert result.dataset.features["label"].names == wnids  # labels line up with the source
+    assert result.dataset["prompt_class_name"] == ["tench, Tinca tinca", "garbage truck, dustcart"]
+    assert result.manifest["source"]["prompt_class_names"] == ["tench, Tinca tinca", "garbage truck, dustcart"]
+    assert result.manifest["source"]["class_name_rule"] == "imagenet"
+
+
+def test_card_lists_the_names_the_prompts_used():
+    from vldd.hub import PublishedRun, render_dataset_card
+
+    manifest = {"config": {"ipc": 1, "seed": 0}, "versions": {},
+                "source": {"dataset": "some/folder", "split": "train", "license": "mit", "classes": [0, 1],
+                           "class_names": ["n01440764", "n03417042"],
+                           "prompt_class_names": ["tench, Tinca tinca", "garbage truck, dustcart"]}}
+    card = render_dataset_card([PublishedRun("ipc1", manifest, 2)], "alice/x", default_config="ipc1")
+    assert "n01440764 (0): tench, Tinca tinca; n03417042 (1): garbage truck, dustcart" in card
+    manifest["source"]["prompt_class_names"] = manifest["source"]["class_names"]
+    card = render_dataset_card([PublishedRun("ipc1", manifest, 2)], "alice/x", default_config="ipc1")
+    assert "n01440764 (0), n03417042 (1)" in card

@@ -54,6 +54,8 @@ DISTILLED_COLUMNS = {  # column -> meaning, for the card (columns a run lacks ar
     "image": "the synthetic image",
     "label": "class id; `ClassLabel` with every class name of the source dataset, so ids match the source",
     "class_name": "the class name (the source's label name)",
+    "prompt_class_name": "the class name the captioning prompt and the text-prototype filter used (for ImageNet "
+                         "sources the full ImageNet name, e.g. `tench, Tinca tinca`)",
     "prompt": "the text prototype the image was generated from",
     "cluster": "index of the image prototype (k-means cluster) within its class",
     "cluster_size": "number of source images in that cluster (after outlier removal)",
@@ -607,10 +609,19 @@ def _license(manifests: Sequence[dict]) -> tuple[str | list[str], bool]:
     return (found.pop(), False) if len(found) == 1 else (sorted(found), False)
 
 
+def _class_list(names: list[str], prompt_names: list[str], classes: list[int]) -> str:
+    """"name (id)" per class; where the prompts named a class otherwise, "name (id): prompt name" joined by "; "."""
+    renamed = any(prompt_names[c] != names[c] for c in classes if c < min(len(names), len(prompt_names)))
+    if not renamed:
+        return ", ".join(f"{names[c]} ({c})" if c < len(names) else str(c) for c in classes)
+    return "; ".join(f"{names[c]} ({c}): {prompt_names[c]}" if c < len(names) else str(c) for c in classes)
+
+
 def _run_context(run: PublishedRun, default_config: str) -> dict[str, Any]:
     m = run.manifest
     source, config = m.get("source") or {}, m.get("config") or {}
     names = source.get("class_names") or []
+    prompt_names = source.get("prompt_class_names") or names
     classes = source.get("classes") or []
     models = [(role, info.get("id"), info.get("revision")) for role, info in (m.get("models") or {}).items()
               if isinstance(info, dict)]
@@ -622,7 +633,7 @@ def _run_context(run: PublishedRun, default_config: str) -> dict[str, Any]:
         "source": _hub_link(_source_id(m)), "source_config": source.get("config_name"),
         "split": source.get("split"), "revision": source.get("revision") or source.get("fingerprint"),
         "num_classes": len(classes), "num_source_classes": len(names),
-        "class_list": ", ".join(f"{names[c]} ({c})" if c < len(names) else str(c) for c in classes),
+        "class_list": _class_list(names, prompt_names, classes),
         "models": [(role, _md(mid), _md(rev or "not recorded")) for role, mid, rev in models],
         "hyperparameters": hyper, "seeds": [(k, _md(v)) for k, v in (m.get("seeds") or {}).items()],
         "versions": [(k, _md(v)) for k, v in (m.get("versions") or {}).items()],

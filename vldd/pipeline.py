@@ -158,7 +158,7 @@ def caption_stage(source: SourceDataset, config: DistillConfig, stage: StageDir,
         if stage.has(label, ".json"):
             continue
         images, rows, skipped = source.load_class(label)
-        class_name = source.class_names[label]
+        class_name = source.prompt_names[label]  # e.g. "tench, Tinca tinca" for a folder named n01440764
         prompt = build_prompt(config.caption.prompt, class_name)
         if published is not None:
             missing = [r for r in rows if r not in published]
@@ -170,7 +170,9 @@ def caption_stage(source: SourceDataset, config: DistillConfig, stage: StageDir,
             c = config.caption
             captions = caption_images(captioner, images, class_name, prompt_template=c.prompt, do_sample=c.do_sample,
                                       temperature=c.temperature, max_new_tokens=c.max_new_tokens,
-                                      batch_size=c.batch_size, seed=config.seed * 1_000_003 + label)
+                                      batch_size=c.batch_size, seed=config.seed * 1_000_003 + label,
+                                      conversation=c.conversation, pad_to_square=c.pad_to_square,
+                                      clean=c.clean_captions)
         write_json(stage.file(label, ".json"), {"rows": rows, "captions": captions, "prompt": prompt,
                                                 "skipped": skipped})
         del images  # before the next class loads: one class in memory at a time, not two
@@ -247,7 +249,7 @@ def text_stage(source: SourceDataset, config: DistillConfig, stage: StageDir, ca
         if missing:
             raise ValueError(f"class {source.class_names[label]!r}: no caption for source rows {missing[:5]}")
         descriptions = [by_row[r] for r in protos["rows"]]
-        chosen = select_text_prototypes(descriptions, protos["assignment"], source.class_names[label],
+        chosen = select_text_prototypes(descriptions, protos["assignment"], source.prompt_names[label],
                                         top_k=config.text.top_k, common_threshold=config.text.common_threshold,
                                         fallback=config.text.fallback, nearest=protos["nearest"])
         for cluster, proto in enumerate(chosen):
@@ -276,7 +278,8 @@ def generate_stage(source: SourceDataset, config: DistillConfig, stage: StageDir
         images = generate_images(pipe, protos["centers"], prompts, seeds=keys, seed=config.seed,
                                  negative_prompt=g.negative_prompt, strength=g.strength,
                                  num_inference_steps=g.num_inference_steps, guidance_scale=g.guidance_scale,
-                                 eta=g.eta, batch_size=g.batch_size, output_size=g.output_size)
+                                 eta=g.eta, batch_size=g.batch_size, output_size=g.output_size,
+                                 prompt_chunking=g.prompt_chunking)
         with atomic_path(stage.file(label, "")) as tmp:
             tmp.mkdir()
             for c, image in enumerate(images):
@@ -291,8 +294,9 @@ def assemble_dataset(source: SourceDataset, config: DistillConfig, stages: dict[
 
     # a local path would leak the user's directory layout into published data: keep only its last part
     source_name = Path(source.source_id).name if Path(source.source_id).exists() else source.source_id
-    columns: dict[str, list] = {k: [] for k in ("image", "label", "class_name", "prompt", "cluster", "cluster_size",
-                                                "seed", "source_dataset", "source_row", "text_fallback")}
+    columns: dict[str, list] = {k: [] for k in ("image", "label", "class_name", "prompt_class_name", "prompt",
+                                                "cluster", "cluster_size", "seed", "source_dataset", "source_row",
+                                                "text_fallback")}
     for label in source.classes:
         protos = torch.load(stages["prototypes"].file(label, ".pt"), weights_only=True)
         texts = read_json(stages["text"].file(label, ".json"))
@@ -302,6 +306,7 @@ def assemble_dataset(source: SourceDataset, config: DistillConfig, stages: dict[
                 columns["image"].append(im.convert("RGB"))
             columns["label"].append(label)
             columns["class_name"].append(source.class_names[label])
+            columns["prompt_class_name"].append(source.prompt_names[label])
             columns["prompt"].append(text["prompt"])
             columns["cluster"].append(c)
             columns["cluster_size"].append(protos["cluster_sizes"][c])
@@ -311,7 +316,8 @@ def assemble_dataset(source: SourceDataset, config: DistillConfig, stages: dict[
             columns["text_fallback"].append(text["fallback"] or "")
     features = datasets.Features({
         "image": datasets.Image(), "label": datasets.ClassLabel(names=source.class_names),
-        "class_name": datasets.Value("string"), "prompt": datasets.Value("string"),
+        "class_name": datasets.Value("string"), "prompt_class_name": datasets.Value("string"),
+        "prompt": datasets.Value("string"),
         "cluster": datasets.Value("int32"), "cluster_size": datasets.Value("int32"), "seed": datasets.Value("int64"),
         "source_dataset": datasets.Value("string"), "source_row": datasets.Value("int64"),
         "text_fallback": datasets.Value("string")})
@@ -455,7 +461,8 @@ def _stage_dirs(run_dir: Path, config: DistillConfig, source: SourceDataset, pro
                            source.revision, config.data.max_images_per_class, config.data.image_column,
                            config.data.label_column)
     fp: dict[str, str] = {}
-    fp["caption"] = fingerprint(data_key, config.caption, config.seed)
+    names = [source.prompt_names] if source.prompt_names != source.class_names else []  # the prompts name them
+    fp["caption"] = fingerprint(data_key, config.caption, config.seed, *names)
     fp["prototypes"] = fingerprint(data_key, config.prototypes, config.ipc, config.data.too_few_images, config.seed,
                                    config.generation.model, config.generation.revision)
     fp["text"] = fingerprint(fp["caption"], fp["prototypes"], config.text)
@@ -499,6 +506,8 @@ def _manifest(run_dir, config, source, stages, timings, dirs, dtype, device, n_p
                 "revision": resolve_revision(config.data.dataset, config.data.revision, "dataset") if
                 config.data.dataset != "sample" else None,
                 "fingerprint": source.revision, "class_names": source.class_names, "classes": source.classes,
+                "prompt_class_names": source.prompt_names,
+                "class_name_rule": source.resolved_names.rule if source.resolved_names else "labels",
                 "license": license_ if license_ else ("mit" if config.data.dataset == "sample" else None),
                 "image_column": source.image_column, "label_column": source.label_column},
         models={"captioner": {"id": config.caption.from_hub or config.caption.model,
