@@ -178,3 +178,14 @@ def test_card_lists_the_names_the_prompts_used():
     manifest["source"]["prompt_class_names"] = manifest["source"]["class_names"]
     card = render_dataset_card([PublishedRun("ipc1", manifest, 2)], "alice/x", default_config="ipc1")
     assert "n01440764 (0), n03417042 (1)" in card
+
+
+def test_cli_flag_takes_a_file_of_names(tmp_path):
+    import argparse
+
+    from vldd import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_config_flags(parser)
+    config = cli.config_from_args(parser.parse_args(["--data.class_names", str(tmp_path / "names.txt")]))
+    assert config.data.class_names == str(tmp_path / "names.txt")  # a path, never split at its commas
