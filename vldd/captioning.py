@@ -228,9 +228,7 @@ def caption_images(
 
     # 2. Prompt, in the model's conversation format; LLaVA-1.5 images padded to squares
     text = conversation_text(captioner, build_prompt(prompt_template, class_name), conversation)
-    if pad_to_square and is_llava_v15(model):
-        color = mean_color(processor)
-        images = [expand_to_square(image, color) for image in images]
+    color = mean_color(processor) if pad_to_square and is_llava_v15(model) else None
     generate_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                        "pad_token_id": processor.tokenizer.pad_token_id}
     if do_sample:
@@ -242,6 +240,8 @@ def caption_images(
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc=f"captioning {class_name}", disable=not progress):
         batch = images[start : start + batch_size]
+        if color is not None:  # padded batch by batch: one padded copy of a batch in memory, not of the class
+            batch = [expand_to_square(image, color) for image in batch]
         inputs = processor(images=batch, text=[text] * len(batch), padding=True, padding_side="left",
                            return_tensors="pt").to(model.device, dtype=model.dtype)
         with torch.random.fork_rng(devices=rng_devices, device_type=model.device.type), torch.inference_mode():
