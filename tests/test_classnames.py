@@ -118,6 +118,8 @@ def test_sources_carry_their_resolved_names(tmp_path):
     source = load_source(DataConfig(dataset=str(folder)))
     assert source.class_names == ["n01440764", "n03417042"]  # the ClassLabel stays the source's
     assert source.prompt_names == ["tench, Tinca tinca", "garbage truck, dustcart"]
+    streamed = load_source(DataConfig(dataset=str(folder), streaming=True))
+    assert streamed.prompt_names == source.prompt_names and streamed.resolved_names.rule == "imagenet"
 
     short = datasets.Dataset.from_dict(
         {"image": [Image.new("RGB", (8, 8))] * 2, "label": [0, 1]},
