@@ -197,11 +197,15 @@ def _add_evaluate(sub):
             p.add_argument("--baseline", dest="eval:baselines", action="extend", default=None,
                            metavar="{" + ",".join(BASELINES) + "}", type=lambda text: [t for t in text.split(",") if t],
                            help="also train on a same-IPC random real subset and/or the full real train set")
+        elif f.name == "distilled":
+            p.add_argument(flag, dest="eval:distilled", action="extend", nargs="+", required=True, metavar="SET",
+                           help="distilled set(s): run directories, Hub ids or paths; several (e.g. seeds 0 1 2) are "
+                                "reported as mean ± std over sets x repeats, and each alone")
         elif kind is bool:
             p.add_argument(flag, dest=f"eval:{f.name}", action=argparse.BooleanOptionalAction, default=None)
         else:
             choices = PROTOCOLS if f.name == "protocol" else None
-            p.add_argument(flag, dest=f"eval:{f.name}", default=None, required=f.name == "distilled",
+            p.add_argument(flag, dest=f"eval:{f.name}", default=None,
                            choices=choices, metavar=None if choices else "VALUE",
                            type=lambda text, kind=kind: _parse_value(kind, text))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
