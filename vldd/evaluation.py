@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .data import _find_column, decode_image, open_dataset
 from .config import fingerprint
+from .data import _find_column, decode_image, open_dataset
 from .profiles import dataset_profile
 from .runs import atomic_path, read_json, read_manifest, update_manifest, write_json
 
@@ -739,10 +739,11 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
     for job in jobs[processes.index::processes.count]:
         name, i, r = job
         part = parts / f"{name}-{i}-{r}.json"
+        label = f"{name}{f' set {i}' if name == 'distilled' and len(sets) > 1 else ''} #{r + 1}"
         kept = read_json(part, default={}) if config.resume else {}
         if kept.get("key") == keys[job]:
             done[job] = RepeatResult(**kept["result"])
-            logger.info("%s repeat %d/%d: reusing the finished training in %s", name, r + 1, config.repeats, part)
+            logger.info("%s: reusing the finished training in %s", label, part)
             continue
         seed = config.seed + r
         rows = None
@@ -753,7 +754,6 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
             rows = train.rows
         else:
             train = pool
-        label = f"{name}{f' set {i}' if name == 'distilled' and len(sets) > 1 else ''} #{r + 1}"
         repeat = _train_repeat(train, test_batches, recipe, len(classes), teacher, seed=seed, device=device,
                                amp=amp, workers=workers, desc=label, progress=progress)
         repeat.subset_rows = rows
@@ -796,15 +796,19 @@ class _DistilledSet:
     images: Any  # image-only datasets.Dataset, undecoded
     names: list[str]
     labels: np.ndarray
-    fingerprint: str | None  # datasets' fingerprint of the set's content
+    fingerprint: str | None  # names the set's content: a run's stage fingerprints, else datasets' fingerprint
 
 
 def _open_distilled(path: str, split: str) -> _DistilledSet:
     run_dir = Path(path) if is_run_dir(path) else None
     dataset = open_dataset(str(run_dir / "dataset")) if run_dir is not None else open_dataset(path, split)
     images, names, labels = _columns(dataset)
-    return _DistilledSet(path, run_dir, read_manifest(run_dir) if run_dir is not None else {}, images, names, labels,
-                         getattr(dataset, "_fingerprint", None))
+    manifest = read_manifest(run_dir) if run_dir is not None else {}
+    # A run rewrites dataset/ (with a new datasets fingerprint) on every rerun; its stage fingerprints name the inputs
+    # of every image and change exactly when the images do.
+    content = fingerprint(manifest["fingerprints"]) if manifest.get("fingerprints") else getattr(
+        dataset, "_fingerprint", None)
+    return _DistilledSet(path, run_dir, manifest, images, names, labels, content)
 
 
 def _report(config, recipe, classes, counts, real, val_split, num_test, run_dir, source, runs, teacher, device, amp,
