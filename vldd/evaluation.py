@@ -574,7 +574,7 @@ def _train_repeat(train: LabelledImages, test_batches, recipe: Recipe, num_class
     with torch.random.fork_rng(devices=cuda):  # seeds model init and per-image augmentation, restores the caller's RNG
         torch.manual_seed(seed)
         model = build_student(recipe.student, num_classes, recipe.image_size, recipe.student_width,
-                              norm=recipe.student_norm if recipe.student == "resnet18" else "batch").to(device)
+                              norm=recipe.student_norm).to(device)
         optimizer, scheduler = build_optimizer(model, recipe)
         transform = (hard_train_transform(recipe.image_size) if recipe.protocol == "hard"
                      else soft_train_transform(recipe.image_size, recipe.shuffle_factor))
