@@ -510,6 +510,14 @@ def test_several_sets_report_mean_and_std_over_sets_and_repeats(tmp_path, monkey
                                     ("distilled set 1 #2", 1), ("random #1", 0), ("random #2", 1)])
 
 
+def test_cli_takes_several_sets_at_once_or_repeated():
+    from vldd.cli import build_parser
+
+    for argv in (["--distilled", "a", "b", "c"], ["--distilled", "a", "--distilled", "b", "c"]):
+        args = build_parser().parse_args(["evaluate", *argv])
+        assert vars(args)["eval:distilled"] == ["a", "b", "c"]
+
+
 def test_sets_with_different_classes_are_refused(tmp_path):
     first = make_run(tmp_path / "a")
     other = tmp_path / "b"
