@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vldd.augment import ShufflePatches, cutmix, eval_transform
+from vldd import evaluation
+from vldd.augment import IDCColorJitter, ShufflePatches, cutmix, eval_transform, hard_train_transform
 from vldd.cli import main
 from vldd.evaluation import (
     EvalConfig,
@@ -87,14 +88,20 @@ def hard_run(tmp_path_factory):
 
 
 def test_hard_epoch_rule():
-    assert [hard_epochs(ipc, 10) for ipc in (1, 10, 11, 50, 51, 200)] == [2000, 2000, 1500, 1500, 1000, 1000]
-    assert [hard_epochs(ipc, 100) for ipc in (10, 50, 100)] == [1333, 1000, 666]
+    # Minimax's ipc_epoch: IPC 1 -> 3000, <= 10 -> 2000, <= 50 -> 1500, <= 200 -> 1000, <= 500 -> 500, else 300.
+    ipcs = (1, 2, 10, 11, 50, 51, 200, 201, 500, 501)
+    assert [hard_epochs(ipc, 10) for ipc in ipcs] == [3000, 2000, 2000, 1500, 1500, 1000, 1000, 500, 500, 300]
+    # Exactly 100 classes: x2/3, floored to hundreds (3000 -> 2000, 2000 -> 1333 -> 1300, 1500 -> 1000, 1000 -> 600).
+    assert [hard_epochs(ipc, 100) for ipc in (1, 10, 20, 50, 100)] == [2000, 1300, 1000, 1000, 600]
+    assert hard_epochs(10, 200) == hard_epochs(10, 1000) == 2000  # only exactly 100 classes are shortened
 
 
 def test_soft_batch_size_rule():
     assert soft_batch_size(10, 10) == 50 and soft_batch_size(50, 10) == 100
     assert soft_batch_size(10, 1000) == 100 and soft_batch_size(50, 100) == 200
-    assert soft_batch_size(1, 10) == 10 and soft_batch_size(3, 4) == 12  # capped at IPC x classes
+    assert soft_batch_size(1, 10) == 10 and soft_batch_size(1, 100) == 20 and soft_batch_size(1, 1000) == 20
+    assert soft_batch_size(3, 4) == 12  # capped at IPC x classes
+    assert [soft_batch_size(ipc, 200, "tiny-imagenet") for ipc in (1, 10, 50)] == [100, 100, 100]
 
 
 def _lrs(config, epochs_to_check):
@@ -134,12 +141,87 @@ def test_recipes_resolve_protocol_rules():
     hard = resolve_recipe(EvalConfig(distilled="sample"), ipc=10, num_classes=10)
     assert (hard.epochs, hard.batch_size, hard.lr, hard.momentum, hard.weight_decay) == (2000, 64, 0.01, 0.9, 5e-4)
     assert hard.eval_epochs == tuple(range(20, 2001, 20)) and hard.student == "resnetap10"
+    assert (hard.image_size, hard.student_norm, hard.amp) == (224, "instance", False)
+    assert hard.test_transform.startswith("Resize(224), CenterCrop(224)")  # Minimax's, not Resize(256)
+    assert resolve_recipe(EvalConfig(distilled="sample", student="resnet18"), 10, 10).student_norm == "instance"
     soft = resolve_recipe(EvalConfig(distilled="sample", protocol="soft", teacher="t.pt"), ipc=50, num_classes=100)
-    assert (soft.epochs, soft.batch_size, soft.temperature, soft.shuffle_factor) == (300, 200, 20.0, 2)
-    assert soft.eval_epochs == (250, 260, 270, 280, 290, 300) and soft.student == "resnet18"
-    long = resolve_recipe(EvalConfig(distilled="sample", protocol="soft", teacher="t.pt", epochs=500, image_size=32),
-                          ipc=10, num_classes=10)
-    assert long.eval_epochs[0] == 410 and long.shuffle_factor == 1  # CIFAR-sized inputs: factor 1
+    assert (soft.epochs, soft.batch_size, soft.temperature, soft.shuffle_factor) == (500, 200, 20.0, 2)
+    assert soft.eval_epochs == (410, 420, 430, 440, 450, 460, 470, 480, 490, 500) and soft.student == "resnet18"
+    assert soft.student_norm == "batch" and soft.test_transform.startswith("Resize(256), CenterCrop(224)")
+
+
+@pytest.mark.parametrize(("real", "num_classes", "ipc", "size", "factor", "batch"), [
+    ("frgfm/imagenette", 10, 10, 224, 2, 50),
+    ("uoft-cs/cifar10", 10, 10, 32, 1, 50),
+    ("uoft-cs/cifar100", 100, 1, 32, 1, 20),
+    ("zh-plus/tiny-imagenet", 200, 50, 64, 2, 100),
+    ("ILSVRC/imagenet-1k", 1000, 10, 224, 2, 100),
+    ("/data/my-folder", 1000, 50, 224, 2, 200),  # 1000 classes: ImageNet-1K by its size
+])
+def test_image_size_shuffle_factor_and_batch_follow_the_dataset(real, num_classes, ipc, size, factor, batch):
+    soft = resolve_recipe(EvalConfig(distilled="x", protocol="soft", teacher="t.pt"), ipc, num_classes, real)
+    assert (soft.image_size, soft.shuffle_factor, soft.batch_size) == (size, factor, batch)
+    assert soft.test_transform.startswith(f"Resize({size // 7 * 8}), CenterCrop({size})")
+    hard = resolve_recipe(EvalConfig(distilled="x"), ipc, num_classes, real)
+    assert hard.image_size == size and hard.test_transform.startswith(f"Resize({size}), CenterCrop({size})")
+    explicit = resolve_recipe(EvalConfig(distilled="x", image_size=96, protocol="soft", teacher="t.pt",
+                                         shuffle_factor=3), ipc, num_classes, real)
+    assert (explicit.image_size, explicit.shuffle_factor) == (96, 3)  # explicit values win
+
+
+def test_fp32_by_default_autocast_on_request():
+    config = EvalConfig(distilled="sample")
+    assert config.amp is False
+    assert evaluation._amp_dtype(config, torch.device("cuda")) is None  # no autocast even on a GPU
+    assert evaluation._amp_dtype(EvalConfig(distilled="sample", amp=True), torch.device("cpu")) is None
+    assert resolve_recipe(EvalConfig(distilled="sample", amp=True), 10, 10).amp is True
+
+
+def _columns_image(width, height):
+    """An RGB image whose red value is its column index (mod 256) and green value its row index."""
+    x = np.arange(width) % 256
+    y = np.arange(height) % 256
+    pixels = np.stack([np.broadcast_to(x, (height, width)), np.broadcast_to(y[:, None], (height, width)),
+                       np.zeros((height, width))], axis=-1).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_hard_test_transform_is_resize_then_centre_crop_of_the_same_size():
+    # 448 x 224: Resize(224) keeps it, CenterCrop(224) keeps columns 112..335 (Resize(256) would rescale first).
+    out = eval_transform(224, resize=224)(_columns_image(448, 224))
+    assert out.shape == (3, 224, 224)
+    red = out[0] * 0.229 + 0.485  # undo the normalisation
+    assert red[0, 0].item() == pytest.approx(112 / 255, abs=1e-5)
+    assert red[0, -1].item() == pytest.approx((335 - 256) / 255, abs=1e-5)  # values wrap at 256
+    rded = eval_transform(224)(_columns_image(448, 224))  # RDED's Resize(256): the crop starts elsewhere
+    assert rded.shape == (3, 224, 224) and not torch.allclose(rded, out)
+
+
+def test_hard_train_transform_resizes_and_crops_before_augmenting():
+    steps = hard_train_transform(32).transforms
+    assert [type(t).__name__ for t in steps] == ["Resize", "CenterCrop", "ToTensor", "RandomResizedCrop",
+                                                 "RandomHorizontalFlip", "IDCColorJitter", "Lighting", "Normalize"]
+    assert steps[3].scale == (0.5, 1.0) and steps[6].std == 0.1
+    torch.manual_seed(0)
+    assert hard_train_transform(32)(_columns_image(80, 40)).shape == (3, 32, 32)
+
+
+def test_idc_color_jitter_is_an_unclamped_lerp():
+    white = torch.ones(3, 4, 4)
+    torch.manual_seed(0)
+    brightened = [IDCColorJitter(0.4, 0, 0)(white) for _ in range(50)]
+    # brightness: white.lerp(black, alpha) = 1 - alpha, alpha ~ U(-0.4, 0.4), with no clamping to [0, 1]
+    values = torch.tensor([b[0, 0, 0].item() for b in brightened])
+    assert all(torch.equal(b, torch.full_like(white, b[0, 0, 0].item())) for b in brightened)
+    assert values.max() > 1.2 and values.min() < 0.8 and (values - 1).abs().max() <= 0.4
+    grey = torch.full((3, 4, 4), 0.3)
+    assert torch.allclose(IDCColorJitter(0, 0.4, 0.4)(grey), grey)  # a uniform grey image is its own target
+    image = torch.rand(3, 4, 4)
+    torch.manual_seed(1)
+    out = IDCColorJitter(0, 0.4, 0)(image)  # contrast: out - m = (1 - alpha)(image - m), m the mean grey level
+    grey_mean = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]).mean()
+    ratio = (out - grey_mean) / (image - grey_mean)
+    assert torch.allclose(ratio, ratio[0, 0, 0]) and 0 < abs(1 - ratio[0, 0, 0].item()) <= 0.4
 
 
 def test_cutmix_mixes_labels_by_area():
@@ -179,6 +261,11 @@ def test_config_validation_messages():
         EvalConfig(distilled="sample", baselines=["subset"])
     with pytest.raises(ValueError, match="`image_size` must be >= 64 pixels for convnet6"):
         EvalConfig(distilled="sample", student="ConvNet-6", image_size=32)
+    with pytest.raises(ValueError, match="`image_size` must be >= 64 pixels for convnet6, got 32"):
+        resolve_recipe(EvalConfig(distilled="sample", student="ConvNet-6"), 10, 10, "cifar10")  # 32 px from CIFAR
+    with pytest.raises(ValueError, match="`distilled` names a set twice"):
+        EvalConfig(distilled=["a", "b", "a"])
+    assert EvalConfig(distilled="a").distilled == ["a"]
     assert EvalConfig(distilled="sample", student="ResNet-18", baselines="full,random").baselines == ["full", "random"]
 
 
@@ -307,7 +394,7 @@ def test_soft_protocol_with_a_trained_teacher_beats_chance(tmp_path):
     run = make_run(tmp_path / "run")
     teacher = _train_teacher(tmp_path / "teacher.pt")
     config = EvalConfig(distilled=str(run), protocol="soft", teacher=str(teacher), student="resnetap10", epochs=40,
-                        batch_size=4, **TINY)
+                        batch_size=4, shuffle_factor=1, **TINY)
     result = evaluate(config)
     logging.getLogger(__name__).info("\n".join(result.summary_lines()))
     repeat = result.runs["distilled"].repeats[0]
@@ -340,7 +427,7 @@ def test_cli_evaluate(tmp_path, capsys):
                  "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "hard-label protocol, resnetap10, 2 epochs, 4 classes, IPC 3" in printed and "random" in printed
+    assert "hard-label protocol, resnetap10, 24 px, 2 epochs, 4 classes, IPC 3" in printed and "random" in printed
     report = json.loads(output.read_text())
     assert report["real"]["num_test_images"] == 20 and len(report["results"]["distilled"]["repeats"]) == 2
     assert [r["seed"] for r in report["results"]["random"]["repeats"]] == [0, 1]
@@ -373,4 +460,89 @@ def test_two_processes_under_accelerate_give_the_single_process_results(tmp_path
     for name in ("distilled", "random"):
         curves = [[r["top1"] for r in report["results"][name]["repeats"]] for report in (one, two)]
         assert curves[0] == curves[1]
-    assert not list(tmp_path.glob(".sharded.parts"))  # the per-job files are cleaned up
+    kept = sorted(p.name for p in (tmp_path / ".sharded.parts").glob("*.json"))  # kept: a rerun resumes from them
+    assert kept == ["distilled-0-0.json", "distilled-0-1.json", "random-0-0.json", "random-0-1.json"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several distilled sets, and resuming
+
+
+def _fake_training(calls):
+    """Stands in for a training run: best/final accuracies chosen by hand per (training set, seed)."""
+    table = {("distilled set 0", 0): (40.0, 30.0), ("distilled set 0", 1): (50.0, 50.0),
+             ("distilled set 1", 0): (60.0, 60.0), ("distilled set 1", 1): (70.0, 50.0),
+             ("random", 0): (20.0, 20.0), ("random", 1): (30.0, 20.0)}
+
+    def train(train, test_batches, recipe, num_classes, teacher, *, seed, desc, **_):
+        calls.append((desc, seed))
+        name = desc.rsplit(" #", 1)[0]
+        best, final = table["distilled set 0" if name == "distilled" else name, seed]  # one set: "distilled #r"
+        return RepeatResult(seed, [1, 2], [best, final], len(train), 0.0)
+
+    return train
+
+
+def test_several_sets_report_mean_and_std_over_sets_and_repeats(tmp_path, monkeypatch, capsys):
+    runs = [make_run(tmp_path / "seed0"), make_run(tmp_path / "seed1", ipc=2)]
+    calls = []
+    monkeypatch.setattr(evaluation, "_train_repeat", _fake_training(calls))
+    output = tmp_path / "together.json"
+    code = main(["evaluate", "--distilled", str(runs[0]), str(runs[1]), "--real", "sample", "--repeats", "2",
+                 "--baseline", "random", "--image-size", str(SIZE), "--output", str(output), "--quiet"])
+    assert code == 0
+    report = json.loads(output.read_text())
+    # best over sets x repeats: 40, 50, 60, 70 -> mean 55, std sqrt((225 + 25 + 25 + 225) / 4) = sqrt(125)
+    distilled = report["results"]["distilled"]
+    assert distilled["best_mean"] == pytest.approx(55.0) and distilled["best_std"] == pytest.approx(125 ** 0.5)
+    # final: 30, 50, 60, 50 -> mean 47.5, std sqrt((306.25 + 6.25 + 156.25 + 6.25) / 4) = sqrt(118.75)
+    assert distilled["final_mean"] == pytest.approx(47.5) and distilled["final_std"] == pytest.approx(118.75 ** 0.5)
+    assert [s["best_mean"] for s in report["sets"]] == [45.0, 65.0] and report["sets"][1]["best_std"] == 5.0
+    assert [s["source"] for s in report["sets"]] == [str(r) for r in runs]
+    assert report["sets"][1]["images_per_class"] == dict.fromkeys(report["classes"], 2)
+    assert report["results"]["random"]["best_mean"] == 25.0
+    assert "evaluation" not in read_manifest(runs[0])  # several sets: the report stands apart from the runs
+    printed = capsys.readouterr().out
+    assert "mean ± std over 2 sets x 2 repeats" in printed
+    assert "distilled best  55.0 ± 11.2   final  47.5 ± 10.9" in printed
+    assert f"set 1     best  65.0 ± 5.0   final  55.0 ± 5.0   (8 images)  {runs[1]}" in printed
+    assert sorted(calls) == sorted([("distilled set 0 #1", 0), ("distilled set 0 #2", 1), ("distilled set 1 #1", 0),
+                                    ("distilled set 1 #2", 1), ("random #1", 0), ("random #2", 1)])
+
+
+def test_cli_takes_several_sets_at_once_or_repeated():
+    from vldd.cli import build_parser
+
+    for argv in (["--distilled", "a", "b", "c"], ["--distilled", "a", "--distilled", "b", "c"]):
+        args = build_parser().parse_args(["evaluate", *argv])
+        assert vars(args)["eval:distilled"] == ["a", "b", "c"]
+
+
+def test_sets_with_different_classes_are_refused(tmp_path):
+    first = make_run(tmp_path / "a")
+    other = tmp_path / "b"
+    dataset = datasets.load_from_disk(str(first / "dataset"))
+    dataset.filter(lambda row: row["label"] != dataset.features["label"].str2int("cross")).save_to_disk(
+        str(other / "dataset"))
+    (other / "manifest.json").write_text((first / "manifest.json").read_text())
+    with pytest.raises(ValueError, match="distilled sets evaluated together must cover the same classes"):
+        evaluate(EvalConfig(distilled=[str(first), str(other)], real="sample", epochs=1, **TINY))
+
+
+def test_finished_trainings_are_reused_and_a_changed_recipe_retrains(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "run")
+    config = dict(distilled=[str(run)], real="sample", repeats=2, baselines=["random"], image_size=SIZE,
+                  output=str(tmp_path / "r.json"))
+    calls = []
+    monkeypatch.setattr(evaluation, "_train_repeat", _fake_training(calls))
+    first = evaluate(EvalConfig(**config, epochs=5))
+    assert len(calls) == 4
+    # an interrupted evaluation: one finished job is lost; the rerun trains only that one
+    (tmp_path / ".r.parts" / "random-0-1.json").unlink()
+    again = evaluate(EvalConfig(**config, epochs=5))
+    assert calls[4:] == [("random #2", 1)]
+    assert again.report["results"] == first.report["results"]
+    evaluate(EvalConfig(**config, epochs=6))  # another recipe: everything trains again
+    assert len(calls) == 4 + 1 + 4
+    evaluate(EvalConfig(**config, epochs=6, resume=False))
+    assert len(calls) == 4 + 1 + 4 + 4

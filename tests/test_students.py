@@ -77,6 +77,28 @@ def test_resnet18_variants():
     assert count_parameters(large) == stock == 11_181_642
     assert count_parameters(small) == stock - 64 * 3 * (49 - 9)
     assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert isinstance(resnet18(10, image_size=112).maxpool, torch.nn.MaxPool2d)  # RDED: 7x7 stem above 64 px
+    assert resnet18(10, image_size=112).conv1.kernel_size == (7, 7)
+
+
+@pytest.mark.parametrize(("image_size", "kernel", "stride", "maxpool", "spatial"),
+                         [(224, 7, 2, True, 56), (112, 3, 1, True, 56), (64, 3, 1, False, 64)])
+def test_instance_norm_resnet18_is_minimax_resnet18(image_size, kernel, stride, maxpool, spatial):
+    """Minimax's ResNet-18 with `--norm_type instance`: GroupNorm(C, C) everywhere, no batch norm; its stem is 7x7/2 +
+    max-pool above 128 px, 3x3/1 + max-pool up to 128 px ("mid"), 3x3/1 alone up to 64 px ("small")."""
+    model = build_student("ResNet-18", num_classes=10, image_size=image_size, norm="instance")
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 20 and all(m.num_groups == m.num_channels for m in norms)  # 1 stem + 16 blocks + 3 shortcuts
+    assert model.conv1.kernel_size == (kernel, kernel) and model.conv1.stride == (stride, stride)
+    assert isinstance(model.maxpool, torch.nn.MaxPool2d) == maxpool
+    stem = model.maxpool(model.relu(model.bn1(model.conv1(torch.randn(2, 3, image_size, image_size)))))
+    assert stem.shape[-1] == spatial
+    stock = 11_181_642 - (64 * 3 * (49 - 9) if kernel == 3 else 0)  # a norm has 2C parameters, batch or instance
+    assert count_parameters(model) == stock
+    assert model(torch.randn(2, 3, image_size, image_size)).shape == (2, 10)
+    with pytest.raises(ValueError, match="`norm` must be 'batch' or 'instance', got 'layer'"):
+        resnet18(10, norm="layer")
 
 
 def test_build_student_rejects_unknown_names_and_widths():

@@ -98,17 +98,58 @@ def cutmix(images: torch.Tensor, rng: np.random.Generator, beta: float = 1.0
     return mixed, perm, lam
 
 
-def eval_transform(image_size: int) -> T.Compose:
-    """Resize the shorter side to image_size // 7 * 8 (256 for 224), centre-crop image_size, normalise."""
-    return T.Compose([T.Resize(image_size // 7 * 8), T.CenterCrop(image_size), T.ToTensor(),
+class IDCColorJitter(nn.Module):
+    """Colour jitter of IDC/Minimax on a tensor image in [0, 1]: brightness, contrast and saturation in random order,
+    each `image.lerp(target, alpha)` with alpha ~ U(-strength, strength) and no clamping (unlike torchvision's).
+
+    Targets: black (brightness), the grey mean of the image (contrast), its greyscale (saturation); greyscale is
+    0.299 R + 0.587 G + 0.114 B.
+
+    Args:
+        brightness: strength of the brightness lerp (0.4 in the hard-label recipe); 0 skips it.
+        contrast: strength of the contrast lerp.
+        saturation: strength of the saturation lerp.
+    """
+
+    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4):
+        super().__init__()
+        self.strengths = {"brightness": brightness, "contrast": contrast, "saturation": saturation}
+
+    @staticmethod
+    def _target(image: torch.Tensor, kind: str) -> torch.Tensor:
+        if kind == "brightness":
+            return torch.zeros_like(image)
+        grey = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]).expand_as(image)
+        return grey.mean().expand_as(image) if kind == "contrast" else grey
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        kinds = [k for k, v in self.strengths.items() if v != 0]
+        for i in torch.randperm(len(kinds)).tolist():
+            strength = self.strengths[kinds[i]]
+            alpha = float(torch.empty(()).uniform_(-strength, strength))
+            image = image.lerp(self._target(image, kinds[i]), alpha)
+        return image
+
+
+def eval_transform(image_size: int, resize: int | None = None) -> T.Compose:
+    """Test transform: resize the shorter side to `resize`, centre-crop `image_size`, normalise.
+
+    Args:
+        image_size: side of the crop, in pixels.
+        resize: shorter side after resizing; None = image_size // 7 * 8 (RDED: 256 for 224). The hard-label
+            harness (Minimax) uses `resize=image_size`: Resize(224) + CenterCrop(224).
+    """
+    resize = image_size // 7 * 8 if resize is None else resize
+    return T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(),
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def hard_train_transform(image_size: int, lighting: float = 0.1) -> T.Compose:
-    """Hard-label recipe: RandomResizedCrop(scale 0.5-1), flip, ColorJitter(0.4, 0.4, 0.4), PCA lighting."""
-    return T.Compose([T.RandomResizedCrop(image_size, scale=(0.5, 1.0)), T.RandomHorizontalFlip(),
-                      T.ColorJitter(0.4, 0.4, 0.4), T.ToTensor(), Lighting(lighting),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    """Hard-label recipe as Minimax's `transform_imagenet(size, augment=True)`: Resize + CenterCrop to image_size,
+    then RandomResizedCrop(scale 0.5-1), flip, IDC's ColorJitter(0.4, 0.4, 0.4) on the tensor, PCA lighting."""
+    return T.Compose([T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor(),
+                      T.RandomResizedCrop(image_size, scale=(0.5, 1.0)), T.RandomHorizontalFlip(),
+                      IDCColorJitter(0.4, 0.4, 0.4), Lighting(lighting), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def soft_train_transform(image_size: int, factor: int) -> T.Compose:

@@ -197,11 +197,15 @@ def _add_evaluate(sub):
             p.add_argument("--baseline", dest="eval:baselines", action="extend", default=None,
                            metavar="{" + ",".join(BASELINES) + "}", type=lambda text: [t for t in text.split(",") if t],
                            help="also train on a same-IPC random real subset and/or the full real train set")
+        elif f.name == "distilled":
+            p.add_argument(flag, dest="eval:distilled", action="extend", nargs="+", required=True, metavar="SET",
+                           help="distilled set(s): run directories, Hub ids or paths; several (e.g. seeds 0 1 2) are "
+                                "reported as mean ± std over sets x repeats, and each alone")
         elif kind is bool:
             p.add_argument(flag, dest=f"eval:{f.name}", action=argparse.BooleanOptionalAction, default=None)
         else:
             choices = PROTOCOLS if f.name == "protocol" else None
-            p.add_argument(flag, dest=f"eval:{f.name}", default=None, required=f.name == "distilled",
+            p.add_argument(flag, dest=f"eval:{f.name}", default=None,
                            choices=choices, metavar=None if choices else "VALUE",
                            type=lambda text, kind=kind: _parse_value(kind, text))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -318,7 +322,74 @@ def _add_app(sub):
     p.set_defaults(func=_app)
 
 
-COMMANDS = [_add_stage_commands, _add_plan, _add_push, _add_evaluate, _add_finetune, _add_app]
+def _reproduce(args) -> int:
+    from .reproduce import reproduce
+
+    distill_overrides: dict = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg:") and value is not None:
+            node = distill_overrides
+            *parents, leaf = key[4:].split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    if args.config:  # a YAML file of distillation settings; flags win
+        import yaml
+
+        distill_overrides = cfg._merge(yaml.safe_load(Path(args.config).read_text()) or {}, distill_overrides)
+    output = distill_overrides.pop("output", None)
+    if not output:
+        raise ValueError("`--output` must name the reproduction's directory")
+    eval_overrides = {k[5:]: v for k, v in vars(args).items() if k.startswith("eval:") and v is not None}
+    processes, device = _processes(eval_overrides.get("device", "auto"))
+    if processes is not None:
+        distill_overrides.setdefault("device", device)
+        eval_overrides["device"] = device
+    result = reproduce(args.cell, output, seeds=tuple(args.seeds), distill_overrides=distill_overrides,
+                       eval_overrides=eval_overrides, cache_dir=args.cache_dir, progress=not args.quiet,
+                       processes=processes)
+    if processes is None or processes.is_main:
+        e = result.evaluation
+        print(f"{result.cell.name}: {e.config.protocol}-label protocol, {e.recipe.student}, {e.recipe.epochs} epochs, "
+              f"{len(result.run_dirs)} sets (seeds {', '.join(map(str, result.seeds))}) x {e.config.repeats} repeats"
+              f" — top-1 %, mean ± std")
+        print(f"  {'':12s} {'paper':>6s}   {'best':>13s}   {'final':>13s}   {'best - paper':>12s}")
+        for row in result.rows:
+            paper = "—" if row.published is None else f"{row.published:.1f}"
+            diff = "" if row.difference is None else f"{row.difference:+.1f}"
+            print(f"  {row.name:12s} {paper:>6s}   {row.best_mean:6.1f} ± {row.best_std:4.1f}   "
+                  f"{row.final_mean:6.1f} ± {row.final_std:4.1f}   {diff:>12s}")
+        print("  comparable with the paper" if result.comparable else "  NOT comparable with the paper:")
+        for note in result.notes:
+            print(f"    - {note}")
+        print(f"report: {result.report_path}")
+    return 0
+
+
+def _add_reproduce(sub):
+    from .evaluation import EvalConfig
+    from .reproduce import CELLS
+
+    help_text = "reproduce a published VLCP number: distill seeds 0/1/2 with the paper preset, evaluate them beside " \
+                "a random real subset, print the table next to the paper's"
+    p = sub.add_parser("reproduce", help=help_text, description=help_text)
+    p.add_argument("cell", choices=sorted(CELLS), help="the published number (dataset, IPC, protocol)")
+    p.add_argument("--seeds", type=lambda text: [int(t) for t in text.split(",")], default=[0, 1, 2],
+                   help="comma-separated distillation seeds (default: 0,1,2 as the paper)")
+    add_config_flags(p)  # --output DIR (seed<S>/ run dirs, evaluation/, reproduce.json); distillation overrides
+    group = p.add_argument_group("evaluation overrides (see vldd/evaluation.py EvalConfig)")
+    hints = typing.get_type_hints(EvalConfig)
+    for f in dataclasses.fields(EvalConfig):
+        if f.name not in ("distilled", "protocol", "baselines", "output"):
+            group.add_argument(f"--eval.{f.name}", dest=f"eval:{f.name}", default=None, metavar="VALUE",
+                               type=lambda text, kind=hints[f.name]: _parse_value(kind, text))
+    p.add_argument("--cache-dir", default=os.environ.get("VLDD_CACHE", str(Path.home() / ".cache" / "vldd")),
+                   help="where the tiny preset's models are built (default: $VLDD_CACHE or ~/.cache/vldd)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_reproduce)
+
+
+COMMANDS = [_add_stage_commands, _add_plan, _add_push, _add_evaluate, _add_finetune, _add_app, _add_reproduce]
 
 
 def build_parser() -> argparse.ArgumentParser:

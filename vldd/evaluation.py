@@ -1,17 +1,24 @@
 """Scoring a distilled set the way the field does (DESIGN.md §4): train a student on it, test it on real val images.
 
-Two protocols, each reproduced as published:
+Two protocols, each as the harness VLCP's numbers come from (FAITHFULNESS.md):
 
-- "hard" (IDC/Minimax; ImageNette, ImageWoof, ImageIDC, ImageNet-100): ResNetAP-10, SGD + MultiStepLR, CutMix every
-  batch, RandomResizedCrop/flip/ColorJitter/PCA lighting, 2000/1500/1000 epochs by IPC, tested every E/100 epochs.
+- "hard" (Minimax; ImageNette, ImageWoof, ImageIDC, ImageNet-100): ResNetAP-10 (or ConvNet-6, or ResNet-18 with
+  instance norm), SGD + MultiStepLR, CutMix every batch, Resize + CenterCrop then RandomResizedCrop/flip/IDC colour
+  jitter/PCA lighting, 3000/2000/1500/1000 epochs by IPC (x2/3 for 100 classes), tested every E/100 epochs on
+  Resize(224) + CenterCrop(224), fp32.
 - "soft" (RDED; ImageNet-1K, CIFAR, Tiny-ImageNet): ResNet-18 learns a teacher's soft labels online (KL at T=20),
-  AdamW with a half-cosine schedule, ShufflePatches, 300 epochs, tested every 10 epochs in the last 20%.
+  AdamW with a half-cosine schedule, ShufflePatches, 500 epochs (VLCP's scripts), tested every 10 epochs in the
+  last 20%.
 
-Both the best tested accuracy (what papers report) and the final-epoch accuracy are reported, per repeat and as
-mean ± std, optionally beside a random real subset of the same IPC or the full real train set trained identically.
+Image size, ShufflePatches factor and batch size follow the real dataset and the IPC (`vldd.profiles`). Several
+distilled sets (the paper's seeds 0/1/2) can be evaluated together: the report gives mean ± std over sets x repeats
+and each set's own. Both the best tested accuracy (what papers report) and the final-epoch accuracy are reported,
+optionally beside a random real subset of the same IPC or the full real train set trained identically. Finished
+trainings are kept beside the results file, so an interrupted evaluation resumes.
 
 Example:
-    >>> result = evaluate(EvalConfig(distilled="runs/nette-ipc10", real="frgfm/imagenette", protocol="hard"))
+    >>> result = evaluate(EvalConfig(distilled=["runs/nette/seed0", "runs/nette/seed1", "runs/nette/seed2"],
+    ...                              real="frgfm/imagenette", protocol="hard", baselines=["random"]))
     >>> print("\\n".join(result.summary_lines()))
 """
 
@@ -21,7 +28,6 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,7 +37,9 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .config import fingerprint
 from .data import _find_column, decode_image, open_dataset
+from .profiles import dataset_profile
 from .runs import atomic_path, read_json, read_manifest, update_manifest, write_json
 
 # torch, torchvision and the networks are imported where used, so that building the CLI stays fast.
@@ -60,21 +68,23 @@ def canonical_student(name: str) -> str:
 
 @dataclass
 class EvalConfig:
-    distilled: str  # distilled set: vldd run directory, Hub id, image folder, `save_to_disk` dir, or "sample"
+    # distilled set(s): vldd run directory, Hub id, image folder, `save_to_disk` dir, or "sample"; several sets
+    # (e.g. the seeds 0/1/2 of one recipe) are trained under the identical recipe and reported together
+    distilled: str | list[str]
     real: str | None = None  # real dataset (Hub id, folder, saved dir, "sample"); None = the run's source dataset
     protocol: str = "hard"  # "hard" (IDC/Minimax hard labels) or "soft" (RDED soft labels from a teacher)
     student: str | None = None  # "resnetap10", "convnet6" or "resnet18"; None = resnetap10 (hard) / resnet18 (soft)
     student_width: float = 1.0  # channel multiplier of ResNetAP/ConvNet (1.0 = the published networks)
-    image_size: int = 224  # side of the square training/test inputs, in pixels
-    epochs: int | None = None  # None = the protocol's rule (hard: by IPC and class count; soft: 300, paper scripts 500)
-    batch_size: int | None = None  # None = the protocol's rule (hard: 64; soft: by IPC and class count)
+    image_size: int | None = None  # input side in pixels; None = the real dataset's (32 CIFAR, 64 Tiny, else 224)
+    epochs: int | None = None  # None = the protocol's rule (hard: by IPC and class count; soft: 500, VLCP's scripts)
+    batch_size: int | None = None  # None = the protocol's rule (hard: 64; soft: by IPC, class count and dataset)
     repeats: int = 3  # students trained from different seeds; mean ± std over them
     seed: int = 0  # repeat r uses seed + r for initialisation, data order, augmentation and random subsets
     baselines: list[str] = field(default_factory=list)  # also train on "random" (same-IPC real subset) and/or "full"
     teacher: str | None = None  # soft only: vldd checkpoint file, "torchvision:<name>" or "timm:<name>"
     teacher_pretrained: bool = False  # download the library weights of a torchvision/timm teacher id
     temperature: float = 20.0  # soft-label distillation temperature T
-    shuffle_factor: int | None = None  # soft: ShufflePatches factor; None = 1 for <= 32 px (CIFAR), else 2
+    shuffle_factor: int | None = None  # soft: ShufflePatches factor; None = the real dataset's (1 CIFAR, else 2)
     eval_interval: int | None = None  # epochs between tests; None = hard: max(1, E // 100), soft: 10 (last 20% only)
     distilled_split: str = "train"  # split read from a Hub/folder distilled set (run directories have one)
     train_split: str = "train"  # real split the baselines draw from
@@ -83,20 +93,27 @@ class EvalConfig:
     real_config_name: str | None = None  # Hub configuration (subset) name of the real dataset
     real_revision: str | None = None  # Hub revision of the real dataset
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda" or "cuda:N"
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); no effect on CPU
+    amp: bool = False  # mixed precision on CUDA (bf16 where supported, else fp16); off = fp32 as the harnesses
     num_workers: int | None = None  # DataLoader worker processes; None = 0 on CPU, min(8, CPU count) on CUDA
     output: str | None = None  # results JSON (PNG beside it); None = RUN_DIR/evaluation/<protocol>-<student>.json
-    record: bool = True  # add the results to the run's manifest.json under "evaluation" (run directories only)
+    record: bool = True  # add the results to the run's manifest.json under "evaluation" (one run directory only)
+    resume: bool = True  # reuse finished trainings (same inputs and recipe) kept beside the results file
 
     def __post_init__(self):
-        _check(bool(self.distilled), "`distilled` must be a run directory, dataset id or path, got an empty string")
+        if isinstance(self.distilled, str):
+            self.distilled = [self.distilled]
+        self.distilled = list(self.distilled)
+        _check(bool(self.distilled) and all(self.distilled),
+               f"`distilled` must name run directories, dataset ids or paths, got {self.distilled!r}")
+        _check(len(set(self.distilled)) == len(self.distilled),
+               f"`distilled` names a set twice: {self.distilled!r}")
         _check(self.protocol in PROTOCOLS, f"`protocol` must be one of {list(PROTOCOLS)}, got {self.protocol!r}")
         self.student = canonical_student(self.student or DEFAULT_STUDENT[self.protocol])
         _check(self.student_width > 0, f"`student_width` must be > 0, got {self.student_width}")
         _check(self.student != "resnet18" or self.student_width == 1.0,
                f"`student_width` must be 1.0 for resnet18, got {self.student_width}")
-        _check(self.image_size >= 8, f"`image_size` must be >= 8 pixels, got {self.image_size}")
-        _check(self.student != "convnet6" or self.image_size >= 64,
+        _check(self.image_size is None or self.image_size >= 8, f"`image_size` must be >= 8 pixels, got {self.image_size}")
+        _check(self.student != "convnet6" or self.image_size is None or self.image_size >= 64,
                f"`image_size` must be >= 64 pixels for convnet6 (six 2x2 poolings), got {self.image_size}")
         for name in ("epochs", "batch_size", "val_per_class", "eval_interval", "shuffle_factor"):
             value = getattr(self, name)
@@ -127,16 +144,28 @@ class EvalConfig:
 
 
 def hard_epochs(ipc: int, num_classes: int) -> int:
-    """Hard-label training length: 2000 epochs (IPC <= 10), 1500 (<= 50), else 1000; x2/3 for 100+ classes."""
-    epochs = 2000 if ipc <= 10 else 1500 if ipc <= 50 else 1000
-    return epochs * 2 // 3 if num_classes >= 100 else epochs
+    """Hard-label training length, Minimax's `ipc_epoch`: IPC 1 -> 3000 epochs, <= 10 -> 2000, <= 50 -> 1500,
+    <= 200 -> 1000, <= 500 -> 500, else 300; for exactly 100 classes x2/3 floored to hundreds (IPC 10 -> 1300)."""
+    epochs = next(e for limit, e in ((1, 3000), (10, 2000), (50, 1500), (200, 1000), (500, 500), (math.inf, 300))
+                  if ipc <= limit)
+    if num_classes == 100:
+        epochs = epochs * 2 // 3 // 100 * 100
+    return epochs
 
 
-def soft_batch_size(ipc: int, num_classes: int) -> int:
-    """RDED batch size: IPC <= 10 -> 50 (100 with 100+ classes), larger IPC -> 100 (200); capped at IPC x classes."""
-    batch = 50 if ipc <= 10 else 100
-    if num_classes >= 100:
-        batch *= 2
+def soft_batch_size(ipc: int, num_classes: int, family: str | None = None) -> int:
+    """RDED batch size: IPC 1 -> 10, IPC <= 10 -> 50, larger -> 100; x2 with 100+ classes; Tiny-ImageNet always 100;
+    capped at IPC x classes.
+
+    Args:
+        ipc: images per class of the distilled set.
+        num_classes: classes of the distilled set.
+        family: the real dataset's family (`vldd.profiles.dataset_family`); "tiny-imagenet" fixes the batch at 100.
+    """
+    if family == "tiny-imagenet":
+        batch = 100
+    else:
+        batch = (10 if ipc == 1 else 50 if ipc <= 10 else 100) * (2 if num_classes >= 100 else 1)
     return min(batch, ipc * num_classes)
 
 
@@ -157,6 +186,7 @@ class Recipe:
     protocol: str
     student: str
     student_width: float
+    student_norm: str  # "instance" (GroupNorm, one group per channel) or "batch"
     image_size: int  # pixels
     epochs: int
     batch_size: int
@@ -177,36 +207,51 @@ class Recipe:
     shuffle_factor: int | None
     test_transform: str
     eval_epochs: tuple[int, ...]  # 1-based epochs after which the student is tested
+    amp: bool  # mixed precision requested (the harnesses train in fp32)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def resolve_recipe(config: EvalConfig, ipc: int, num_classes: int) -> Recipe:
-    """Applies the protocol's rules (epochs, batch size, test epochs, ...) to the distilled set's IPC and classes."""
-    size = config.image_size
-    test = f"Resize({size // 7 * 8}), CenterCrop({size}), ImageNet mean/std"
+def resolve_recipe(config: EvalConfig, ipc: int, num_classes: int, real: str | None = None) -> Recipe:
+    """Applies the protocol's rules (image size, epochs, batch size, test epochs, ...) to the distilled sets.
+
+    Args:
+        config: the evaluation; its explicit values win over the rules.
+        ipc: images per class of the distilled set.
+        num_classes: classes evaluated.
+        real: the real dataset (Hub id or path); selects the dataset's image size, ShufflePatches factor and the
+            Tiny-ImageNet batch (`vldd.profiles`). None = judged from the class count alone.
+    """
+    profile = dataset_profile(real or "", num_classes)
+    size = config.image_size or profile.eval_image_size
+    _check(config.student != "convnet6" or size >= 64, f"`image_size` must be >= 64 pixels for convnet6, got {size}")
     if config.protocol == "hard":
         epochs = config.epochs or hard_epochs(ipc, num_classes)
         interval = config.eval_interval or max(1, epochs // 100)
         tests = sorted(set(range(interval, epochs + 1, interval)) | {epochs})
-        return Recipe("hard", config.student, config.student_width, size, epochs, config.batch_size or 64,
-                      "SGD", 0.01, 0.9, None, 5e-4, "all parameters", "MultiStepLR at 2E//3 and 5E//6, gamma 0.2",
-                      (2 * epochs // 3, 5 * epochs // 6), 0.2, "cross-entropy, CutMix area-weighted", None, 1.0, 1.0,
-                      (f"RandomResizedCrop({size}, scale=(0.5, 1))", "RandomHorizontalFlip",
-                       "ColorJitter(0.4, 0.4, 0.4)", "Lighting(PCA, 0.1)"), None, test, tuple(tests))
-    epochs = config.epochs or 300
-    factor = config.shuffle_factor or (1 if size <= 32 else 2)
+        return Recipe("hard", config.student, config.student_width, "instance", size, epochs,
+                      config.batch_size or 64, "SGD", 0.01, 0.9, None, 5e-4, "all parameters",
+                      "MultiStepLR at 2E//3 and 5E//6, gamma 0.2", (2 * epochs // 3, 5 * epochs // 6), 0.2,
+                      "cross-entropy, CutMix area-weighted", None, 1.0, 1.0,
+                      (f"Resize({size}), CenterCrop({size})", f"RandomResizedCrop({size}, scale=(0.5, 1))",
+                       "RandomHorizontalFlip", "IDC ColorJitter(0.4, 0.4, 0.4) as tensor lerps, no clamping",
+                       "Lighting(PCA, 0.1)"), None, f"Resize({size}), CenterCrop({size}), ImageNet mean/std",
+                      tuple(tests), config.amp)
+    epochs = config.epochs or 500
+    factor = config.shuffle_factor or profile.shuffle_factor
     interval = config.eval_interval or 10
     tests = [e for e in range(1, epochs + 1) if (e % interval == 0 or e == epochs) and e > 0.8 * epochs]
-    return Recipe("soft", config.student, config.student_width, size, epochs,
-                  config.batch_size or soft_batch_size(ipc, num_classes), "AdamW", 1e-3, None, (0.9, 0.999), 0.01,
-                  "weights of conv/linear layers (none on biases and norm parameters)",
+    norm = "batch" if config.student == "resnet18" else "instance"
+    return Recipe("soft", config.student, config.student_width, norm, size, epochs,
+                  config.batch_size or soft_batch_size(ipc, num_classes, profile.family), "AdamW", 1e-3, None,
+                  (0.9, 0.999), 0.01, "weights of conv/linear layers (none on biases and norm parameters)",
                   "LambdaLR 0.5 * (1 + cos(pi * e / (2E))) per epoch", (), None,
                   f"KLDiv(batchmean) of log_softmax(student/T) vs softmax(teacher/T), T={config.temperature:g}, "
                   "no T^2", config.temperature, 1.0, 1.0,
                   (f"ShufflePatches({factor})", f"RandomResizedCrop({size}, scale=(1/{factor}, 1))",
-                   "RandomHorizontalFlip"), factor, test, tuple(tests))
+                   "RandomHorizontalFlip"), factor, f"Resize({size // 7 * 8}), CenterCrop({size}), ImageNet mean/std",
+                  tuple(tests), config.amp)
 
 
 def build_optimizer(model, recipe: Recipe):
@@ -369,7 +414,8 @@ class RepeatResult:
 
 @dataclass
 class RunResult:
-    """One training set ("distilled", "random" or "full") over all repeats; std is over repeats with ddof=0."""
+    """One training set over all its repeats ("distilled": every distilled set's repeats together; "random",
+    "full"; or one distilled set, named by its source); std is over repeats with ddof=0."""
 
     name: str
     repeats: list[RepeatResult]
@@ -391,18 +437,28 @@ class EvalResult:
     recipe: Recipe
     classes: list[str]  # student output order
     ipc: int  # the most distilled images of any class
-    runs: dict[str, RunResult]  # "distilled", then the baselines
+    runs: dict[str, RunResult]  # "distilled" (all sets x repeats), then the baselines
     report: dict[str, Any]  # the results JSON document
     results_path: Path | None = None
     plot_path: Path | None = None
+    sets: list[RunResult] = field(default_factory=list)  # each distilled set alone, named by its source
 
     def summary_lines(self) -> list[str]:
-        lines = [f"{self.config.protocol}-label protocol, {self.recipe.student}, {self.recipe.epochs} epochs, "
-                 f"{len(self.classes)} classes, IPC {self.ipc} (top-1 %, mean ± std over {self.config.repeats})"]
-        for name, run in self.runs.items():
+        over = (f"{len(self.sets)} sets x {self.config.repeats} repeats" if len(self.sets) > 1
+                else f"{self.config.repeats}")
+        lines = [f"{self.config.protocol}-label protocol, {self.recipe.student}, {self.recipe.image_size} px, "
+                 f"{self.recipe.epochs} epochs, {len(self.classes)} classes, IPC {self.ipc} "
+                 f"(top-1 %, mean ± std over {over})"]
+
+        def line(name: str, run: RunResult) -> str:
             s = run.stats()
-            lines.append(f"  {name:9s} best {s['best_mean']:5.1f} ± {s['best_std']:.1f}   "
-                         f"final {s['final_mean']:5.1f} ± {s['final_std']:.1f}   ({run.repeats[0].train_images} images)")
+            return (f"  {name:9s} best {s['best_mean']:5.1f} ± {s['best_std']:.1f}   "
+                    f"final {s['final_mean']:5.1f} ± {s['final_std']:.1f}   ({run.repeats[0].train_images} images)")
+
+        for name, run in self.runs.items():
+            lines.append(line(name, run))
+            if name == "distilled" and len(self.sets) > 1:
+                lines += ["  " + line(f"set {i}", s) + f"  {s.name}" for i, s in enumerate(self.sets)]
         if self.results_path is not None:
             lines.append(f"results: {self.results_path}")
         return lines
@@ -517,7 +573,8 @@ def _train_repeat(train: LabelledImages, test_batches, recipe: Recipe, num_class
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # seeds model init and per-image augmentation, restores the caller's RNG
         torch.manual_seed(seed)
-        model = build_student(recipe.student, num_classes, recipe.image_size, recipe.student_width).to(device)
+        model = build_student(recipe.student, num_classes, recipe.image_size, recipe.student_width,
+                              norm=recipe.student_norm).to(device)
         optimizer, scheduler = build_optimizer(model, recipe)
         transform = (hard_train_transform(recipe.image_size) if recipe.protocol == "hard"
                      else soft_train_transform(recipe.image_size, recipe.shuffle_factor))
@@ -558,13 +615,13 @@ def _train_repeat(train: LabelledImages, test_batches, recipe: Recipe, num_class
 # Entry point
 
 
-def _load_teacher(config: EvalConfig, classes: list[str], real_names: list[str], real_ids: list[int],
-                  device) -> _Teacher:
+def _load_teacher(config: EvalConfig, recipe: Recipe, classes: list[str], real_names: list[str],
+                  real_ids: list[int], device) -> _Teacher:
     import torch
 
     from .students import load_classifier
 
-    model, meta = load_classifier(config.teacher, pretrained=config.teacher_pretrained, image_size=config.image_size)
+    model, meta = load_classifier(config.teacher, pretrained=config.teacher_pretrained, image_size=recipe.image_size)
     names = meta["class_names"]
     if names is not None:
         missing = [c for c in classes if c not in names]
@@ -577,8 +634,8 @@ def _load_teacher(config: EvalConfig, classes: list[str], real_names: list[str],
     else:
         raise ValueError(f"teacher {config.teacher!r} has {meta['num_classes']} outputs and no class names; expected "
                          f"{len(real_names)} (the real dataset's classes) or {len(classes)} (the evaluated classes)")
-    if meta.get("image_size") not in (None, config.image_size):
-        logger.warning("teacher was trained at %s px, students see %d px", meta["image_size"], config.image_size)
+    if meta.get("image_size") not in (None, recipe.image_size):
+        logger.warning("teacher was trained at %s px, students see %d px", meta["image_size"], recipe.image_size)
     for p in model.parameters():
         p.requires_grad_(False)
     return _Teacher(model.to(device).eval(), torch.tensor(index, device=device), meta)
@@ -609,17 +666,12 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
     workers = config.num_workers if config.num_workers is not None else (
         min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
 
-    # 1. Open the distilled set (a run directory holds it in dataset/ beside its manifest).
-    run_dir = Path(config.distilled) if is_run_dir(config.distilled) else None
-    manifest = read_manifest(run_dir) if run_dir is not None else {}
-    if run_dir is not None:
-        distilled = open_dataset(str(run_dir / "dataset"))
-    else:
-        distilled = open_dataset(config.distilled, config.distilled_split)
-    d_images, d_names, d_labels = _columns(distilled)
+    # 1. Open the distilled sets (a run directory holds its set in dataset/ beside its manifest).
+    sets = [_open_distilled(path, config.distilled_split) for path in config.distilled]
+    run_dir = sets[0].run_dir if len(sets) == 1 else None
 
-    # 2. Open the real test split and align classes by label name.
-    source = manifest.get("source", {})
+    # 2. Open the real test split and align classes by label name; every set must cover the same classes.
+    source = sets[0].manifest.get("source", {})
     real, config_name, revision = config.real, config.real_config_name, config.real_revision
     if real is None:  # the run's own source dataset, at the configuration and revision it was distilled from
         real, config_name = source.get("dataset"), config_name or source.get("config_name")
@@ -627,28 +679,36 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
     _check(real is not None, "`real` must name the real dataset (only a run directory's manifest can supply it)")
     val, val_split = open_validation(real, config.val_split, config_name=config_name, revision=revision)
     v_images, real_names, v_labels = _columns(val)
-    classes, target_of, real_ids = align_classes(d_names, d_labels, real_names)
-    train_sets = {"distilled": LabelledImages(d_images, list(range(len(d_labels))),
-                                              [target_of[int(v)] for v in d_labels])}
-    counts = np.bincount(train_sets["distilled"].targets, minlength=len(classes)).tolist()
-    ipc = max(counts)
-    if min(counts) != ipc:
-        logger.warning("the distilled set has %d to %d images per class; rules use IPC %d", min(counts), ipc, ipc)
+    classes, _, real_ids = align_classes(sets[0].names, sets[0].labels, real_names)
+    train_sets, set_counts = [], []
+    for d in sets:
+        d_classes, target_of, _ = align_classes(d.names, d.labels, real_names)
+        _check(d_classes == classes, f"distilled sets evaluated together must cover the same classes: "
+                                     f"{d.source!r} has {d_classes[:10]}, {sets[0].source!r} has {classes[:10]}")
+        train_sets.append(LabelledImages(d.images, list(range(len(d.labels))), [target_of[int(v)] for v in d.labels]))
+        set_counts.append(np.bincount(train_sets[-1].targets, minlength=len(classes)).tolist())
+    counts = set_counts[0]
+    ipc = max(max(c) for c in set_counts)
+    if any(min(c) != ipc for c in set_counts):
+        logger.warning("the distilled sets have %d to %d images per class; rules use IPC %d",
+                       min(min(c) for c in set_counts), ipc, ipc)
     test = _select(v_images, v_labels, real_ids, config.val_per_class)
-    logger.info("evaluating %d distilled images of %d classes (IPC %d) on %d %r images of %s", len(d_labels),
+    logger.info("evaluating %d distilled set(s) of %d classes (IPC %d) on %d %r images of %s", len(sets),
                 len(classes), ipc, len(test), val_split, real)
 
     # 3. Real train images for the baselines.
-    pool = None
+    pool, pool_fingerprint = None, None
     if config.baselines:
-        t_images, t_names, t_labels = _columns(open_dataset(real, config.train_split, config_name, revision))
+        train_split = open_dataset(real, config.train_split, config_name, revision)
+        t_images, t_names, t_labels = _columns(train_split)
         _check(t_names == real_names, f"real splits {config.train_split!r} and {val_split!r} have different labels")
-        pool = _select(t_images, t_labels, real_ids)
+        pool, pool_fingerprint = _select(t_images, t_labels, real_ids), getattr(train_split, "_fingerprint", None)
 
     # 4. Recipe, teacher and the test batches.
-    recipe = resolve_recipe(config, ipc, len(classes))
-    teacher = _load_teacher(config, classes, real_names, real_ids, device) if config.protocol == "soft" else None
-    test_loader = _loader(test, eval_transform(config.image_size), 256 if device.type == "cuda" else 64,
+    recipe = resolve_recipe(config, ipc, len(classes), real)
+    teacher = _load_teacher(config, recipe, classes, real_names, real_ids, device) if config.protocol == "soft" else None
+    resize = recipe.image_size if config.protocol == "hard" else None  # Minimax: Resize(224); RDED: Resize(256)
+    test_loader = _loader(test, eval_transform(recipe.image_size, resize), 256 if device.type == "cuda" else 64,
                           shuffle=False, seed=config.seed, workers=workers, device=device)
     test_batches = _cached_batches(test_loader)
 
@@ -659,46 +719,64 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
     else:
         output = Path(f"evaluation-{config.protocol}-{config.student}.json")
 
-    # 5. Train every training set under the identical recipe and seeds; with several processes, each takes its share
-    #    of the (training set, repeat) jobs and leaves its results beside the report for the main process.
+    # 5. Train every training set under the identical recipe and seeds. Each finished (training set, repeat) job is
+    #    kept beside the report with a fingerprint of its inputs: a rerun reuses it (resume), and with several
+    #    processes each takes its share of the jobs and the main process gathers them.
     from .pipeline import Processes
 
     processes = processes or Processes()
-    jobs = [(name, r) for name in ["distilled", *config.baselines] for r in range(config.repeats)]
+    names = ["distilled", *config.baselines]
+    jobs = [(name, i, r) for name in names for i in range(len(sets) if name == "distilled" else 1)
+            for r in range(config.repeats)]
+    common = [recipe.to_dict(), real, config_name, revision, val_split, config.val_per_class, len(test), classes,
+              config.teacher, (teacher.meta if teacher else None), str(amp)]
+    keys = {job: fingerprint(*common, job[2] + config.seed,
+                             [sets[job[1]].fingerprint, sets[job[1]].source] if job[0] == "distilled"
+                             else [job[0], pool_fingerprint, config.train_split, counts])
+            for job in jobs}
     parts = output.parent / f".{output.stem}.parts"
-    if processes.count > 1 and processes.is_main:
-        shutil.rmtree(parts, ignore_errors=True)
-    processes.wait()
-    done: dict[tuple[str, int], RepeatResult] = {}
-    for name, r in jobs[processes.index::processes.count]:
+    done: dict[tuple[str, int, int], RepeatResult] = {}
+    for job in jobs[processes.index::processes.count]:
+        name, i, r = job
+        part = parts / f"{name}-{i}-{r}.json"
+        label = f"{name}{f' set {i}' if name == 'distilled' and len(sets) > 1 else ''} #{r + 1}"
+        kept = read_json(part, default={}) if config.resume else {}
+        if kept.get("key") == keys[job]:
+            done[job] = RepeatResult(**kept["result"])
+            logger.info("%s: reusing the finished training in %s", label, part)
+            continue
         seed = config.seed + r
         rows = None
         if name == "distilled":
-            train = train_sets["distilled"]
+            train = train_sets[i]
         elif name == "random":
             train = random_subset(pool, counts, [seed, 1])
             rows = train.rows
         else:
             train = pool
         repeat = _train_repeat(train, test_batches, recipe, len(classes), teacher, seed=seed, device=device,
-                               amp=amp, workers=workers, desc=f"{name} #{r + 1}", progress=progress)
+                               amp=amp, workers=workers, desc=label, progress=progress)
         repeat.subset_rows = rows
-        logger.info("%s repeat %d/%d: best %.2f%% (epoch %d), final %.2f%%", name, r + 1, config.repeats,
-                    repeat.best, repeat.best_epoch, repeat.final)
-        done[name, r] = repeat
-        if processes.count > 1:
-            write_json(parts / f"{name}-{r}.json", dataclasses.asdict(repeat))
+        logger.info("%s: best %.2f%% (epoch %d), final %.2f%%", label, repeat.best, repeat.best_epoch, repeat.final)
+        done[job] = repeat
+        write_json(part, {"key": keys[job], "result": dataclasses.asdict(repeat)})
     processes.wait()
     if processes.count > 1:
-        done = {(name, r): RepeatResult(**read_json(parts / f"{name}-{r}.json")) for name, r in jobs}
-    runs = {name: RunResult(name, [done[name, r] for r in range(config.repeats)])
-            for name in ["distilled", *config.baselines]}
+        done = {job: RepeatResult(**read_json(parts / f"{job[0]}-{job[1]}-{job[2]}.json")["result"]) for job in jobs}
+    per_set = [RunResult(d.source, [done["distilled", i, r] for r in range(config.repeats)])
+               for i, d in enumerate(sets)]
+    runs = {"distilled": RunResult("distilled", [rep for run in per_set for rep in run.repeats])}
+    runs.update({name: RunResult(name, [done[name, 0, r] for r in range(config.repeats)])
+                 for name in config.baselines})
 
     # 6. Report: JSON, plot and manifest entry.
     report = _report(config, recipe, classes, counts, real, val_split, len(test), run_dir, source, runs, teacher,
                      device, amp, time.perf_counter() - started)
+    report["sets"] = [{"source": d.source, "run_dir": str(d.run_dir) if d.run_dir else None,
+                       "images_per_class": dict(zip(classes, c, strict=True)), **run.to_dict()}
+                      for d, c, run in zip(sets, set_counts, per_set, strict=True)]
     report["processes"] = processes.count
-    result = EvalResult(config, recipe, classes, ipc, runs, report)
+    result = EvalResult(config, recipe, classes, ipc, runs, report, sets=per_set)
     result.results_path, result.plot_path = output, output.with_suffix(".png")
     report["plot"] = result.plot_path.name
     if processes.is_main:
@@ -707,9 +785,30 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
         if run_dir is not None and config.record:
             record_evaluation(run_dir, _manifest_entry(report, result.results_path, run_dir))
     processes.wait()
-    if processes.count > 1 and processes.is_main:
-        shutil.rmtree(parts, ignore_errors=True)
     return result
+
+
+@dataclass
+class _DistilledSet:
+    source: str  # as the user named it
+    run_dir: Path | None
+    manifest: dict[str, Any]
+    images: Any  # image-only datasets.Dataset, undecoded
+    names: list[str]
+    labels: np.ndarray
+    fingerprint: str | None  # names the set's content: a run's stage fingerprints, else datasets' fingerprint
+
+
+def _open_distilled(path: str, split: str) -> _DistilledSet:
+    run_dir = Path(path) if is_run_dir(path) else None
+    dataset = open_dataset(str(run_dir / "dataset")) if run_dir is not None else open_dataset(path, split)
+    images, names, labels = _columns(dataset)
+    manifest = read_manifest(run_dir) if run_dir is not None else {}
+    # A run rewrites dataset/ (with a new datasets fingerprint) on every rerun; its stage fingerprints name the inputs
+    # of every image and change exactly when the images do.
+    content = fingerprint(manifest["fingerprints"]) if manifest.get("fingerprints") else getattr(
+        dataset, "_fingerprint", None)
+    return _DistilledSet(path, run_dir, manifest, images, names, labels, content)
 
 
 def _report(config, recipe, classes, counts, real, val_split, num_test, run_dir, source, runs, teacher, device, amp,

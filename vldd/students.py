@@ -1,7 +1,8 @@
 """Student and teacher networks of the evaluation protocols, and the classifier checkpoint format.
 
-Students (DESIGN.md §4): ResNetAP-10 and ConvNet-6 with instance norm (the hard-label recipe of IDC/Minimax), and
-torchvision's ResNet-18 (the soft-label recipe of RDED; the 3x3-stem, no-max-pool variant for inputs <= 64 px).
+Students (DESIGN.md §4): ResNetAP-10 and ConvNet-6 with instance norm (the hard-label recipe of IDC/Minimax),
+torchvision's ResNet-18 with batch norm (the soft-label recipe of RDED; the 3x3-stem, no-max-pool variant for inputs
+<= 64 px), and the same ResNet-18 with instance norm (Minimax's hard-label ResNet-18).
 
 Example:
     >>> model = build_student("resnetap10", num_classes=10, image_size=224)
@@ -118,18 +119,34 @@ class ConvNet(nn.Module):
         return self.fc(torch.flatten(self.features(x), 1))
 
 
-def resnet18(num_classes: int, image_size: int = 224) -> nn.Module:
-    """torchvision's ResNet-18 (batch norm); for <= 64 px inputs the 3x3 stride-1 stem without max-pool."""
+def resnet18(num_classes: int, image_size: int = 224, norm: str = "batch") -> nn.Module:
+    """torchvision's ResNet-18 with the stem each harness uses for the input size.
+
+    Args:
+        num_classes: number of outputs.
+        image_size: input side in pixels.
+        norm: "batch" (RDED's soft-label student: torchvision's network; for <= 64 px the "modified" 3x3 stride-1
+            stem without max-pool) or "instance" (Minimax's hard-label ResNet-18 with `--norm_type instance`:
+            every norm layer is GroupNorm with one group per channel; for <= 64 px the 3x3 stride-1 stem without
+            max-pool, for <= 128 px the 3x3 stride-1 stem with max-pool, above torchvision's 7x7 stem). The
+            layers, initialisation and global average pooling otherwise equal Minimax's `ResNet(depth=18)`.
+    """
     import torchvision
 
-    model = torchvision.models.resnet18(num_classes=num_classes)
-    if image_size <= 64:
+    if norm not in ("batch", "instance"):
+        raise ValueError(f"`norm` must be 'batch' or 'instance', got {norm!r}")
+    norm_layer = _instance_norm if norm == "instance" else None
+    model = torchvision.models.resnet18(num_classes=num_classes, norm_layer=norm_layer)
+    if image_size <= 64 or (norm == "instance" and image_size <= 128):
         model.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
-        model.maxpool = nn.Identity()
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        if image_size <= 64:
+            model.maxpool = nn.Identity()
     return model
 
 
-def build_student(name: str, num_classes: int, image_size: int = 224, width: float = 1.0) -> nn.Module:
+def build_student(name: str, num_classes: int, image_size: int = 224, width: float = 1.0,
+                  norm: str = "batch") -> nn.Module:
     """Builds a freshly initialised student network (uses the global torch RNG: seed it first).
 
     Args:
@@ -137,6 +154,8 @@ def build_student(name: str, num_classes: int, image_size: int = 224, width: flo
         num_classes: number of outputs.
         image_size: input side in pixels (selects stems; sizes ConvNet's classifier).
         width: channel multiplier (1.0 = published networks); not available for ResNet-18.
+        norm: ResNet-18's normalisation, "batch" (soft-label protocol) or "instance" (hard-label protocol; see
+            `resnet18`). ResNetAP-10 and ConvNet-6 always use instance norm.
     """
     name = canonical_student(name)
     if width <= 0:
@@ -147,7 +166,7 @@ def build_student(name: str, num_classes: int, image_size: int = 224, width: flo
         return ConvNet(num_classes, image_size, depth=6, width=max(1, int(128 * width)))
     if width != 1.0:
         raise ValueError(f"ResNet-18 comes at width 1.0 only, got `width` {width}")
-    return resnet18(num_classes, image_size)
+    return resnet18(num_classes, image_size, norm)
 
 
 def count_parameters(model: nn.Module) -> int:
