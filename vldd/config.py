@@ -116,7 +116,7 @@ class GenerationConfig:
     strength: float = 0.7  # fraction of the schedule denoised from the noised prototype (0.7 of 50 = 35 steps)
     guidance_scale: float = 10.0  # classifier-free guidance (D4M: 8)
     eta: float = 0.0  # DDIM eta
-    negative_prompt: str = "cartoon, anime, painting"
+    negative_prompt: str = "cartoon, anime, painting"  # what the images are steered away from (classifier-free guidance)
     batch_size: int = 4  # prototypes per pipeline call
     output_size: int = 256  # generated images are resized to output_size x output_size pixels
 
@@ -226,7 +226,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ValueError(f"config file {str(path)!r} is not valid YAML ({problem}{where}); expected a mapping "
+                             "with the layout of a run's config.yaml") from err
         _check(isinstance(loaded, dict), f"config file {str(path)!r} must hold a mapping, got {type(loaded).__name__}")
         values = loaded
     if overrides:
