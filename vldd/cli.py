@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import tokenize
+import traceback
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -443,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _is_user_error(err):
             raise
         if args.verbose:
-            logger.error("traceback (-v):", exc_info=err)
+            traceback.print_exception(err, file=sys.stderr)
         print(f"vldd: error: {err}", file=sys.stderr)
         return 2
 
