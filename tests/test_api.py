@@ -23,8 +23,17 @@ def test_every_public_name_is_the_defining_modules_object():
 
 
 def test_the_api_of_the_brief_is_there():
-    from vldd import (DistillConfig, EvalConfig, FinetuneConfig, distill, evaluate, finetune,  # noqa: F401
-                      load_config, push_captions, push_distilled)
+    from vldd import (  # noqa: F401
+        DistillConfig,
+        EvalConfig,
+        FinetuneConfig,
+        distill,
+        evaluate,
+        finetune,
+        load_config,
+        push_captions,
+        push_distilled,
+    )
 
     assert load_config(overrides={"preset": "tiny", "ipc": 2}).ipc == 2
     assert vldd.DistillResult.__dataclass_fields__["dataset"].type == "datasets.Dataset | None"

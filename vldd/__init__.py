@@ -31,12 +31,25 @@ _EXPORTS = {
     "build_tiny_models": "tiny",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [  # the keys of _EXPORTS, spelled out for linters and IDEs (a test checks they agree)
+    "__version__", "DistillConfig", "DataConfig", "CaptionConfig", "PrototypeConfig", "TextPrototypeConfig",
+    "GenerationConfig", "load_config", "distill", "DistillResult", "Processes", "plan_run", "StageEstimate",
+    "evaluate", "EvalConfig", "EvalResult", "finetune", "finetune_config", "FinetuneConfig", "FinetuneResult",
+    "push_distilled", "push_captions", "load_published_captions", "PushResult", "HubError", "HubAuthError",
+    "load_captioner", "caption_images", "load_pipeline", "build_tiny_models",
+]
 
 if TYPE_CHECKING:
     from .captioning import caption_images, load_captioner
-    from .config import (CaptionConfig, DataConfig, DistillConfig, GenerationConfig, PrototypeConfig,
-                         TextPrototypeConfig, load_config)
+    from .config import (
+        CaptionConfig,
+        DataConfig,
+        DistillConfig,
+        GenerationConfig,
+        PrototypeConfig,
+        TextPrototypeConfig,
+        load_config,
+    )
     from .evaluation import EvalConfig, EvalResult, evaluate
     from .finetuning import FinetuneConfig, FinetuneResult, finetune, finetune_config
     from .generation import load_pipeline
