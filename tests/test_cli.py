@@ -159,7 +159,13 @@ def test_output_that_is_a_file(tmp_path, capsys):
     output.write_text("keep me")
     assert main(["distill", "--preset", "tiny", "--output", str(output)]) == 2
     assert one_error_line(capsys) == (f"vldd: error: run directory {str(output)!r} is a file; expected a directory "
-                                      "(new, or an existing run)")
+                                      "(new, or one vldd wrote)")
+    assert main(["finetune", str(tmp_path), "--preset", "tiny", "--output", str(output)]) == 2
+    assert one_error_line(capsys) == (f"vldd: error: output directory {str(output)!r} is a file; expected a "
+                                      "directory (new, or one vldd wrote)")
+    assert main(["evaluate", "--distilled", "sample", "--output", str(tmp_path)]) == 2
+    assert one_error_line(capsys) == (f"vldd: error: --output {str(tmp_path)!r} is a directory; expected the "
+                                      "results JSON file to write")
     assert output.read_text() == "keep me"
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfg
-from .runs import RunDirBusyError, run_dir_lock
+from .runs import RunDirBusyError, check_output_dir, run_dir_lock
 
 # Nothing here imports torch, diffusers, transformers or datasets at module level: `vldd --help` and
 # `vldd <command> --help` read the config dataclasses from their source (see `config_fields`), so they start in a
@@ -304,6 +304,8 @@ def _evaluate(args) -> int:
 
     values = {k[5:]: v for k, v in vars(args).items() if k.startswith("eval:") and v is not None}
     config = EvalConfig(**values)
+    if config.output is not None and Path(config.output).is_dir():
+        raise ValueError(f"--output {config.output!r} is a directory; expected the results JSON file to write")
     processes, device = _processes(config.device)
     result = evaluate(config, device=device if processes else None, progress=not args.quiet, processes=processes)
     if processes is None or processes.is_main:
@@ -357,7 +359,9 @@ def _finetune(args) -> int:
     values.setdefault("captions", args.run_dir)
     if not values["captions"]:
         raise ValueError("give the captions: a run directory (vldd finetune RUN_DIR ...) or --captions HUB_ID")
-    result = finetune(finetune_config(args.preset, **values), cache_dir=args.cache_dir, progress=not args.quiet)
+    config = finetune_config(args.preset, **values)
+    check_output_dir(config.output, "output directory")
+    result = finetune(config, cache_dir=args.cache_dir, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, only the main process reports
         for line in result.summary_lines():
             print(line)

@@ -119,14 +119,19 @@ class StageDir:
         return self.file(label, suffix).exists()
 
 
-def check_run_dir(run_dir: str | Path) -> Path:
-    """`run_dir` as a Path, after checking it can be a run directory: absent, or a directory this user can write."""
-    path = Path(run_dir)
+def check_output_dir(path: str | Path, what: str = "run directory") -> Path:
+    """`path` as a Path, after checking it can be written to: absent, or a directory this user can write.
+
+    Args:
+        path: the directory.
+        what: how error messages name it.
+    """
+    path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"run directory {str(path)!r} is a file; expected a directory (new, or an existing run)")
+        raise ValueError(f"{what} {str(path)!r} is a file; expected a directory (new, or one vldd wrote)")
     if path.is_dir() and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-        raise ValueError(f"run directory {str(path)!r} cannot be read and written by this user; expected a "
-                         "directory you can write to")
+        raise ValueError(f"{what} {str(path)!r} cannot be read and written by this user; expected a directory you "
+                         "can write to")
     return path
 
 
@@ -186,7 +191,7 @@ def run_dir_lock(run_dir: str | Path, *, launch: str | None = None):
         RunDirBusyError: another live process holds the lock.
         ValueError: `run_dir` is a file, or a directory this user cannot write.
     """
-    path = check_run_dir(run_dir)
+    path = check_output_dir(run_dir)
     path.mkdir(parents=True, exist_ok=True)
     lock = path / LOCK
     me = {"pid": os.getpid(), "host": socket.gethostname(), "launch": launch}
