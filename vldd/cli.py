@@ -102,7 +102,7 @@ def _literal(node: ast.expr | None, constants: dict[str, Any]) -> Any:
         return constants.get(node.id, dataclasses.MISSING)
     try:
         return ast.literal_eval(node) if node is not None else dataclasses.MISSING
-    except ValueError:
+    except (ValueError, TypeError):  # not a literal: a call such as field(default_factory=...)
         return dataclasses.MISSING
 
 
