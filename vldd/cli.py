@@ -14,11 +14,9 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
-import io
 import logging
 import os
 import sys
-import tokenize
 import traceback
 import types
 import typing
@@ -89,12 +87,16 @@ _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "N
 
 
 @functools.cache
-def _module_source(module: str) -> tuple[ast.Module, dict[int, str]]:
-    """`vldd.<module>`'s syntax tree and its comments by line, read without importing the module."""
+def _module_source(module: str) -> tuple[ast.Module, list[str]]:
+    """`vldd.<module>`'s syntax tree and source lines, read without importing the module."""
     text = Path(importlib.util.find_spec(f"vldd.{module}").origin).read_text()
-    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
-    comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT}
-    return ast.parse(text), comments
+    return ast.parse(text), text.splitlines()
+
+
+def _comment(node: ast.stmt, lines: list[str]) -> str:
+    """The end-of-line comment after a statement: `x: int = 3  # this`."""
+    rest = lines[node.end_lineno - 1][node.end_col_offset:].strip()
+    return rest[1:].strip() if rest.startswith("#") else ""
 
 
 def _literal(node: ast.expr | None, constants: dict[str, Any]) -> Any:
@@ -130,7 +132,7 @@ def config_fields(module: str, cls: str) -> tuple[ConfigField, ...]:
     A field whose type is another dataclass of the module (a `DistillConfig` section) is expanded into that
     class's fields, named "section.field".
     """
-    tree, comments = _module_source(module)
+    tree, lines = _module_source(module)
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
     fields: list[ConfigField] = []
     for node in classes[cls].body:
@@ -142,7 +144,7 @@ def config_fields(module: str, cls: str) -> tuple[ConfigField, ...]:
         else:
             kind = eval(annotation, {"__builtins__": {}}, _TYPES)  # our own annotations: builtins and unions only
             fields.append(ConfigField(name, kind, _literal(node.value, module_constants(module)),
-                                      comments.get(node.end_lineno, "")))
+                                      _comment(node, lines)))
     return tuple(fields)
 
 
