@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -25,13 +26,19 @@ PROBE = ("import sys, runpy\nsys.argv = ['vldd', *sys.argv[1:], '--help']\ntry:\
          "print('torch' in sys.modules, file=sys.stderr)")
 
 
-def run(root: Path, command: list[str]) -> tuple[float, bool]:
-    """Seconds for one `python -m vldd.cli <command> --help` with `root` first on the path, and whether torch loaded."""
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(root: Path, command: list[str]) -> tuple[float, float, bool]:
+    """One `python -m vldd.cli <command> --help` with `root` first on the path: wall seconds, CPU seconds (user +
+    system; less sensitive to a busy machine), and whether torch was imported."""
     env = {**os.environ, "PYTHONPATH": str(root)}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     done = subprocess.run([sys.executable, "-c", PROBE, *command], env=env, cwd=root, capture_output=True,
                           text=True, check=True)
-    return time.perf_counter() - start, done.stderr.strip().splitlines()[-1] == "True"
+    return time.perf_counter() - start, cpu_seconds() - cpu, done.stderr.strip().splitlines()[-1] == "True"
 
 
 def main() -> None:
@@ -42,19 +49,24 @@ def main() -> None:
                         help='subcommands whose --help is timed ("" = `vldd --help`)')
     args = parser.parse_args()
     sides = {"this": HERE, "baseline": args.baseline.resolve()}
-    print(f"{'command':18s} {'this (s)':>9s} {'baseline (s)':>13s} {'ratio':>6s}  torch imported (this/baseline)")
+    print(f"{'command':21s} {'wall: this':>10s} {'baseline':>9s} {'ratio':>6s}   {'CPU: this':>9s} {'baseline':>9s} "
+          f"{'ratio':>6s}   torch imported (this/baseline)")
     for command in args.commands:
         argv = command.split()
-        times: dict[str, list[float]] = {"this": [], "baseline": []}
+        wall: dict[str, list[float]] = {"this": [], "baseline": []}
+        cpu: dict[str, list[float]] = {"this": [], "baseline": []}
         torch_loaded = {}
         for r in range(args.repeats):
             for side in (["this", "baseline"] if r % 2 == 0 else ["baseline", "this"]):
-                seconds, torch_loaded[side] = run(sides[side], argv)
-                times[side].append(seconds)
-        this, base = statistics.median(times["this"]), statistics.median(times["baseline"])
+                seconds, cpu_s, torch_loaded[side] = run(sides[side], argv)
+                wall[side].append(seconds)
+                cpu[side].append(cpu_s)
+        w = {side: statistics.median(v) for side, v in wall.items()}
+        c = {side: statistics.median(v) for side, v in cpu.items()}
         label = f"vldd {command} --help".replace("  ", " ")
-        print(f"{label:18s} {this:9.2f} {base:13.2f} {base / this:5.1f}x  {torch_loaded['this']}/"
-              f"{torch_loaded['baseline']}")
+        print(f"{label:21s} {w['this']:9.2f}s {w['baseline']:8.2f}s {w['baseline'] / w['this']:5.1f}x   "
+              f"{c['this']:8.2f}s {c['baseline']:8.2f}s {c['baseline'] / c['this']:5.1f}x   "
+              f"{torch_loaded['this']}/{torch_loaded['baseline']}")
     seconds = []
     for _ in range(args.repeats):  # `python -m vldd` itself: only this checkout has vldd/__main__.py
         start = time.perf_counter()
