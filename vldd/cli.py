@@ -142,7 +142,11 @@ def config_fields(module: str, cls: str) -> tuple[ConfigField, ...]:
         if annotation in classes:
             fields += [dataclasses.replace(f, name=f"{name}.{f.name}") for f in config_fields(module, annotation)]
         else:
-            kind = eval(annotation, {"__builtins__": {}}, _TYPES)  # our own annotations: builtins and unions only
+            try:
+                kind = eval(annotation, {"__builtins__": {}}, _TYPES)  # our own source: builtins and unions only
+            except NameError as err:
+                raise TypeError(f"{cls}.{name}: a flag's type must be built from {sorted(_TYPES)}, got "
+                                f"{annotation!r}") from err
             fields.append(ConfigField(name, kind, _literal(node.value, module_constants(module)),
                                       _comment(node, lines)))
     return tuple(fields)
@@ -151,7 +155,7 @@ def config_fields(module: str, cls: str) -> tuple[ConfigField, ...]:
 def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, fields: Sequence[ConfigField], *,
                      dest: str, flags: Callable[[str], list[str]], switches: bool = False,
                      metavars: dict[str, str] | None = None, choices: dict[str, Sequence[str]] | None = None,
-                     required: Sequence[str] = (), defaults: bool = True) -> None:
+                     required: Sequence[str] = ()) -> None:
     """Adds one flag per config field, its help the field's comment; every command's settings go through here.
 
     Values land in `args` as `"<dest>:<field name>"` (None when the flag is not given, so that a YAML file or a
@@ -160,7 +164,7 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
     metavars, choices = metavars or {}, choices or {}
     for f in fields:
         text = f.help
-        if defaults and f.default is not dataclasses.MISSING and f.default is not None and f.default != []:
+        if f.default is not dataclasses.MISSING and f.default is not None and f.default != []:
             text += f" (default: {f.default})"
         options: dict[str, Any] = {"dest": f"{dest}:{f.name}", "default": None, "help": text.replace("%", "%%"),
                                    "required": f.name in required}
