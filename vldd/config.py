@@ -116,7 +116,7 @@ class GenerationConfig:
     strength: float = 0.7  # fraction of the schedule denoised from the noised prototype (0.7 of 50 = 35 steps)
     guidance_scale: float = 10.0  # classifier-free guidance (D4M: 8)
     eta: float = 0.0  # DDIM eta
-    negative_prompt: str = "cartoon, anime, painting"  # what the images are steered away from (classifier-free guidance)
+    negative_prompt: str = "cartoon, anime, painting"  # what guidance steers every image away from
     batch_size: int = 4  # prototypes per pipeline call
     output_size: int = 256  # generated images are resized to output_size x output_size pixels
 
