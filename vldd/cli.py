@@ -1,22 +1,35 @@
 """`vldd` command line: a thin layer that turns flags into configs and calls the library.
 
-Every `DistillConfig` field is a flag (`--ipc`, `--generation.guidance_scale 8`, ...), generated from the dataclasses;
-a YAML file given with `--config` holds a whole run and flags override it. Each subcommand is a `_add_<name>` builder
-listed in `COMMANDS`.
+Every field of a job's config dataclass is a flag (`--ipc`, `--generation.guidance_scale 8`, `--learning-rate`, ...),
+made by one generator (`add_config_flags`) whose help texts are the fields' comments; a YAML file given with
+`--config` holds a whole run and flags override it. Each subcommand is a `_add_<name>` builder listed in `COMMANDS`.
+Bad input ends in one line, `vldd: error: ...`, and exit code 2 (`-v` adds the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import dataclasses
+import functools
+import importlib.util
 import logging
 import os
 import sys
+import traceback
 import types
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import config as cfg
+from .runs import RunDirBusyError, check_output_dir, run_dir_lock
+
+# Nothing here imports torch, diffusers, transformers or datasets at module level: `vldd --help` and
+# `vldd <command> --help` read the config dataclasses from their source (see `config_fields`), so they start in a
+# fraction of a second; each command imports what it needs when it runs.
 
 logger = logging.getLogger("vldd")
 
@@ -24,6 +37,12 @@ logger = logging.getLogger("vldd")
 ALIASES = {"dataset": "data.dataset", "classes": "data.classes", "split": "data.split",
            "max_images_per_class": "data.max_images_per_class", "captioner": "caption.model",
            "diffusion_model": "generation.model", "lora": "generation.lora"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        # One line: the usage of a command with ~60 flags would bury the message.
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _parse_value(kind, text: str):
@@ -39,44 +58,175 @@ def _parse_value(kind, text: str):
         if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
         return text.lower() in ("true", "1", "yes")
-    if kind is int:
-        return int(text)
-    if kind is float:
-        return float(text)
+    try:
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
     return text
 
 
-def _config_fields():
-    """Yields (dotted name, type, help) for every config field."""
-    hints = typing.get_type_hints(cfg.DistillConfig)
-    for f in dataclasses.fields(cfg.DistillConfig):
-        if dataclasses.is_dataclass(hints[f.name]):
-            section_hints = typing.get_type_hints(hints[f.name])
-            for sf in dataclasses.fields(hints[f.name]):
-                yield f"{f.name}.{sf.name}", section_hints[sf.name]
+# ---------------------------------------------------------------------------------------------------------------
+# Flags generated from the config dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigField:
+    """One field of a config dataclass, as its source declares it."""
+
+    name: str  # dotted below a section: "generation.guidance_scale"
+    kind: Any  # the annotation, evaluated: int, float | None, list[str | int] | None, ...
+    default: Any  # the declared default when it is a literal or a module constant; MISSING otherwise
+    help: str  # the field's end-of-line comment
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "None": None}
+
+
+@functools.cache
+def _module_source(module: str) -> tuple[ast.Module, list[str]]:
+    """`vldd.<module>`'s syntax tree and source lines, read without importing the module."""
+    text = Path(importlib.util.find_spec(f"vldd.{module}").origin).read_text()
+    return ast.parse(text), text.splitlines()
+
+
+def _comment(node: ast.stmt, lines: list[str]) -> str:
+    """A field's comment: the end-of-line one (`x: int = 3  # this`), else the comment lines right above it."""
+    rest = lines[node.end_lineno - 1][node.end_col_offset:].strip()
+    if rest.startswith("#"):
+        return rest[1:].strip()
+    above, row = [], node.lineno - 2
+    while row >= 0 and lines[row].strip().startswith("#"):
+        above.insert(0, lines[row].strip()[1:].strip())
+        row -= 1
+    return " ".join(above)
+
+
+def _literal(node: ast.expr | None, constants: dict[str, Any]) -> Any:
+    if isinstance(node, ast.Name):
+        return constants.get(node.id, dataclasses.MISSING)
+    try:
+        return ast.literal_eval(node) if node is not None else dataclasses.MISSING
+    except (ValueError, TypeError):  # not a literal: a call such as field(default_factory=...)
+        return dataclasses.MISSING
+
+
+@functools.cache
+def module_constants(module: str) -> dict[str, Any]:
+    """`vldd.<module>`'s top-level `NAME = <literal>` constants (a dict whose values are not literals: its keys)."""
+    tree, _ = _module_source(module)
+    constants: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+            if isinstance(target, ast.Name):
+                value = _literal(node.value, constants)
+                if value is dataclasses.MISSING and isinstance(node.value, ast.Dict):
+                    value = {_literal(k, constants): None for k in node.value.keys}
+                if value is not dataclasses.MISSING:
+                    constants[target.id] = value
+    return constants
+
+
+@functools.cache
+def config_fields(module: str, cls: str) -> tuple[ConfigField, ...]:
+    """The fields of the dataclass `cls` of `vldd.<module>`, from its source (so no model library is imported).
+
+    A field whose type is another dataclass of the module (a `DistillConfig` section) is expanded into that
+    class's fields, named "section.field".
+    """
+    tree, lines = _module_source(module)
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    fields: list[ConfigField] = []
+    for node in classes[cls].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        name, annotation = node.target.id, ast.unparse(node.annotation)
+        if annotation in classes:
+            fields += [dataclasses.replace(f, name=f"{name}.{f.name}") for f in config_fields(module, annotation)]
         else:
-            yield f.name, hints[f.name]
+            try:
+                kind = eval(annotation, {"__builtins__": {}}, _TYPES)  # our own source: builtins and unions only
+            except NameError as err:
+                raise TypeError(f"{cls}.{name}: a flag's type must be built from {sorted(_TYPES)}, got "
+                                f"{annotation!r}") from err
+            fields.append(ConfigField(name, kind, _literal(node.value, module_constants(module)),
+                                      _comment(node, lines)))
+    return tuple(fields)
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file holding a whole run; flags override it")
-    group = parser.add_argument_group("run settings (see vldd/config.py for meanings and units)")
+class _Extend(argparse.Action):
+    """Appends a list flag's parsed values (each a list) to what earlier occurrences gave."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest) or [])
+        for value in values if self.nargs == "+" else [values]:
+            items.extend(value if isinstance(value, list) else [value])
+        setattr(namespace, self.dest, items)
+
+
+def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, fields: Sequence[ConfigField], *,
+                     dest: str, flags: Callable[[str], list[str]], switches: bool = False,
+                     metavars: dict[str, str] | None = None, choices: dict[str, Sequence[str]] | None = None,
+                     required: Sequence[str] = (), several: Sequence[str] = ()) -> None:
+    """Adds one flag per config field, its help the field's comment; every command's settings go through here.
+
+    Values land in `args` as `"<dest>:<field name>"` (None when the flag is not given, so that a YAML file or a
+    preset underneath keeps its value). Booleans are `--x/--no-x` switches when `switches`, else `--x true|false`.
+    List fields take comma-separated values and may be repeated; those named in `several` also take several
+    space-separated values (`--distilled a b c`).
+    """
+    metavars, choices = metavars or {}, choices or {}
+    for f in fields:
+        text = f.help
+        if f.default is not dataclasses.MISSING and f.default is not None and f.default != []:
+            text += f" (default: {f.default})"
+        options: dict[str, Any] = {"dest": f"{dest}:{f.name}", "default": None, "help": text.replace("%", "%%"),
+                                   "required": f.name in required}
+        if f.kind is bool and switches:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = functools.partial(_parse_value, f.kind)
+            options["metavar"] = ("{" + ",".join(choices[f.name]) + "}" if f.name in choices
+                                  else metavars.get(f.name, "VALUE"))
+            if typing.get_origin(f.kind) is list or list in map(typing.get_origin, typing.get_args(f.kind)):
+                options["action"] = _Extend  # comma-separated, and the flag may be repeated
+                if f.name in several:
+                    options["nargs"] = "+"
+        parser.add_argument(*flags(f.name), **options)
+
+
+def _run_flags(parser: argparse.ArgumentParser) -> None:
+    """`--config` and one flag per `DistillConfig` field (`--ipc`, `--generation.guidance_scale`, aliases)."""
+    parser.add_argument("--config", metavar="YAML", help="YAML file holding a whole run; flags override it")
+    group = parser.add_argument_group("run settings (defaults: the paper preset's; --preset tiny changes some)")
     reverse = {v: k for k, v in ALIASES.items()}
-    for name, kind in _config_fields():
-        flags = [f"--{name}"] + ([f"--{reverse[name].replace('_', '-')}"] if name in reverse else [])
-        group.add_argument(*flags, dest=f"cfg:{name}", default=None, metavar="VALUE",
-                           type=lambda text, kind=kind: _parse_value(kind, text))
+    add_config_flags(group, config_fields("config", "DistillConfig"), dest="cfg",
+                     flags=lambda name: [f"--{name}"] + ([f"--{reverse[name].replace('_', '-')}"]
+                                                         if name in reverse else []),
+                     choices={"preset": list(module_constants("config")["PRESETS"])},
+                     metavars={"output": "DIR", "data.dataset": "ID|DIR", "caption.model": "ID|DIR",
+                               "generation.model": "ID|DIR", "generation.lora": "ID|DIR"})
 
 
-def config_from_args(args: argparse.Namespace) -> cfg.DistillConfig:
+def _nested(args: argparse.Namespace, dest: str) -> dict:
+    """The flags given under `dest` (`"<dest>:a.b"`) as nested overrides ({"a": {"b": value}})."""
     overrides: dict = {}
     for key, value in vars(args).items():
-        if key.startswith("cfg:") and value is not None:
+        if key.startswith(f"{dest}:") and value is not None:
             node = overrides
-            *parents, leaf = key[4:].split(".")
+            *parents, leaf = key[len(dest) + 1:].split(".")
             for part in parents:
                 node = node.setdefault(part, {})
             node[leaf] = value
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> cfg.DistillConfig:
+    overrides = _nested(args, "cfg")
     run_config = Path(overrides.get("output", "")) / "config.yaml"
     path = args.config
     if path is None and overrides.get("output") and run_config.is_file() and getattr(args, "reuse_config", False):
@@ -100,15 +250,28 @@ def _processes(device: str):
     return Processes.from_accelerate(state), device
 
 
+def _launch_key() -> str | None:
+    """Names this process's `accelerate launch` (its rendezvous), so that its ranks share the run's lock."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return ":".join(os.environ.get(k, "") for k in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"))
+
+
+def _cache_dir_flag(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument("--cache-dir", default=os.environ.get("VLDD_CACHE", default),
+                        help="where the tiny preset's models are built (default: $VLDD_CACHE or ~/.cache/vldd)")
+
+
 def _run_stages(stages):
     def run(args):
-        from .pipeline import distill
-
         config = config_from_args(args)
-        processes, device = _processes(config.device)
-        config.device = device
-        result = distill(config, stages=stages, cache_dir=args.cache_dir, progress=not args.quiet,
-                         processes=processes)
+        with run_dir_lock(config.output, launch=_launch_key()):
+            from .pipeline import distill
+
+            processes, device = _processes(config.device)
+            config.device = device
+            result = distill(config, stages=stages, cache_dir=args.cache_dir, progress=not args.quiet,
+                             processes=processes)
         if processes is None or processes.is_main:
             for line in result.summary_lines():
                 print(line)
@@ -126,28 +289,25 @@ def _add_stage_commands(sub):
     }
     for name, (stages, help_text) in entries.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        add_config_flags(p)
-        p.add_argument("--cache-dir", default=os.environ.get("VLDD_CACHE", str(Path.home() / ".cache" / "vldd")),
-                       help="where the tiny preset's models are built (default: $VLDD_CACHE or ~/.cache/vldd)")
+        _run_flags(p)
+        _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=_run_stages(stages), reuse_config=name != "distill")
 
 
 def _push(args) -> int:
-    from .hub import HubError, push_captions, push_distilled
+    from .hub import push_captions, push_distilled
 
     shared = {"private": args.private, "max_shard_size": args.max_shard_size, "progress": not args.quiet}
-    try:
+    if args.captions and (args.config_name or args.default):
+        raise ValueError("--config-name and --default apply to distilled sets, not to --captions")
+    # Only an existing directory is locked: a missing one is reported as "not a run directory" by the push.
+    with run_dir_lock(args.run_dir) if Path(args.run_dir).is_dir() else contextlib.nullcontext():
         if args.captions:
-            if args.config_name or args.default:
-                raise ValueError("--config-name and --default apply to distilled sets, not to --captions")
             result = push_captions(args.run_dir, args.repo, **shared)
         else:
             result = push_distilled(args.run_dir, args.repo, config_name=args.config_name, default=args.default,
                                     **shared)
-    except HubError as err:
-        print(f"vldd: error: {err}", file=sys.stderr)
-        return 2
     name = "" if args.captions else f', "{result.config_name}"'
     print(f"published {result.num_rows} rows to {result.url} (configuration {result.config_name})")
     print(f'load it with: datasets.load_dataset("{result.repo_id}"{name}, split="train")')
@@ -176,6 +336,8 @@ def _evaluate(args) -> int:
 
     values = {k[5:]: v for k, v in vars(args).items() if k.startswith("eval:") and v is not None}
     config = EvalConfig(**values)
+    if config.output is not None and Path(config.output).is_dir():
+        raise ValueError(f"--output {config.output!r} is a directory; expected the results JSON file to write")
     processes, device = _processes(config.device)
     result = evaluate(config, device=device if processes else None, progress=not args.quiet, processes=processes)
     if processes is None or processes.is_main:
@@ -185,29 +347,15 @@ def _evaluate(args) -> int:
 
 
 def _add_evaluate(sub):
-    from .evaluation import BASELINES, PROTOCOLS, EvalConfig
-
     help_text = "score a distilled set: train students on it and test them on real images (hard or soft labels)"
-    p = sub.add_parser("evaluate", help=help_text, description=f"{help_text}. See vldd/evaluation.py (EvalConfig) "
-                       "for every setting's meaning and units.")
-    hints = typing.get_type_hints(EvalConfig)
-    for f in dataclasses.fields(EvalConfig):
-        kind, flag = hints[f.name], f"--{f.name.replace('_', '-')}"
-        if f.name == "baselines":
-            p.add_argument("--baseline", dest="eval:baselines", action="extend", default=None,
-                           metavar="{" + ",".join(BASELINES) + "}", type=lambda text: [t for t in text.split(",") if t],
-                           help="also train on a same-IPC random real subset and/or the full real train set")
-        elif f.name == "distilled":
-            p.add_argument(flag, dest="eval:distilled", action="extend", nargs="+", required=True, metavar="SET",
-                           help="distilled set(s): run directories, Hub ids or paths; several (e.g. seeds 0 1 2) are "
-                                "reported as mean ± std over sets x repeats, and each alone")
-        elif kind is bool:
-            p.add_argument(flag, dest=f"eval:{f.name}", action=argparse.BooleanOptionalAction, default=None)
-        else:
-            choices = PROTOCOLS if f.name == "protocol" else None
-            p.add_argument(flag, dest=f"eval:{f.name}", default=None,
-                           choices=choices, metavar=None if choices else "VALUE",
-                           type=lambda text, kind=kind: _parse_value(kind, text))
+    p = sub.add_parser("evaluate", help=help_text, description=f"{help_text}. Defaults are the protocols' published "
+                       "settings; see vldd/evaluation.py (EvalConfig).")
+    constants = module_constants("evaluation")
+    add_config_flags(p, config_fields("evaluation", "EvalConfig"), dest="eval", switches=True,
+                     flags=lambda name: ["--baseline"] if name == "baselines" else [f"--{name.replace('_', '-')}"],
+                     choices={"protocol": constants["PROTOCOLS"], "baselines": constants["BASELINES"]},
+                     metavars={"distilled": "RUN_DIR|ID|DIR", "real": "ID|DIR", "output": "JSON"},
+                     required=["distilled"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
 
@@ -227,10 +375,9 @@ def _plan(args) -> int:
 def _add_plan(sub):
     help_text = "estimate each stage's time and memory on this device before running (measures a few items)"
     p = sub.add_parser("plan", help=help_text, description=help_text)
-    add_config_flags(p)
+    _run_flags(p)
     p.add_argument("--processes", type=int, default=1, help="processes (GPUs) that will share the run")
-    p.add_argument("--cache-dir", default=os.environ.get("VLDD_CACHE", str(Path.home() / ".cache" / "vldd")),
-                   help="where the tiny preset's models are built (default: $VLDD_CACHE or ~/.cache/vldd)")
+    _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
     p.set_defaults(func=_plan, reuse_config=False)
 
 
@@ -244,47 +391,30 @@ def _finetune(args) -> int:
     values.setdefault("captions", args.run_dir)
     if not values["captions"]:
         raise ValueError("give the captions: a run directory (vldd finetune RUN_DIR ...) or --captions HUB_ID")
-    result = finetune(finetune_config(args.preset, **values), cache_dir=args.cache_dir, progress=not args.quiet)
+    config = finetune_config(args.preset, **values)
+    check_output_dir(config.output, "output directory")
+    result = finetune(config, cache_dir=args.cache_dir, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, only the main process reports
         for line in result.summary_lines():
             print(line)
     return 0
 
 
-def _field_comments(cls) -> dict[str, str]:
-    """A dataclass's end-of-line field comments, as flag help."""
-    import inspect
-    import re
-
-    found = (re.match(r"\s+(\w+): [^=]+=.*?  # (.*)$", line) for line in inspect.getsource(cls).splitlines())
-    return {m.group(1): m.group(2).replace("%", "%%") for m in found if m}
-
-
 def _add_finetune(sub):
-    from .finetuning import PRESETS, FinetuneConfig
-
     help_text = ("fine-tune Stable Diffusion on a run's (image, caption) pairs, fully or with LoRA (VLCP step 2); "
                  "multi-GPU with `accelerate launch -m vldd.cli finetune ...`")
     p = sub.add_parser("finetune", help=help_text, description=f"{help_text}. Defaults are the paper's recipe; see "
                        "vldd/finetuning.py (FinetuneConfig). A rerun with the same --output resumes from its newest "
                        "checkpoint.")
     p.add_argument("run_dir", nargs="?", help="run directory whose captions/ (and manifest.json) to train on")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+    p.add_argument("--preset", choices=sorted(module_constants("finetuning")["PRESETS"]), default="paper",
                    help="starting values: paper (default) or tiny (the CPU test model)")
-    hints, comments = typing.get_type_hints(FinetuneConfig), _field_comments(FinetuneConfig)
-    aliases = {"base_model": ["--base"], "push_to_hub": [], "captions": []}
-    for f in dataclasses.fields(FinetuneConfig):
-        kind, flags = hints[f.name], [f"--{f.name.replace('_', '-')}", *aliases.get(f.name, [])]
-        if kind is bool:
-            p.add_argument(*flags, dest=f"ft:{f.name}", action=argparse.BooleanOptionalAction, default=None,
-                           help=comments.get(f.name))
-        else:
-            metavar = {"captions": "RUN_DIR|DIR|HUB_ID", "base_model": "SD_ID|DIR", "push_to_hub": "REPO",
-                       "output": "DIR"}.get(f.name, "VALUE")
-            p.add_argument(*flags, dest=f"ft:{f.name}", default=None, metavar=metavar, help=comments.get(f.name),
-                           type=lambda text, kind=kind: _parse_value(kind, text))
-    p.add_argument("--cache-dir", default=os.environ.get("VLDD_CACHE", str(Path.home() / ".cache" / "vldd")),
-                   help="where the tiny preset's models are built (default: $VLDD_CACHE or ~/.cache/vldd)")
+    aliases = {"base_model": ["--base"]}
+    add_config_flags(p, config_fields("finetuning", "FinetuneConfig"), dest="ft", switches=True,
+                     flags=lambda name: [f"--{name.replace('_', '-')}", *aliases.get(name, [])],
+                     metavars={"captions": "RUN_DIR|DIR|HUB_ID", "base_model": "SD_ID|DIR", "push_to_hub": "REPO",
+                               "output": "DIR"})
+    _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_finetune)
 
@@ -317,30 +447,20 @@ def _add_app(sub):
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 serves the network)")
     p.add_argument("--port", type=int, help="port (default 7860, or the next free one)")
     p.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
-    p.add_argument("--cache-dir", default=os.environ.get("VLDD_CACHE"),
-                   help="where the tiny preset's models are built (default: $VLDD_CACHE or ~/.cache/vldd)")
+    _cache_dir_flag(p)
     p.set_defaults(func=_app)
 
 
 def _reproduce(args) -> int:
     from .reproduce import reproduce
 
-    distill_overrides: dict = {}
-    for key, value in vars(args).items():
-        if key.startswith("cfg:") and value is not None:
-            node = distill_overrides
-            *parents, leaf = key[4:].split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
+    distill_overrides = _nested(args, "cfg")
     if args.config:  # a YAML file of distillation settings; flags win
-        import yaml
-
-        distill_overrides = cfg._merge(yaml.safe_load(Path(args.config).read_text()) or {}, distill_overrides)
+        distill_overrides = cfg._merge(cfg.read_yaml(args.config), distill_overrides)
     output = distill_overrides.pop("output", None)
     if not output:
         raise ValueError("`--output` must name the reproduction's directory")
-    eval_overrides = {k[5:]: v for k, v in vars(args).items() if k.startswith("eval:") and v is not None}
+    eval_overrides = _nested(args, "eval")
     processes, device = _processes(eval_overrides.get("device", "auto"))
     if processes is not None:
         distill_overrides.setdefault("device", device)
@@ -367,24 +487,21 @@ def _reproduce(args) -> int:
 
 
 def _add_reproduce(sub):
-    from .evaluation import EvalConfig
-    from .reproduce import CELLS
-
     help_text = "reproduce a published VLCP number: distill seeds 0/1/2 with the paper preset, evaluate them beside " \
                 "a random real subset, print the table next to the paper's"
     p = sub.add_parser("reproduce", help=help_text, description=help_text)
-    p.add_argument("cell", choices=sorted(CELLS), help="the published number (dataset, IPC, protocol)")
+    from .reproduce import CELLS  # a light module: no model library
+
+    p.add_argument("cell", choices=sorted(CELLS),
+                   help="the published number (dataset, IPC, protocol)")
     p.add_argument("--seeds", type=lambda text: [int(t) for t in text.split(",")], default=[0, 1, 2],
                    help="comma-separated distillation seeds (default: 0,1,2 as the paper)")
-    add_config_flags(p)  # --output DIR (seed<S>/ run dirs, evaluation/, reproduce.json); distillation overrides
+    _run_flags(p)  # --output DIR (seed<S>/ run dirs, evaluation/, reproduce.json); distillation overrides
     group = p.add_argument_group("evaluation overrides (see vldd/evaluation.py EvalConfig)")
-    hints = typing.get_type_hints(EvalConfig)
-    for f in dataclasses.fields(EvalConfig):
-        if f.name not in ("distilled", "protocol", "baselines", "output"):
-            group.add_argument(f"--eval.{f.name}", dest=f"eval:{f.name}", default=None, metavar="VALUE",
-                               type=lambda text, kind=hints[f.name]: _parse_value(kind, text))
-    p.add_argument("--cache-dir", default=os.environ.get("VLDD_CACHE", str(Path.home() / ".cache" / "vldd")),
-                   help="where the tiny preset's models are built (default: $VLDD_CACHE or ~/.cache/vldd)")
+    fields = [f for f in config_fields("evaluation", "EvalConfig")
+              if f.name not in ("distilled", "protocol", "baselines", "output")]
+    add_config_flags(group, fields, dest="eval", flags=lambda name: [f"--eval.{name}"])
+    _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_reproduce)
 
@@ -393,12 +510,20 @@ COMMANDS = [_add_stage_commands, _add_plan, _add_push, _add_evaluate, _add_finet
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vldd", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = _Parser(prog="vldd", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks with errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
     return parser
+
+
+def _is_user_error(err: Exception) -> bool:
+    """Errors that mean "this input is wrong" (exit code 2, one line); anything else is a bug and keeps its trace."""
+    errors: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, NotADirectoryError, RunDirBusyError)
+    if "vldd.hub" in sys.modules:  # only a command that imported it can raise it
+        errors += (sys.modules["vldd.hub"].HubError,)
+    return isinstance(err, errors)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,7 +534,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as err:
+    except Exception as err:
+        if not _is_user_error(err):
+            raise
+        if args.verbose:
+            traceback.print_exception(err, file=sys.stderr)
         print(f"vldd: error: {err}", file=sys.stderr)
         return 2
 

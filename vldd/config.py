@@ -128,10 +128,8 @@ class GenerationConfig:
     strength: float = 0.7  # fraction of the schedule denoised from the noised prototype (0.7 of 50 = 35 steps)
     guidance_scale: float = 10.0  # classifier-free guidance (D4M: 8)
     eta: float = 0.0  # DDIM eta
-    negative_prompt: str = "cartoon, anime, painting"
-    # long prompts: "official" slices the token ids every 77 (the paper's code); "windows" wraps windows of 75
-    # tokens in BOS/EOS and pads each to 77 (a prompt of <= 75 tokens is then encoded as the stock pipeline does)
-    prompt_chunking: str = "official"
+    negative_prompt: str = "cartoon, anime, painting"  # what guidance steers every image away from
+    prompt_chunking: str = "official"  # long prompts: "official" slices token ids every 77 (the paper's code); "windows" wraps 75-token windows in BOS/EOS, padded to 77
     batch_size: int = 4  # prototypes per pipeline call
     output_size: int = 256  # generated images are resized to output_size x output_size pixels
 
@@ -231,6 +229,23 @@ def from_dict(values: dict[str, Any]) -> DistillConfig:
     return DistillConfig(**kwargs)
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A run config file's nested values, with a one-line error naming the file when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ValueError(f"config file {str(path)!r} is not valid YAML ({problem}{where}); expected a mapping "
+                         "with the layout of a run's config.yaml") from err
+    _check(isinstance(loaded, dict), f"config file {str(path)!r} must hold a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> DistillConfig:
     """Loads a run config from a YAML file (optional) and applies nested `overrides` on top.
 
@@ -238,14 +253,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         path: YAML file with the same nested layout as `DistillConfig.to_dict()`; may hold only a few keys.
         overrides: nested values that win over the file (what CLI flags set).
     """
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        _check(isinstance(loaded, dict), f"config file {str(path)!r} must hold a mapping, got {type(loaded).__name__}")
-        values = loaded
+    values = read_yaml(path) if path is not None else {}
     if overrides:
         if "preset" in overrides and "preset" in values and overrides["preset"] != values["preset"]:
             values = {k: v for k, v in values.items() if k != "preset"}

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -24,6 +24,9 @@ from . import __version__
 from .config import DistillConfig, fingerprint
 from .data import SourceDataset, load_source
 from .runs import StageDir, atomic_path, read_json, update_manifest, write_json, write_text
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ class DistillResult:
     """What a run produced."""
 
     run_dir: Path
-    dataset: Any = None  # the distilled `datasets.Dataset`, when the generate stage ran
+    dataset: datasets.Dataset | None = None  # the distilled set, when the generate stage ran
     manifest: dict = field(default_factory=dict)
 
     def summary_lines(self) -> list[str]:
