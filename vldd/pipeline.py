@@ -677,7 +677,8 @@ def _manifest(run_dir, user_config, config, derived, tune, source, stages, timin
         if dirs["text"].has(label, ".json"):
             counts["text_fallbacks"] += sum(1 for t in read_json(dirs["text"].file(label, ".json")) if t["fallback"])
     finetuned = _finetune_record(config, tune, dirs)
-    done = sorted(set(previous.get("stages_done", [])) | set(stages), key=STAGES.index)
+    ran = {s for s in stages if s != "finetune" or tune is not None}  # a run that does not fine-tune skips it
+    done = sorted(set(previous.get("stages_done", [])) | ran, key=STAGES.index)
     return update_manifest(
         run_dir,
         vldd_version=__version__,
