@@ -241,3 +241,23 @@ def test_vae_fingerprint_follows_the_weights_not_the_id(tuned, tiny_cache, tmp_p
     (tmp_path / "no_vae").mkdir()
     with pytest.raises(ValueError, match="has no vae/config.json"):
         vae_fingerprint(str(tmp_path / "no_vae"))
+
+
+@pytest.mark.slow
+def test_two_processes_fine_tune_together_and_finish(tuned, tiny_cache, tmp_path):
+    out = tmp_path / "sharded"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_overrides(out, finetune=TUNE)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli",
+               "distill", "--config", str(config), "--cache-dir", str(tiny_cache), "--quiet", "--device", "cpu"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)  # a deadlock times out
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["finetune"]["global_step"] == 3
+    # Data parallel: each process takes its half of the 24 pairs in micro-batches of 8, so an epoch is 2 optimizer
+    # steps (1 epoch of 3 steps with one process) and the 3 steps span 2 epochs.
+    assert manifest["finetune"]["epochs"] == 2 and tuned.manifest["finetune"]["epochs"] == 1
+    assert manifest["fingerprints"]["prototypes"] == tuned.manifest["fingerprints"]["prototypes"]
+    assert datasets.load_from_disk(str(out / "dataset"))["prompt"] == tuned.dataset["prompt"]
