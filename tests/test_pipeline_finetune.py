@@ -1,4 +1,4 @@
-"""Fine-tuning inside `distill` (VLCP step 2) and the per-dataset settings derived from the source, on the tiny preset."""
+"""Fine-tuning inside `distill` (VLCP step 2) and per-dataset settings derived from the source, on the tiny preset."""
 
 import json
 import os
@@ -76,6 +76,7 @@ def test_no_finetune_generates_with_the_base_model_and_says_so(untuned):
     assert manifest["finetune"] == {"used": False, "note": NOT_FINETUNED}
     assert manifest["models"]["fine-tuning"]["id"] == "not fine-tuned (D4M-style)"
     assert manifest["config"]["finetune"]["enabled"] is False
+    assert yaml.safe_load((run / "config.yaml").read_text())["finetune"]["enabled"] is False
     assert "finetune" not in manifest["stages_done"] and not (run / "finetune").exists()
 
 
@@ -85,7 +86,8 @@ def test_no_finetune_flag_and_presets():
     assert parse("--no-finetune").finetune.enabled is False
     assert parse("--finetune.enabled", "false").finetune.enabled is False
     assert parse("--preset", "tiny").finetune.enabled is False
-    assert parse("--preset", "tiny", "--finetune.enabled", "true", "--finetune.max_train_steps", "3").finetune.max_train_steps == 3
+    tiny = parse("--preset", "tiny", "--finetune.enabled", "true", "--finetune.max_train_steps", "3").finetune
+    assert tiny.enabled is True and tiny.max_train_steps == 3 and tiny.resolution == 64
 
 
 def test_rerun_reuses_the_finished_model(tuned, tiny_cache):
@@ -219,7 +221,9 @@ def test_a_cifar_named_source_distills_with_the_cifar_settings(tiny_cache, tmp_p
     assert result.dataset.num_rows == 12  # contamination 0: no outlier dropped, 6 clusters from 6 images
     assert result.manifest["counts"]["outliers_per_class"] == {"cat": 0, "dog": 0}
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["generation"]["output_size"] is None and result.manifest["config"]["text"]["common_threshold"] is None
+    assert saved["generation"]["output_size"] is None and saved["text"]["common_threshold"] is None  # as given
+    assert result.manifest["config"]["generation"]["output_size"] == 32  # the values used
+    assert result.manifest["config"]["text"]["common_threshold"] == 0.3
 
 
 def test_vae_fingerprint_follows_the_weights_not_the_id(tuned, tiny_cache, tmp_path):

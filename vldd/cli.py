@@ -66,8 +66,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         flags = [f"--{name}"] + ([f"--{reverse[name].replace('_', '-')}"] if name in reverse else [])
         group.add_argument(*flags, dest=f"cfg:{name}", default=None, metavar="VALUE",
                            type=lambda text, kind=kind: _parse_value(kind, text))
-    group.add_argument("--no-finetune", dest="cfg:finetune.enabled", action="store_const", const=False, default=None,
-                       help="generate with the base model, not fine-tuned (D4M-style); same as --finetune.enabled false")
+    group.add_argument("--no-finetune", dest="cfg:finetune.enabled", action="store_const", const=False,
+                       default=None, help="generate with the base model, not fine-tuned (D4M-style); same as "
+                       "--finetune.enabled false")
 
 
 def config_from_args(args: argparse.Namespace) -> cfg.DistillConfig:

@@ -50,7 +50,8 @@ class DistillResult:
             lines.append(f"distilled {self.dataset.num_rows} images ({len(self.manifest['source']['classes'])} "
                          f"classes x IPC {self.manifest['config']['ipc']}) -> {self.run_dir / 'dataset'}")
             lines.append(f"preview: {self.run_dir / 'preview.png'}; manifest: {self.run_dir / 'manifest.json'}")
-            lines.append(f"diffusion model: {self.manifest['finetune']['note']}")
+            if "finetune" in self.manifest:
+                lines.append(f"diffusion model: {self.manifest['finetune']['note']}")
         else:
             lines.append(f"stages done: {', '.join(self.manifest.get('stages_done', []))} in {self.run_dir}")
         return lines
@@ -490,7 +491,6 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     #    take this process's share.
     t = time.perf_counter()
     source = load_source(config.data)
-    user_config = config
     config, derived = config.resolve(len(source.class_names))
     plan = _classes_to_run(source, config)
     mine = source.classes[processes.index::processes.count]
@@ -569,7 +569,7 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
             _require(source, dirs["generate"], "", "generated images", "vldd generate", source.classes)
             assemble_dataset(source, config, dirs, run_dir)
         timings["output"] = time.perf_counter() - t
-        _manifest(run_dir, user_config, config, derived, tune, source, stages, timings, dirs, dtype, device,
+        _manifest(run_dir, config, derived, tune, source, stages, timings, dirs, dtype, device,
                   processes.count)
     processes.wait()
     dataset = None
@@ -661,7 +661,7 @@ def _finetune_record(config: DistillConfig, tune, dirs: dict[str, StageDir]) -> 
             f"{summary['global_step']} steps at {tune.resolution} px, seed {tune.seed})"}
 
 
-def _manifest(run_dir, user_config, config, derived, tune, source, stages, timings, dirs, dtype, device,
+def _manifest(run_dir, config, derived, tune, source, stages, timings, dirs, dtype, device,
               n_processes) -> dict:
     previous = read_json(run_dir / "manifest.json", default={})
     counts: dict[str, Any] = {"classes": len(source.classes), "images_per_class": {}, "skipped_per_class": {},
@@ -682,7 +682,7 @@ def _manifest(run_dir, user_config, config, derived, tune, source, stages, timin
     return update_manifest(
         run_dir,
         vldd_version=__version__,
-        config=user_config.to_dict(),
+        config=config.to_dict(),  # the values used; config.yaml keeps the user's (None = derived)
         derived=derived,
         source=_source_record(config, source),
         models={"captioner": {"id": config.caption.from_hub or config.caption.model,
