@@ -11,6 +11,7 @@ import time
 import datasets
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import tiny_overrides
 from PIL import Image
@@ -66,6 +67,10 @@ def test_distill_fine_tunes_then_generates_with_the_fine_tuned_model(tuned, untu
     other = json.loads((untuned_run / "manifest.json").read_text())
     assert manifest["fingerprints"]["prototypes"] == other["fingerprints"]["prototypes"]
     assert manifest["fingerprints"]["generate"] != other["fingerprints"]["generate"]
+    for label in (0, 4):
+        a, b = (torch.load(r / "work" / "prototypes" / f"{label:06d}.pt", weights_only=True)["centers"]
+                for r in (run, untuned_run))
+        assert torch.equal(a, b)
     assert tuned.dataset["prompt"] == reference["prompt"]
     assert not any(np.array_equal(a, b) for a, b in zip(_images(tuned.dataset), _images(reference)))
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -24,6 +24,9 @@ from . import __version__
 from .config import DistillConfig, fingerprint
 from .data import SourceDataset, load_source
 from .runs import StageDir, atomic_path, read_json, update_manifest, write_json, write_text
+
+if TYPE_CHECKING:
+    from .finetuning import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +202,7 @@ def write_captions_dataset(source: SourceDataset, config: DistillConfig, stage: 
 
 # --- stage 2: fine-tuning ------------------------------------------------------------------------------------------
 
-def finetune_settings(config: DistillConfig, run_dir: Path, dtype: torch.dtype):
+def finetune_settings(config: DistillConfig, run_dir: Path, dtype: torch.dtype) -> FinetuneConfig | None:
     """The `vldd.finetuning.FinetuneConfig` of this run's fine-tuning stage, or None when the run does not fine-tune.
 
     A run fine-tunes when `finetune.enabled` is set and `generation.model` is still the preset's model: a model given
@@ -235,7 +238,7 @@ def _model_given(config: DistillConfig) -> bool:
     return config.generation.model != preset_model or config.generation.lora is not None
 
 
-def finetune_stage(config: DistillConfig, tune, stage: StageDir, source: SourceDataset, run_dir: Path,
+def finetune_stage(config: DistillConfig, tune: FinetuneConfig, stage: StageDir, source: SourceDataset, run_dir: Path,
                    processes: Processes, cache_dir, progress: bool) -> None:
     """Fine-tunes (or resumes fine-tuning) into `stage.path` unless a finished model is there; every process joins."""
     from .finetuning import SUMMARY, finetune
@@ -580,7 +583,7 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     return DistillResult(run_dir, dataset, read_json(run_dir / "manifest.json", default={}))
 
 
-def _diffusion_model(config: DistillConfig, tune, dirs: dict[str, StageDir], for_generation: bool
+def _diffusion_model(config: DistillConfig, tune: FinetuneConfig | None, dirs: dict[str, StageDir], for_generation: bool
                      ) -> tuple[str, str | None, str | None]:
     """(model, revision, LoRA) of the pipeline to load: the run's fine-tuned model for generation, else the base."""
     g = config.generation
@@ -598,8 +601,8 @@ _FINETUNE_UNFINGERPRINTED = {"captions", "output", "checkpointing_steps", "check
                              "dataloader_num_workers", "push_to_hub", "private"}
 
 
-def _stage_dirs(run_dir: Path, config: DistillConfig, source: SourceDataset, processes: Processes, tune,
-                cache_dir) -> dict[str, StageDir]:
+def _stage_dirs(run_dir: Path, config: DistillConfig, source: SourceDataset, processes: Processes,
+                tune: FinetuneConfig | None, cache_dir) -> dict[str, StageDir]:
     data_key = fingerprint(config.data.dataset, config.data.config_name, config.data.split, config.data.revision,
                            source.revision, config.data.max_images_per_class, config.data.image_column,
                            config.data.label_column)
@@ -641,7 +644,7 @@ def _source_record(config: DistillConfig, source: SourceDataset) -> dict[str, An
             "image_column": source.image_column, "label_column": source.label_column}
 
 
-def _finetune_record(config: DistillConfig, tune, dirs: dict[str, StageDir]) -> dict[str, Any]:
+def _finetune_record(config: DistillConfig, tune: FinetuneConfig | None, dirs: dict[str, StageDir]) -> dict[str, Any]:
     """Whether and which fine-tuned model generated the images, for the manifest (and, through it, the card)."""
     from .finetuning import SUMMARY, _public
 
