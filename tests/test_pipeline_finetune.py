@@ -270,3 +270,38 @@ def test_two_processes_fine_tune_together_and_finish(tuned, tiny_cache, tmp_path
     assert manifest["finetune"]["epochs"] == 2 and tuned.manifest["finetune"]["epochs"] == 1
     assert manifest["fingerprints"]["prototypes"] == tuned.manifest["fingerprints"]["prototypes"]
     assert datasets.load_from_disk(str(out / "dataset"))["prompt"] == tuned.dataset["prompt"]
+
+
+def test_dataset_card_names_the_fine_tuned_model_or_says_none_was(tuned, untuned):
+    from vldd.hub import PublishedRun, public_manifest, render_dataset_card
+
+    runs = [PublishedRun("ipc3-seed0", public_manifest(tuned.manifest), 6),
+            PublishedRun("ipc3-seed0-d4m", public_manifest(json.loads((untuned[1] / "manifest.json").read_text())), 6)]
+    card = render_dataset_card(runs, "alice/sample-vldd-ipc3", default_config="ipc3-seed0")
+    tuned_row = "`finetune/seed0 (full fine-tune of tiny://stable-diffusion, 3 steps at 64 px, seed 0)`"
+    assert f"| fine-tuning | {tuned_row} |" in card
+    assert "| fine-tuning | `not fine-tuned (D4M-style)` |" in card
+
+
+def test_finetune_settings_take_the_recipe_the_source_and_the_dtype(tmp_path):
+    from vldd.pipeline import finetune_settings
+
+    def settings(dtype=torch.float16, **overrides):
+        config, _ = load_config(overrides={"output": str(tmp_path), **overrides}).resolve(10)
+        return finetune_settings(config, tmp_path, dtype)
+
+    paper = settings(data={"dataset": "frgfm/imagenette"})
+    assert (paper.resolution, paper.num_train_epochs, paper.train_batch_size, paper.gradient_accumulation_steps,
+            paper.learning_rate, paper.use_ema, paper.mixed_precision) == (512, 8, 32, 4, 1e-5, True, "fp16")
+    assert paper.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5" and paper.seed == 0
+    assert paper.output == str(tmp_path / "finetune" / "seed0") and paper.captions == str(tmp_path)
+    assert settings(data={"dataset": "uoft-cs/cifar10"}).resolution == 32
+    assert settings(seed=2).output == str(tmp_path / "finetune" / "seed2")
+    assert settings(torch.float32).mixed_precision == "no" and settings(torch.bfloat16).mixed_precision == "bf16"
+    mine = settings(finetune={"max_train_steps": 100, "lora": True, "learning_rate": 1e-4, "mixed_precision": "bf16",
+                              "resolution": 256, "base_model": "my/sd-mirror"})
+    assert (mine.max_train_steps, mine.lora, mine.learning_rate, mine.mixed_precision, mine.resolution,
+            mine.base_model) == (100, True, 1e-4, "bf16", 256, "my/sd-mirror")
+    assert settings(finetune={"enabled": False}) is None
+    assert settings(generation={"model": "someone/finetuned-sd"}) is None  # a given model is used as is
+    assert settings(generation={"lora": "someone/sd-lora"}) is None
