@@ -657,7 +657,7 @@ def _finetune_record(config: DistillConfig, tune: FinetuneConfig | None, dirs: d
         return {"used": False, "note": "not fine-tuned yet (the fine-tuning stage has not finished)"}
     model = f"finetune/seed{config.seed}"
     kind = "LoRA adapter on" if tune.lora else "full fine-tune of"
-    return {"used": True, "model": model, "kind": summary["kind"], "base_model": tune.base_model,
+    return {"used": True, "model": model, "kind": summary["kind"], "base_model": _public(tune.base_model),
             "base_revision": resolve_revision(tune.base_model, tune.revision), "seed": tune.seed,
             "resolution": tune.resolution, "global_step": summary["global_step"], "epochs": summary["epochs"],
             "final_loss": summary["final_loss"], "note": f"{model} ({kind} {_public(tune.base_model)}, "
