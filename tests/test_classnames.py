@@ -188,6 +188,6 @@ def test_cli_flag_takes_a_file_of_names(tmp_path):
     from vldd import cli
 
     parser = argparse.ArgumentParser()
-    cli.add_config_flags(parser)
+    cli._run_flags(parser)
     config = cli.config_from_args(parser.parse_args(["--data.class_names", str(tmp_path / "names.txt")]))
     assert config.data.class_names == str(tmp_path / "names.txt")  # a path, never split at its commas

@@ -192,7 +192,8 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
             options["type"] = functools.partial(_parse_value, f.kind)
             options["metavar"] = ("{" + ",".join(choices[f.name]) + "}" if f.name in choices
                                   else metavars.get(f.name, "VALUE"))
-            if typing.get_origin(f.kind) is list or list in map(typing.get_origin, typing.get_args(f.kind)):
+            members = [a for a in typing.get_args(f.kind) or (f.kind,) if a is not type(None)]
+            if f.name in several or typing.get_origin(members[0]) is list:  # `str | list[str]` is a str on the CLI
                 options["action"] = _Extend  # comma-separated, and the flag may be repeated
                 if f.name in several:
                     options["nargs"] = "+"
@@ -210,6 +211,9 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
                      choices={"preset": list(module_constants("config")["PRESETS"])},
                      metavars={"output": "DIR", "data.dataset": "ID|DIR", "caption.model": "ID|DIR",
                                "generation.model": "ID|DIR", "generation.lora": "ID|DIR"})
+    group.add_argument("--no-finetune", dest="cfg:finetune.enabled", action="store_const", const=False,
+                       default=None, help="generate with the base model, not fine-tuned (D4M-style); same as "
+                       "--finetune.enabled false")
 
 
 def _nested(args: argparse.Namespace, dest: str) -> dict:
@@ -355,7 +359,7 @@ def _add_evaluate(sub):
                      flags=lambda name: ["--baseline"] if name == "baselines" else [f"--{name.replace('_', '-')}"],
                      choices={"protocol": constants["PROTOCOLS"], "baselines": constants["BASELINES"]},
                      metavars={"distilled": "RUN_DIR|ID|DIR", "real": "ID|DIR", "output": "JSON"},
-                     required=["distilled"])
+                     required=["distilled"], several=["distilled"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
 

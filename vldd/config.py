@@ -7,6 +7,7 @@ value and what was expected.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -88,7 +89,7 @@ class PrototypeConfig:
     resolution: int = 512  # images are resized to resolution x resolution (aspect not kept) before VAE encoding
     encode_batch_size: int = 16  # images per VAE call
     lof_neighbors: int = 10  # LocalOutlierFactor n_neighbors
-    contamination: float = 0.1  # fraction of each class dropped as outliers; 0 = no outlier removal (CIFAR)
+    contamination: float | None = None  # fraction of each class dropped as outliers, 0 = none; None = derived (CIFAR 0)
     n_init: int = 10  # k-means restarts (best inertia kept)
     max_iter: int = 300  # k-means Lloyd iterations per restart
     tol: float = 1e-4  # k-means convergence tolerance, relative to the mean per-feature variance (as sklearn)
@@ -96,7 +97,7 @@ class PrototypeConfig:
     def __post_init__(self):
         _check(self.resolution >= 8 and self.resolution % 8 == 0,
                f"`prototypes.resolution` must be a positive multiple of 8, got {self.resolution}")
-        _check(0.0 <= self.contamination < 0.5,
+        _check(self.contamination is None or 0.0 <= self.contamination < 0.5,
                f"`prototypes.contamination` must be in [0.0, 0.5), got {self.contamination}")
         _check(self.lof_neighbors >= 1, f"`prototypes.lof_neighbors` must be >= 1, got {self.lof_neighbors}")
         _check(self.n_init >= 1, f"`prototypes.n_init` must be >= 1, got {self.n_init}")
@@ -107,12 +108,14 @@ class PrototypeConfig:
 @dataclass
 class TextPrototypeConfig:
     top_k: int = 30  # tpk: most frequent cluster words used to score descriptions (paper 30, code default 20)
-    common_threshold: float = 0.7  # a word in >= this fraction of the class's descriptions is class-common
+    # a word in >= this fraction of the class's descriptions is class-common; None = derived (0.7 ImageNet and its
+    # subsets, 0.3 CIFAR-10, 0.2 CIFAR-100 and Tiny-ImageNet)
+    common_threshold: float | None = None
     fallback: str = "nearest"  # when every description scores 0: "nearest" (image nearest the centre) or "class_name"
 
     def __post_init__(self):
         _check(self.top_k >= 1, f"`text.top_k` must be >= 1, got {self.top_k}")
-        _check(0.0 < self.common_threshold <= 1.0,
+        _check(self.common_threshold is None or 0.0 < self.common_threshold <= 1.0,
                f"`text.common_threshold` must be in (0.0, 1.0], got {self.common_threshold}")
         _check(self.fallback in ("nearest", "class_name"),
                f"`text.fallback` must be 'nearest' or 'class_name', got {self.fallback!r}")
@@ -131,7 +134,9 @@ class GenerationConfig:
     negative_prompt: str = "cartoon, anime, painting"  # what guidance steers every image away from
     prompt_chunking: str = "official"  # long prompts: "official" slices token ids every 77 (the paper's code); "windows" wraps 75-token windows in BOS/EOS, padded to 77
     batch_size: int = 4  # prototypes per pipeline call
-    output_size: int = 256  # generated images are resized to output_size x output_size pixels
+    # generated images are resized to output_size x output_size pixels; None = derived (256 ImageNet subsets, 224
+    # ImageNet-1K, 64 Tiny-ImageNet, 32 CIFAR)
+    output_size: int | None = None
 
     def __post_init__(self):
         _check(0.0 < self.strength <= 1.0, f"`generation.strength` must be in (0.0, 1.0], got {self.strength}")
@@ -144,7 +149,38 @@ class GenerationConfig:
         _check(self.batch_size >= 1, f"`generation.batch_size` must be >= 1, got {self.batch_size}")
         _check(self.prompt_chunking in ("official", "windows"),
                f"`generation.prompt_chunking` must be 'official' or 'windows', got {self.prompt_chunking!r}")
-        _check(self.output_size >= 8, f"`generation.output_size` must be >= 8 pixels, got {self.output_size}")
+        _check(self.output_size is None or self.output_size >= 8,
+               f"`generation.output_size` must be >= 8 pixels or None, got {self.output_size}")
+
+
+@dataclass
+class FinetuneStageConfig:
+    """The fine-tuning stage of `distill` (VLCP step 2); unset (None) settings take `vldd.finetuning`'s recipe."""
+
+    enabled: bool = True  # fine-tune SD on the run's captions, generate with it; False = base model (D4M-style)
+    base_model: str | None = None  # SD checkpoint (id or directory) to fine-tune; None = generation.model
+    resolution: int | None = None  # training resolution in pixels; None = derived (512 ImageNet and subsets, 32 CIFAR)
+    num_train_epochs: int | None = None  # passes over the pairs; None = the recipe's 8
+    max_train_steps: int | None = None  # total optimizer steps, overriding epochs; None = num_train_epochs epochs
+    train_batch_size: int | None = None  # images per process per micro-batch; None = the recipe's 32
+    gradient_accumulation_steps: int | None = None  # micro-batches per optimizer step; None = the recipe's 4
+    learning_rate: float | None = None  # AdamW learning rate; None = the recipe's 1e-5
+    lora: bool = False  # train a LoRA adapter on the UNet instead of the whole UNet (not the paper's)
+    mixed_precision: str | None = None  # "no", "fp16" or "bf16"; None = from dtype (fp16 on CUDA, "no" on CPU)
+    checkpointing_steps: int | None = None  # resumable checkpoint every N optimizer steps; None = the recipe's 500
+
+    def __post_init__(self):
+        _check(self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0),
+               f"`finetune.resolution` must be a positive multiple of 8 or None, got {self.resolution}")
+        for name in ("num_train_epochs", "max_train_steps", "train_batch_size", "gradient_accumulation_steps",
+                     "checkpointing_steps"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, int) and value >= 1),
+                   f"`finetune.{name}` must be an integer >= 1 or None, got {value!r}")
+        _check(self.learning_rate is None or self.learning_rate > 0,
+               f"`finetune.learning_rate` must be > 0 or None, got {self.learning_rate}")
+        _check(self.mixed_precision in (None, "no", "fp16", "bf16"),
+               f"`finetune.mixed_precision` must be 'no', 'fp16', 'bf16' or None, got {self.mixed_precision!r}")
 
 
 @dataclass
@@ -160,6 +196,7 @@ class DistillConfig:
     prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
     text: TextPrototypeConfig = field(default_factory=TextPrototypeConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    finetune: FinetuneStageConfig = field(default_factory=FinetuneStageConfig)
 
     def __post_init__(self):
         _check(isinstance(self.ipc, int) and self.ipc >= 1, f"`ipc` must be an integer >= 1, got {self.ipc!r}")
@@ -176,14 +213,42 @@ class DistillConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def resolve(self, num_classes: int | None = None) -> tuple[DistillConfig, dict[str, Any]]:
+        """Fills the settings left unset (None = derived) from the source's dataset profile (`vldd.profiles`).
+
+        Args:
+            num_classes: the source's class count (1000 classes read as ImageNet-1K when the name says nothing).
+
+        Returns:
+            (a resolved copy of this config, the derived values: the profile's family, every filled setting by its
+            dotted name, and `evaluation.image_size`). Values the user set are kept and not listed.
+        """
+        from .profiles import dataset_profile
+
+        profile = dataset_profile(self.data.dataset, num_classes)
+        resolved = copy.deepcopy(self)
+        derived: dict[str, Any] = {"family": profile.family}
+        for dotted, value in (("generation.output_size", profile.output_size),
+                              ("prototypes.contamination", profile.contamination),
+                              ("text.common_threshold", profile.common_threshold),
+                              ("finetune.resolution", profile.finetune_resolution)):
+            section, name = dotted.split(".")
+            if getattr(getattr(resolved, section), name) is None:
+                setattr(getattr(resolved, section), name, value)
+                derived[dotted] = value
+        derived["evaluation.image_size"] = profile.eval_image_size
+        return resolved, derived
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 _SECTIONS = {"data": DataConfig, "caption": CaptionConfig, "prototypes": PrototypeConfig,
-             "text": TextPrototypeConfig, "generation": GenerationConfig}
+             "text": TextPrototypeConfig, "generation": GenerationConfig,
+             "finetune": FinetuneStageConfig}
 
-# Presets are data: nested overrides applied on top of the dataclass defaults (which are the paper's values).
+# Presets are data: nested overrides applied on top of the dataclass defaults (which are the paper's values; the
+# per-dataset ones, left None, are derived from the source when the run starts: `DistillConfig.resolve`).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "tiny": {
@@ -193,6 +258,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "prototypes": {"resolution": 64, "encode_batch_size": 32},
         "text": {"top_k": 30, "common_threshold": 0.7},
         "generation": {"model": TINY_DIFFUSION, "batch_size": 10, "output_size": 64},
+        # off by default (CPU seconds matter here); `--finetune.enabled true` runs the tiny recipe at 64 px
+        "finetune": {"enabled": False, "resolution": 64},
     },
 }
 

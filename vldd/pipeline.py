@@ -27,10 +27,12 @@ from .runs import StageDir, atomic_path, read_json, update_manifest, write_json,
 
 if TYPE_CHECKING:
     import datasets
+    from .finetuning import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("caption", "prototypes", "text", "generate")
+STAGES = ("caption", "finetune", "prototypes", "text", "generate")
+NOT_FINETUNED = "not fine-tuned (D4M-style)"
 TINY_NOTE = ("tiny preset: random-weight models built from configs; the images are noise and the captions "
              "gibberish. It exercises the whole product offline in seconds; it is not a distilled dataset.")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -52,6 +54,8 @@ class DistillResult:
             lines.append(f"distilled {self.dataset.num_rows} images ({len(self.manifest['source']['classes'])} "
                          f"classes x IPC {self.manifest['config']['ipc']}) -> {self.run_dir / 'dataset'}")
             lines.append(f"preview: {self.run_dir / 'preview.png'}; manifest: {self.run_dir / 'manifest.json'}")
+            if "finetune" in self.manifest:
+                lines.append(f"diffusion model: {self.manifest['finetune']['note']}")
         else:
             lines.append(f"stages done: {', '.join(self.manifest.get('stages_done', []))} in {self.run_dir}")
         return lines
@@ -126,6 +130,7 @@ def _classes_to_run(source: SourceDataset, config: DistillConfig) -> dict[int, i
     """Number of prototypes per class; raises (or reduces, as configured) when a class has too few images."""
     from .prototypes import count_inliers
 
+    config, _ = config.resolve(len(source.class_names))  # the derived contamination, when left unset
     plan, short = {}, []
     for label, n in source.counts().items():
         usable = count_inliers(n, config.prototypes.contamination)
@@ -198,7 +203,112 @@ def write_captions_dataset(source: SourceDataset, config: DistillConfig, stage: 
     return len(rows)
 
 
-# --- stage 2: image prototypes -------------------------------------------------------------------------------------
+# --- stage 2: fine-tuning ------------------------------------------------------------------------------------------
+
+def finetune_settings(config: DistillConfig, run_dir: Path, dtype: torch.dtype) -> FinetuneConfig | None:
+    """The `vldd.finetuning.FinetuneConfig` of this run's fine-tuning stage, or None when the run does not fine-tune.
+
+    A run fine-tunes when `finetune.enabled` is set and `generation.model` is still the preset's model: a model given
+    explicitly (`--diffusion-model`, or a `--lora`) is used as is. Settings left None take the recipe's values
+    (`vldd.finetuning.PRESETS`, by the same preset name); the mixed precision follows the run's dtype.
+
+    Args:
+        config: the run, resolved (`DistillConfig.resolve`).
+        run_dir: the run directory; the model goes to RUN_DIR/finetune/seed<S>.
+        dtype: the run's resolved dtype.
+    """
+    from .finetuning import PRESETS as RECIPES
+    from .finetuning import finetune_config
+
+    f, g = config.finetune, config.generation
+    if not f.enabled or _model_given(config):
+        return None
+    names = ("resolution", "num_train_epochs", "max_train_steps", "train_batch_size", "gradient_accumulation_steps",
+             "learning_rate", "checkpointing_steps")
+    values = {name: getattr(f, name) for name in names if getattr(f, name) is not None}
+    mixed = f.mixed_precision or {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
+    return finetune_config(config.preset if config.preset in RECIPES else "paper", **values,
+                           captions=str(run_dir), output=str(run_dir / "finetune" / f"seed{config.seed}"),
+                           base_model=f.base_model or g.model, revision=None if f.base_model else g.revision,
+                           seed=config.seed, lora=f.lora, mixed_precision=mixed)
+
+
+def _model_given(config: DistillConfig) -> bool:
+    """Whether the user chose the diffusion model (not the preset's): then it is used as given, not fine-tuned."""
+    from .config import PRESETS, GenerationConfig
+
+    preset_model = PRESETS[config.preset].get("generation", {}).get("model", GenerationConfig.model)
+    return config.generation.model != preset_model or config.generation.lora is not None
+
+
+def finetune_stage(config: DistillConfig, tune: FinetuneConfig, stage: StageDir, source: SourceDataset, run_dir: Path,
+                   processes: Processes, cache_dir, progress: bool) -> None:
+    """Fine-tunes (or resumes fine-tuning) into `stage.path` unless a finished model is there; every process joins."""
+    from .finetuning import SUMMARY, finetune
+
+    if (stage.path / SUMMARY).is_file():
+        return
+    if not (run_dir / "captions").is_dir():
+        raise ValueError(f"fine-tuning needs the run's captions ({run_dir / 'captions'} is missing); run "
+                         "`vldd caption` on this run directory first")
+    if processes.is_main:  # the fine-tuning reads the source (dataset, split, revision) from the manifest
+        update_manifest(run_dir, source=_source_record(config, source))
+    processes.wait()
+    finetune(tune, cache_dir=cache_dir, progress=progress)  # under accelerate, each process trains on its share
+    processes.wait()
+
+
+def vae_fingerprint(model_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> str:
+    """Names a Stable Diffusion checkpoint's VAE by its config and weights, not by the checkpoint's id.
+
+    A fine-tuned checkpoint keeps its base's VAE, so image prototypes encoded with either are the same and keep the
+    same fingerprint. Reads the local directory, or the Hub cache (downloading only the VAE's config and weights).
+
+    Args:
+        model_id: SD checkpoint id or directory (`tiny://` ids are built in `cache_dir`).
+        revision: Hub revision.
+        cache_dir: where tiny models are built.
+    """
+    import hashlib
+    import json
+
+    from .tiny import resolve_model
+
+    path = Path(resolve_model(model_id, cache_dir))
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(model_id, revision=revision, allow_patterns=[
+                "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]))
+        except Exception as err:
+            raise ValueError(f"could not read the VAE of Stable Diffusion model {model_id!r}: {err}") from err
+    vae = path / "vae"
+    if not (vae / "config.json").is_file():
+        raise ValueError(f"Stable Diffusion model {model_id!r} has no vae/config.json")
+    config = {k: v for k, v in json.loads((vae / "config.json").read_text()).items() if not k.startswith("_")}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    # the weights the loader reads: unsharded or sharded, no variant (diffusion_pytorch_model.fp16.* is another file)
+    files = sorted(f for f in vae.glob("diffusion_pytorch_model*.safetensors") if f.name.count(".") == 1) or sorted(
+        f for f in vae.glob("diffusion_pytorch_model*.bin") if f.name.count(".") == 1)
+    if not files:
+        raise ValueError(f"Stable Diffusion model {model_id!r} has no VAE weights in {vae}")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state.update(load_file(file))
+        else:
+            state.update(torch.load(file, map_location="cpu", weights_only=True))
+    for key in sorted(state):  # tensors, not files: the same weights saved again hash the same
+        tensor = state[key].contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# --- stage 3: image prototypes -------------------------------------------------------------------------------------
 
 def prototype_stage(source: SourceDataset, config: DistillConfig, stage: StageDir, vae, plan: dict[int, int],
                     classes: list[int], progress: bool) -> None:
@@ -236,7 +346,7 @@ def prototype_stage(source: SourceDataset, config: DistillConfig, stage: StageDi
         del images, latents, flat  # before the next class loads: one class in memory at a time, not two
 
 
-# --- stage 3: text prototypes --------------------------------------------------------------------------------------
+# --- stage 4: text prototypes --------------------------------------------------------------------------------------
 
 def text_stage(source: SourceDataset, config: DistillConfig, stage: StageDir, captions: StageDir,
                prototypes: StageDir, classes: list[int]) -> None:
@@ -265,7 +375,7 @@ def text_stage(source: SourceDataset, config: DistillConfig, stage: StageDir, ca
             for t in chosen])
 
 
-# --- stage 4: generation -------------------------------------------------------------------------------------------
+# --- stage 5: generation -------------------------------------------------------------------------------------------
 
 def generate_stage(source: SourceDataset, config: DistillConfig, stage: StageDir, text: StageDir,
                    prototypes: StageDir, pipe, classes: list[int], progress: bool) -> None:
@@ -363,13 +473,15 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     """Runs the VLCP distillation; every stage resumes from what the run directory already holds.
 
     Args:
-        config: the whole job.
-        stages: which stages to run, in order ("caption", "prototypes", "text", "generate"); None = all, plus the
-            output dataset, preview and manifest.
+        config: the whole job. Settings left None (output size, contamination, text threshold, fine-tuning
+            resolution) are derived from the source (`DistillConfig.resolve`); the manifest records them.
+        stages: which stages to run, in order ("caption", "finetune", "prototypes", "text", "generate"); None = all,
+            plus the output dataset, preview and manifest.
         cache_dir: where tiny models are built (the library never reads environment variables).
-        progress: tqdm bars over classes.
+        progress: tqdm bars over classes (and fine-tuning steps).
         captioner: an already loaded `vldd.captioning.Captioner` (else loaded from `config.caption.model`).
-        pipeline: an already loaded img2img pipeline (else loaded from `config.generation.model`).
+        pipeline: an already loaded img2img pipeline (else loaded from `config.generation.model`, or the model this
+            run fine-tuned).
         processes: this process's share of a multi-process run (see `Processes`); None = the only process.
     """
     stages = STAGES if stages is None else tuple(stages)
@@ -380,24 +492,27 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     run_dir = Path(config.output)
     timings: dict[str, float] = {}
 
-    # 1. Prepare the run directory.
+    # 1. Prepare the run directory; config.yaml keeps the user's settings (derived ones go to the manifest).
     if processes.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", config.to_yaml())
 
-    # 2. Load the source dataset, check every class has enough images for IPC, and take this process's share.
+    # 2. Load the source dataset, derive the settings left unset, check every class has enough images for IPC, and
+    #    take this process's share.
     t = time.perf_counter()
     source = load_source(config.data)
+    config, derived = config.resolve(len(source.class_names))
     plan = _classes_to_run(source, config)
     mine = source.classes[processes.index::processes.count]
     timings["load"] = time.perf_counter() - t
 
     # 3. Name each stage's inputs: a changed setting recomputes that stage and what depends on it, nothing else.
-    dirs = _stage_dirs(run_dir, config, source, processes)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    tune = finetune_settings(config, run_dir, dtype)
+    dirs = _stage_dirs(run_dir, config, source, processes, tune, cache_dir)
 
-    # 4. Captions: load the captioner once, caption every class not yet done, free it.
+    # 4. Captions: load the captioner once, caption every class not yet done, free it; then the captions dataset.
     if "caption" in stages:
         t = time.perf_counter()
         todo = [label for label in mine if not dirs["caption"].has(label, ".json")]
@@ -409,17 +524,36 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
         caption_stage(source, config, dirs["caption"], captioner, mine, progress)
         _free(captioner)
         captioner = None
+        processes.wait()
+        if processes.is_main:
+            _require(source, dirs["caption"], ".json", "captions", "vldd caption", source.classes)
+            write_captions_dataset(source, config, dirs["caption"], run_dir)
+        processes.wait()
         timings["caption"] = time.perf_counter() - t
 
-    # 5. Image prototypes, 6. text prototypes, 7. generation: one SD pipeline serves the VAE and the denoising.
-    needs_pipe = ("prototypes" in stages and any(not dirs["prototypes"].has(c, ".pt") for c in mine)) or (
-        "generate" in stages and any(not dirs["generate"].has(c, "") for c in mine))
+    # 5. Fine-tuning (VLCP step 2): one model per run seed, on every process at once; a finished one is reused, a
+    #    killed one resumes from its last checkpoint.
+    if tune is not None and ("finetune" in stages or "generate" in stages):
+        from .finetuning import SUMMARY
+
+        t = time.perf_counter()
+        if "finetune" not in stages and not (dirs["finetune"].path / SUMMARY).is_file():
+            raise ValueError(f"generation needs this run's fine-tuned model ({dirs['finetune'].path} is not finished); "
+                             "run `vldd distill`, or generate with the base model (--no-finetune)")
+        finetune_stage(config, tune, dirs["finetune"], source, run_dir, processes, cache_dir, progress)
+        timings["finetune"] = time.perf_counter() - t
+
+    # 6. Image prototypes, 7. text prototypes, 8. generation: one SD pipeline serves the VAE and the denoising (a
+    #    fine-tuned model keeps its base's VAE).
+    needs_generate = "generate" in stages and any(not dirs["generate"].has(c, "") for c in mine)
+    needs_pipe = needs_generate or ("prototypes" in stages and any(not dirs["prototypes"].has(c, ".pt") for c in mine))
     if needs_pipe and pipeline is None:
         from .generation import load_pipeline
 
         g = config.generation
-        pipeline = load_pipeline(g.model, revision=g.revision, device=device, dtype=dtype, scheduler=g.scheduler,
-                                 lora=g.lora, cache_dir=cache_dir)
+        model, revision, lora = _diffusion_model(config, tune, dirs, for_generation=needs_generate)
+        pipeline = load_pipeline(model, revision=revision, device=device, dtype=dtype, scheduler=g.scheduler,
+                                 lora=lora, cache_dir=cache_dir)
     if "prototypes" in stages:
         t = time.perf_counter()
         prototype_stage(source, config, dirs["prototypes"], pipeline.vae if needs_pipe else None, plan, mine,
@@ -437,18 +571,16 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
         generate_stage(source, config, dirs["generate"], dirs["text"], dirs["prototypes"], pipeline, mine, progress)
         timings["generate"] = time.perf_counter() - t
 
-    # 8. Once every process is done: the main process writes the captions, the dataset, preview and manifest.
+    # 9. Once every process is done: the main process writes the dataset, preview and manifest.
     processes.wait()
     if processes.is_main:
         t = time.perf_counter()
-        if "caption" in stages:
-            _require(source, dirs["caption"], ".json", "captions", "vldd caption", source.classes)
-            write_captions_dataset(source, config, dirs["caption"], run_dir)
         if "generate" in stages:
             _require(source, dirs["generate"], "", "generated images", "vldd generate", source.classes)
             assemble_dataset(source, config, dirs, run_dir)
         timings["output"] = time.perf_counter() - t
-        _manifest(run_dir, config, source, stages, timings, dirs, dtype, device, processes.count)
+        _manifest(run_dir, config, derived, tune, source, stages, timings, dirs, dtype, device,
+                  processes.count)
     processes.wait()
     dataset = None
     if "generate" in stages:
@@ -458,24 +590,49 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     return DistillResult(run_dir, dataset, read_json(run_dir / "manifest.json", default={}))
 
 
-def _stage_dirs(run_dir: Path, config: DistillConfig, source: SourceDataset, processes: Processes
-                ) -> dict[str, StageDir]:
+def _diffusion_model(config: DistillConfig, tune: FinetuneConfig | None, dirs: dict[str, StageDir], for_generation: bool
+                     ) -> tuple[str, str | None, str | None]:
+    """(model, revision, LoRA) of the pipeline to load: the run's fine-tuned model for generation, else the base."""
+    g = config.generation
+    if tune is None:
+        return g.model, g.revision, g.lora
+    if for_generation and tune.lora:
+        return tune.base_model, tune.revision, str(dirs["finetune"].path)
+    if for_generation:
+        return str(dirs["finetune"].path), None, None
+    return tune.base_model, tune.revision, None  # its VAE is the fine-tuned model's
+
+
+# Fine-tuning settings that change no weight: where things go, how often to checkpoint, how to load data.
+_FINETUNE_UNFINGERPRINTED = {"captions", "output", "checkpointing_steps", "checkpoints_total_limit", "resume",
+                             "dataloader_num_workers", "push_to_hub", "private"}
+
+
+def _stage_dirs(run_dir: Path, config: DistillConfig, source: SourceDataset, processes: Processes,
+                tune: FinetuneConfig | None, cache_dir) -> dict[str, StageDir]:
     data_key = fingerprint(config.data.dataset, config.data.config_name, config.data.split, config.data.revision,
                            source.revision, config.data.max_images_per_class, config.data.image_column,
                            config.data.label_column)
     fp: dict[str, str] = {}
     names = [source.prompt_names] if source.prompt_names != source.class_names else []  # the prompts name them
     fp["caption"] = fingerprint(data_key, config.caption, config.seed, *names)
+    if tune is not None:
+        fp["finetune"] = fingerprint(fp["caption"], {k: v for k, v in tune.to_dict().items()
+                                                     if k not in _FINETUNE_UNFINGERPRINTED})
+    # The VAE (config and weights), not the model id: fine-tuning changes only the UNet, so prototypes are kept.
+    vae_model = (tune.base_model, tune.revision) if tune is not None else (config.generation.model,
+                                                                            config.generation.revision)
     fp["prototypes"] = fingerprint(data_key, config.prototypes, config.ipc, config.data.too_few_images, config.seed,
-                                   config.generation.model, config.generation.revision)
+                                   vae_fingerprint(*vae_model, cache_dir=cache_dir))
     fp["text"] = fingerprint(fp["caption"], fp["prototypes"], config.text)
     gen = {k: v for k, v in vars(config.generation).items() if k != "batch_size"}  # batching changes no result
-    fp["generate"] = fingerprint(fp["text"], gen, config.seed)
+    fp["generate"] = fingerprint(fp["text"], gen, config.seed, fp.get("finetune"))
+    paths = {"finetune": run_dir / "finetune" / f"seed{config.seed}"}
     dirs = {}
     if processes.is_main:  # only the main process may clear a stale stage
-        dirs = {name: StageDir(run_dir, name, fp[name]) for name in STAGES}
+        dirs = {name: StageDir(run_dir, name, fp[name], paths.get(name)) for name in fp}
     processes.wait()
-    return dirs or {name: StageDir(run_dir, name, fp[name]) for name in STAGES}
+    return dirs or {name: StageDir(run_dir, name, fp[name], paths.get(name)) for name in fp}
 
 
 def _require(source: SourceDataset, stage: StageDir, suffix: str, what: str, command: str, classes: list[int]
@@ -485,7 +642,40 @@ def _require(source: SourceDataset, stage: StageDir, suffix: str, what: str, com
         raise ValueError(f"{what} are missing for classes {missing[:10]}; run `{command}` on this run directory first")
 
 
-def _manifest(run_dir, config, source, stages, timings, dirs, dtype, device, n_processes) -> dict:
+def _source_record(config: DistillConfig, source: SourceDataset) -> dict[str, Any]:
+    license_ = getattr(getattr(source.dataset, "info", None), "license", None) or None
+    return {"dataset": config.data.dataset, "config_name": config.data.config_name, "split": config.data.split,
+            "revision": resolve_revision(config.data.dataset, config.data.revision, "dataset") if
+            config.data.dataset != "sample" else None,
+            "fingerprint": source.revision, "class_names": source.class_names, "classes": source.classes,
+            "prompt_class_names": source.prompt_names,
+            "class_name_rule": source.resolved_names.rule if source.resolved_names else "labels",
+            "license": license_ if license_ else ("mit" if config.data.dataset == "sample" else None),
+            "image_column": source.image_column, "label_column": source.label_column}
+
+
+def _finetune_record(config: DistillConfig, tune: FinetuneConfig | None, dirs: dict[str, StageDir]) -> dict[str, Any]:
+    """Whether and which fine-tuned model generated the images, for the manifest (and, through it, the card)."""
+    from .finetuning import SUMMARY, _public
+
+    if tune is None:  # notes name no model: a local path must not reach a published card
+        note = NOT_FINETUNED if not config.finetune.enabled else (
+            "not fine-tuned by this run: the diffusion model given (generation.model / lora) is used as is")
+        return {"used": False, "note": note}
+    summary = read_json(dirs["finetune"].path / SUMMARY)
+    if summary is None:
+        return {"used": False, "note": "not fine-tuned yet (the fine-tuning stage has not finished)"}
+    model = f"finetune/seed{config.seed}"
+    kind = "LoRA adapter on" if tune.lora else "full fine-tune of"
+    return {"used": True, "model": model, "kind": summary["kind"], "base_model": _public(tune.base_model),
+            "base_revision": resolve_revision(tune.base_model, tune.revision), "seed": tune.seed,
+            "resolution": tune.resolution, "global_step": summary["global_step"], "epochs": summary["epochs"],
+            "final_loss": summary["final_loss"], "note": f"{model} ({kind} {_public(tune.base_model)}, "
+            f"{summary['global_step']} steps at {tune.resolution} px, seed {tune.seed})"}
+
+
+def _manifest(run_dir, config, derived, tune, source, stages, timings, dirs, dtype, device,
+              n_processes) -> dict:
     previous = read_json(run_dir / "manifest.json", default={})
     counts: dict[str, Any] = {"classes": len(source.classes), "images_per_class": {}, "skipped_per_class": {},
                               "outliers_per_class": {}, "cluster_sizes": {}, "text_fallbacks": 0}
@@ -499,25 +689,22 @@ def _manifest(run_dir, config, source, stages, timings, dirs, dtype, device, n_p
             counts["cluster_sizes"][name] = p["cluster_sizes"]
         if dirs["text"].has(label, ".json"):
             counts["text_fallbacks"] += sum(1 for t in read_json(dirs["text"].file(label, ".json")) if t["fallback"])
-    license_ = getattr(getattr(source.dataset, "info", None), "license", None) or None
-    done = sorted(set(previous.get("stages_done", [])) | set(stages), key=STAGES.index)
+    finetuned = _finetune_record(config, tune, dirs)
+    ran = {s for s in stages if s != "finetune" or tune is not None}  # a run that does not fine-tune skips it
+    done = sorted(set(previous.get("stages_done", [])) | ran, key=STAGES.index)
     return update_manifest(
         run_dir,
         vldd_version=__version__,
-        config=config.to_dict(),
-        source={"dataset": config.data.dataset, "config_name": config.data.config_name, "split": config.data.split,
-                "revision": resolve_revision(config.data.dataset, config.data.revision, "dataset") if
-                config.data.dataset != "sample" else None,
-                "fingerprint": source.revision, "class_names": source.class_names, "classes": source.classes,
-                "prompt_class_names": source.prompt_names,
-                "class_name_rule": source.resolved_names.rule if source.resolved_names else "labels",
-                "license": license_ if license_ else ("mit" if config.data.dataset == "sample" else None),
-                "image_column": source.image_column, "label_column": source.label_column},
+        config=config.to_dict(),  # the values used; config.yaml keeps the user's (None = derived)
+        derived=derived,
+        source=_source_record(config, source),
         models={"captioner": {"id": config.caption.from_hub or config.caption.model,
                               "revision": resolve_revision(config.caption.model, config.caption.revision)},
                 "diffusion": {"id": config.generation.model,
                               "revision": resolve_revision(config.generation.model, config.generation.revision)},
-                "lora": {"id": config.generation.lora, "revision": None} if config.generation.lora else None},
+                "lora": {"id": config.generation.lora, "revision": None} if config.generation.lora else None,
+                "fine-tuning": {"id": finetuned["note"], "revision": None}},
+        finetune=finetuned,
         tiny=config.is_tiny,
         note=TINY_NOTE if config.is_tiny else None,
         versions=_versions(),

@@ -6,6 +6,7 @@ Layout of a run directory::
       config.yaml          the resolved DistillConfig
       manifest.json        config, models and revisions, versions, seeds, per-stage timings and counts
       captions/            captions as a `datasets.Dataset` (save_to_disk)
+      finetune/seed<S>/    the Stable Diffusion fine-tuned on the captions for run seed S (`vldd.finetuning` layout)
       dataset/             the distilled set (save_to_disk)
       preview.png          one row per class
       work/<stage>/        per-class results of each stage, plus `fingerprint.json` naming the stage's inputs
@@ -95,13 +96,14 @@ def update_manifest(run_dir: str | Path, **sections: Any) -> dict[str, Any]:
 class StageDir:
     """Per-class results of one stage, invalidated when the stage's fingerprint changes.
 
-    `fingerprint` names everything the stage's results depend on (its settings and upstream fingerprints). Opening
+    `fingerprint` names everything the stage's results depend on (its settings and upstream fingerprints); `path`
+    places the results elsewhere than RUN_DIR/work/<name> (the fine-tuned model lives in RUN_DIR/finetune). Opening
     a stage whose stored fingerprint differs deletes its stale results, so a changed setting recomputes that stage
     and, through the fingerprint chain, everything downstream, but nothing upstream.
     """
 
-    def __init__(self, run_dir: str | Path, name: str, fingerprint: str):
-        self.path = Path(run_dir) / "work" / name
+    def __init__(self, run_dir: str | Path, name: str, fingerprint: str, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else Path(run_dir) / "work" / name
         self.name = name
         self.fingerprint = fingerprint
         stored = read_json(self.path / "fingerprint.json", default={}).get("fingerprint")
