@@ -306,6 +306,8 @@ def test_readme_front_matter_agrees_with_the_space_config_and_requirements(space
     assert front["sdk"] == "gradio" and front["sdk_version"] == gradio.__version__
     assert (ROOT / front["app_file"]).is_file()
     assert logic.check_space_files(ROOT, space) == []
+    assert str(front["python_version"]) == "3.12"  # diffusers>=0.42 needs Python >= 3.11; ZeroGPU offers 3.12
+    assert front["hf_oauth_scopes"] == ["contribute-repos"]  # create and fill its own repos; never delete any
 
 
 def test_space_file_check_catches_disagreements(tmp_path, space):
@@ -314,13 +316,17 @@ def test_space_file_check_catches_disagreements(tmp_path, space):
              "app_file": "app.py", "hf_oauth": True, "hf_oauth_scopes": s["hf_oauth_scopes"]}
     (tmp_path / "app.py").write_text("")
     (tmp_path / "README.md").write_text(f"---\n{yaml.safe_dump(front)}---\n# vldd\n")
-    (tmp_path / "requirements.txt").write_text(f"gradio[oauth]=={s['sdk_version']}\nspaces>=0.40\n")
+    (tmp_path / "requirements.txt").write_text(f"gradio[oauth]=={s['sdk_version']}\nspaces>=0.40\n"
+                                               "torch==2.9.1\ntorchvision==0.24.1\n")
     assert logic.check_space_files(tmp_path, space) == []
     (tmp_path / "README.md").write_text(f"---\n{yaml.safe_dump({**front, 'sdk_version': '5.0.0'})}---\n")
-    (tmp_path / "requirements.txt").write_text("gradio\n")
+    (tmp_path / "requirements.txt").write_text("gradio\ntorch>=2.8\n")
     problems = "\n".join(logic.check_space_files(tmp_path, space))
     assert "`sdk_version` is '5.0.0'" in problems and "must pin gradio[oauth]==" in problems
-    assert "must list `spaces`" in problems
+    assert "must list `spaces`" in problems and "must pin torchvision" in problems
+    assert "must pin torch to one version ZeroGPU offers (2.8.0, 2.9.1, 2.10.0, 2.11.0), got no torch== line" in problems
+    (tmp_path / "requirements.txt").write_text("torch==2.14.1\n")
+    assert "got ['2.14.1']" in "\n".join(logic.check_space_files(tmp_path, space))
 
 
 def test_space_config_is_valid_and_offers_the_presets():

@@ -25,7 +25,6 @@ import re
 import shutil
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import yaml
 
 from .config import PRESETS, DistillConfig, from_dict
 from .runs import read_json, write_text
+from .space_uploads import UploadError, UploadLimits, extract_upload  # noqa: F401  (re-exported for app.py)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ STAGES_OF = {  # what each tab's button runs; later stages resume from what earl
     "prototypes": ("caption", "prototypes", "text"),
     "generate": STAGES,
 }
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 GRADIO_MOCK_TOKEN = "mock-oauth-token-for-local-dev"  # what Gradio's mocked (off-Space) login hands to handlers
 
 
@@ -75,8 +74,15 @@ class Limits:
     max_images_per_class: int = 50
     max_steps: int = 100
     max_gpu_seconds: float = 300.0
-    max_upload_mb: int = 200
+    max_upload_mb: int = 200  # an uploaded zip, and what its images unpack to
+    max_upload_entries: int = 10_000  # entries in an uploaded zip
+    max_image_pixels: int = 40_000_000  # one uploaded image (width x height), checked before it is decoded
+    max_image_side: int = 1024  # uploaded images are downscaled to this longer side as they are extracted
     max_caption_rows: int = 20
+
+    def uploads(self) -> UploadLimits:
+        return UploadLimits(self.max_upload_mb * 2**20, self.max_upload_entries, self.max_image_pixels,
+                            self.max_image_side)
 
 
 @dataclass
@@ -262,6 +268,13 @@ class Sessions:
     def __init__(self, root: str | Path, ttl_hours: float = 6.0):
         self.root = Path(root)
         self.ttl_seconds = ttl_hours * 3600
+        self._locks: dict[Path, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def lock(self, session_hash: str | None) -> threading.Lock:
+        """The session's lock: events of one session that write its files hold it, so they never interleave."""
+        with self._guard:
+            return self._locks.setdefault(self.path(session_hash), threading.Lock())
 
     def path(self, session_hash: str | None) -> Path:
         if not session_hash:
@@ -282,6 +295,8 @@ class Sessions:
     def close(self, session_hash: str | None) -> None:
         if session_hash:
             shutil.rmtree(self.path(session_hash), ignore_errors=True)
+            with self._guard:
+                self._locks.pop(self.path(session_hash), None)
 
     def prune(self, keep: Path | None = None) -> None:
         if not self.root.is_dir():
@@ -294,54 +309,11 @@ class Sessions:
 
 # --- datasets: the sample, a Hub id, or an uploaded zip --------------------------------------------------------------
 
-def extract_upload(zip_path: str | Path, dest_root: str | Path, max_bytes: int) -> Path:
-    """Unpacks an uploaded zip of an image folder (one sub-folder per class) and returns the folder to load.
-
-    The folder is named by the zip's content hash, so uploading the same zip again reuses it. Entries that would land
-    outside the folder, and archives that unpack to more than `max_bytes`, are refused.
-    """
-    zip_path = Path(zip_path)
-    digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()[:16]
-    target = Path(dest_root) / digest
-    if not (target / ".complete").is_file():
-        try:
-            archive = zipfile.ZipFile(zip_path)
-        except zipfile.BadZipFile:
-            raise ValueError(f"{zip_path.name!r} is not a zip file; upload a .zip of a folder with one sub-folder "
-                             "per class") from None
-        with archive:
-            members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")
-                       and Path(m.filename).suffix.lower() in IMAGE_SUFFIXES]
-            if not members:
-                raise ValueError(f"{zip_path.name!r} holds no images; expected class folders of .png/.jpg files")
-            if sum(m.file_size for m in members) > max_bytes:
-                raise LimitError(f"{zip_path.name!r} unpacks to more than {max_bytes // 2**20} MB, this Space's limit")
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True)
-            for member in members:
-                out = (target / member.filename).resolve()
-                if not out.is_relative_to(target.resolve()):
-                    raise ValueError(f"{zip_path.name!r} has an entry outside its folder: {member.filename!r}")
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(member) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        (target / ".complete").touch()
-    root = target
-    # A zip of "mydata/" holds one folder whose entries are all class (or split) folders: load from inside it.
-    while True:
-        entries = [p for p in root.iterdir() if not p.name.startswith(".")]
-        if len(entries) == 1 and entries[0].is_dir() and all(p.is_dir() for p in entries[0].iterdir()
-                                                              if not p.name.startswith(".")):
-            root = entries[0]
-        else:
-            return root
-
-
 def resolve_dataset(dataset: str, upload: str | None, *, upload_dir: Path, allow_local_paths: bool,
-                    max_upload_mb: int) -> str:
+                    limits: UploadLimits) -> str:
     """What to load: an uploaded zip (extracted), else `dataset` ("sample", a Hub id or, where allowed, a folder)."""
     if upload:
-        return str(extract_upload(upload, upload_dir, max_upload_mb * 2**20))
+        return str(extract_upload(upload, upload_dir, limits))
     dataset = (dataset or "").strip() or "sample"
     if dataset != "sample" and not allow_local_paths and (dataset.startswith(("/", "~", ".")) or Path(dataset).exists()):
         raise ValueError(f"{dataset!r} is a local path, and this Space reads only Hub datasets, the sample and "
@@ -816,4 +788,11 @@ def check_space_files(root: str | Path, space: SpaceConfig) -> list[str]:
             problems.append(f"requirements.txt must pin gradio[oauth]=={expected['sdk_version']} (the sdk_version)")
         if not any(re.match(r"^spaces([<>=!~].*)?$", line) for line in lines):
             problems.append("requirements.txt must list `spaces` (ZeroGPU)")
+        offered = [str(v) for v in space.space.get("zerogpu_torch") or []]
+        torch_pins = [line.split("==", 1)[1] for line in lines if line.startswith("torch==")]
+        if offered and (len(torch_pins) != 1 or torch_pins[0] not in offered):
+            problems.append(f"requirements.txt must pin torch to one version ZeroGPU offers ({', '.join(offered)}), "
+                            f"got {torch_pins or 'no torch== line'}")
+        if not any(line.startswith("torchvision==") for line in lines):
+            problems.append("requirements.txt must pin torchvision (the release built for the pinned torch)")
     return problems
