@@ -349,8 +349,8 @@ def _free(*models) -> None:
 
 
 def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cache_dir: str | Path | None = None,
-            progress: bool = False, captioner=None, pipeline=None, processes: Processes | None = None
-            ) -> DistillResult:
+            progress: bool = False, captioner=None, pipeline=None, processes: Processes | None = None,
+            source: SourceDataset | None = None) -> DistillResult:
     """Runs the VLCP distillation; every stage resumes from what the run directory already holds.
 
     Args:
@@ -362,6 +362,8 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
         captioner: an already loaded `vldd.captioning.Captioner` (else loaded from `config.caption.model`).
         pipeline: an already loaded img2img pipeline (else loaded from `config.generation.model`).
         processes: this process's share of a multi-process run (see `Processes`); None = the only process.
+        source: `load_source(config.data)`, already opened (a streamed source is read once and reused across
+            calls); None = opened here.
     """
     stages = STAGES if stages is None else tuple(stages)
     bad = [s for s in stages if s not in STAGES]
@@ -378,7 +380,7 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
 
     # 2. Load the source dataset, check every class has enough images for IPC, and take this process's share.
     t = time.perf_counter()
-    source = load_source(config.data)
+    source = source if source is not None else load_source(config.data)
     plan = _classes_to_run(source, config)
     mine = source.classes[processes.index::processes.count]
     timings["load"] = time.perf_counter() - t
