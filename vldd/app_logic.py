@@ -202,6 +202,7 @@ def make_request(space: SpaceConfig, *, dataset: str, classes: list[str] | None,
     _check(preset in space.presets, f"`preset` must be one of {sorted(space.presets)}, got {preset!r}")
     initial = space.controls(preset)
     ipc, seed, steps = (initial[k] if v in (None, "") else v for k, v in (("ipc", ipc), ("seed", seed), ("steps", steps)))
+    images_per_class = initial["images_per_class"] if images_per_class in (None, "") else images_per_class
     strength = initial["strength"] if strength is None else strength
     guidance_scale = initial["guidance_scale"] if guidance_scale is None else guidance_scale
     _check(bool(classes), "choose at least one class (Dataset tab)")

@@ -53,6 +53,10 @@ def visitor_tier(profile: Mapping[str, Any] | None) -> str:
     return "pro" if profile.get("isPro") else "free"
 
 
+def _a(tier: str) -> str:
+    return f"{'an' if tier[0] in 'aeiou' else 'a'} {tier}"
+
+
 @dataclass
 class GpuPlan:
     """The GPU calls of a run: one per class still to do, with the seconds each requests (before the factor)."""
@@ -70,7 +74,7 @@ class GpuPlan:
         text = (f"Estimated GPU time: {len(self.seconds)} call(s), one per class, {self.total_seconds:.0f} s in all "
                 f"(requests of {max(self.seconds.values())} s at most, × {self.factor:g} as ZeroGPU counts them)")
         if tier is not None:
-            text += f"; a {tier} visitor's daily ZeroGPU quota is about {quota.daily_seconds[tier]:.0f} s"
+            text += f"; {_a(tier)} visitor's daily ZeroGPU quota is about {quota.daily_seconds[tier]:.0f} s"
         return text + "."
 
 
@@ -97,10 +101,10 @@ def plan_gpu_calls(per_class: dict[str, int], quota: GpuQuota, tier: str | None)
     allowed = quota.daily_seconds[tier]
     if plan.total_seconds > allowed:
         better = [t for t in TIERS[TIERS.index(tier) + 1:] if quota.daily_seconds[t] >= plan.total_seconds]
-        hint = f" or sign in ({better[0]} account: about {quota.daily_seconds[better[0]]:.0f} s a day)" if better \
+        hint = f"; or sign in ({better[0]} account: about {quota.daily_seconds[better[0]]:.0f} s a day)" if better \
             else ""
         raise LimitError(f"This run is estimated at {plan.total_seconds:.0f} s of ZeroGPU time ({len(per_class)} "
-                         f"calls × ZeroGPU's factor {quota.duration_factor:g}); a {tier} visitor's daily quota is "
+                         f"calls × ZeroGPU's factor {quota.duration_factor:g}); {_a(tier)} visitor's daily quota is "
                          f"about {allowed:.0f} s. Choose fewer classes, fewer source images per class, a lower IPC "
                          f"or fewer steps{hint}.")
     return plan
