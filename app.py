@@ -49,6 +49,8 @@ class AppSettings:
 
     def __post_init__(self):
         self.sessions = logic.Sessions(self.root, self.space.sessions.get("ttl_hours", 6))
+        if not self.zero_gpu:  # a local GPU holds the captioner and SD together only when both fit
+            self.models.keep_both_bytes = int(self.space.local_gpu.get("pipeline_gb", 6) * 2**30)
 
     @property
     def models(self) -> logic.ModelCache:

@@ -170,3 +170,32 @@ def test_tiny_pipeline_runs_under_zerogpu_one_bounded_call_per_class(zero_app):
     assert worker != zero_app.pid  # it ran in the forked worker
     assert len(zero_app.scheduler.durations()) == before + 1
     assert zero_app.scheduler.requests[-1][0] == "/release" and zero_app.scheduler.requests[-1][1]["fail"] == "true"
+
+
+# --- a local GPU -------------------------------------------------------------------------------------------------------
+
+def test_on_a_local_gpu_the_captioner_is_evicted_before_sd_loads_unless_both_fit(monkeypatch, tmp_path):
+    import torch
+
+    from vldd import generation
+
+    free = {"bytes": 2 * 2**30}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *args: (free["bytes"], 24 * 2**30))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    loaded = []
+    monkeypatch.setattr(generation, "load_pipeline", lambda model_id, **kwargs: loaded.append(kwargs["device"]) or
+                        f"pipeline on {kwargs['device']}")
+    space = logic.load_space_config(ROOT / "spaces_config.yaml")
+    config = logic.distill_config(logic.make_request(space, dataset="sample", classes=["0"], preset="tiny"), space,
+                                  tmp_path)
+    models = logic.ModelCache(keep_both_bytes=int(space.local_gpu["pipeline_gb"] * 2**30))
+    models._models[("captioner", "llava", None, "cuda", "float16")] = "a 7B captioner"
+    assert models.pipeline(config, ("cuda", "float16")) == "pipeline on cuda"
+    assert not any(key[0] == "captioner" for key in models._models)  # 2 GB free < 6 GB: evicted first
+    free["bytes"] = 20 * 2**30
+    models._models[("captioner", "llava", None, "cuda", "float16")] = "a 7B captioner"
+    models.pipeline(config, ("cuda", "float32"))
+    assert ("captioner", "llava", None, "cuda", "float16") in models._models  # both fit: kept
+    assert logic.ModelCache().evict_captioners_unless_free(None) == []  # ZeroGPU / CPU: never evicts
+    assert loaded == ["cuda", "cuda"]

@@ -94,6 +94,7 @@ class SpaceConfig:
     evaluation: dict[str, Any]
     sessions: dict[str, float]
     zerogpu: GpuQuota = field(default_factory=GpuQuota)
+    local_gpu: dict[str, float] = field(default_factory=dict)
 
     def preset_for(self, has_gpu: bool) -> str:
         return self.default_preset["gpu" if has_gpu else "cpu"]
@@ -143,7 +144,8 @@ def load_space_config(path: str | Path, overrides: dict[str, Any] | None = None)
     quota = GpuQuota(float(z.get("duration_factor", 1.5)), int(z.get("max_call_seconds", 60)),
                      dict(z.get("daily_quota_seconds") or GpuQuota().daily_seconds))
     return SpaceConfig(raw.get("space") or {}, presets, default_preset, raw.get("defaults") or {}, limits,
-                       queue, raw.get("evaluation") or {}, raw.get("sessions") or {}, quota)
+                       queue, raw.get("evaluation") or {}, raw.get("sessions") or {}, quota,
+                       raw.get("local_gpu") or {})
 
 
 def _merge(base: dict, override: dict) -> dict:
