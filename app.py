@@ -188,7 +188,7 @@ class Handlers:
             todo = space_gpu.pending(config, source, stages, decode)
             tier = self._tier(profile)
             plan = space_gpu.plan_gpu_calls({source.class_names[c]: estimate for c in todo}, quota, tier)
-            head = plan.describe(tier, quota)
+            head = plan.describe(tier, quota) if s.has_gpu else ""
             yield head
             # 3. One GPU call per class, resumable, stoppable between calls.
             decoded = {}
@@ -198,9 +198,9 @@ class Handlers:
                 progress((update.done, max(update.total, 1)), desc=update.message)
                 if update.result is not None:
                     decoded[update.result.label] = update.result.decoded
-                yield f"{head}\n\n{update.message}"
+                yield f"{head}\n\n{update.message}".strip()
             # 4. The combined outputs, on the CPU.
-            yield logic.finish_run(config, source, stages)
+            yield f"{head}\n\n{logic.finish_run(config, source, stages)}".strip()
             if decode:
                 yield logic.prototype_view(config.output, decoded)
         finally:

@@ -133,6 +133,8 @@ def test_tiny_pipeline_runs_under_zerogpu_one_bounded_call_per_class(zero_app):
     assert update["value"] == CLASSES
     status, gallery, preview = client.predict(**RUN, classes=CLASSES, seed=0, strength=0.7, guidance_scale=10.0,
                                               api_name="/generate")
+    assert status.startswith("Estimated GPU time: 2 call(s), one per class, 81 s in all (requests of 27 s at most, "
+                             "× 1.5 as ZeroGPU counts them); an anonymous visitor's daily ZeroGPU quota is about 120 s.")
     assert "Distilled 4 images (2 classes × IPC 2)" in status
     assert [item["caption"].split(" #")[0] for item in gallery] == ["circle", "circle", "square", "square"]
 
@@ -199,3 +201,8 @@ def test_on_a_local_gpu_the_captioner_is_evicted_before_sd_loads_unless_both_fit
     assert ("captioner", "llava", None, "cuda", "float16") in models._models  # both fit: kept
     assert logic.ModelCache().evict_captioners_unless_free(None) == []  # ZeroGPU / CPU: never evicts
     assert loaded == ["cuda", "cuda"]
+
+
+def test_off_zerogpu_the_estimate_has_no_factor_and_no_quota():
+    plan = plan_gpu_calls({"a": 20, "b": 30}, GpuQuota(), None)
+    assert plan.describe(None, GpuQuota()) == "Estimated GPU time: 2 call(s), one per class, 50 s in all."

@@ -71,10 +71,10 @@ class GpuPlan:
     def describe(self, tier: str | None, quota: GpuQuota) -> str:
         if not self.seconds:
             return "Every class is already done: no GPU time needed."
-        text = (f"Estimated GPU time: {len(self.seconds)} call(s), one per class, {self.total_seconds:.0f} s in all "
-                f"(requests of {max(self.seconds.values())} s at most, × {self.factor:g} as ZeroGPU counts them)")
+        text = f"Estimated GPU time: {len(self.seconds)} call(s), one per class, {self.total_seconds:.0f} s in all"
         if tier is not None:
-            text += f"; {_a(tier)} visitor's daily ZeroGPU quota is about {quota.daily_seconds[tier]:.0f} s"
+            text += (f" (requests of {max(self.seconds.values())} s at most, × {self.factor:g} as ZeroGPU counts "
+                     f"them); {_a(tier)} visitor's daily ZeroGPU quota is about {quota.daily_seconds[tier]:.0f} s")
         return text + "."
 
 
