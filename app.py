@@ -172,7 +172,7 @@ class Handlers:
     def _stages(self, stage: str, values: dict, request: gr.Request, progress: gr.Progress, profile):
         """The per-class controller: checks on the CPU, plans the GPU calls, then one call per class.
 
-        Yields status text; with the Prototypes tab, the last item is the prototype view.
+        Yields status text; with the Prototypes tab, then the prototype view; last, the run's (config, source).
         """
         s, session = self.s, request.session_hash
         lock = self._exclusive(request)
@@ -203,6 +203,7 @@ class Handlers:
             yield f"{head}\n\n{logic.finish_run(config, source, stages)}".strip()
             if decode:
                 yield logic.prototype_view(config.output, decoded)
+            yield config, source
         finally:
             lock.release()
 
@@ -223,7 +224,8 @@ class Handlers:
                                       num_default=min(s.space.defaults.get("num_classes", 5), s.space.limits.max_classes),
                                       preview_per_class=s.space.defaults.get("preview_per_class", 6),
                                       config_name=(config_name or "").strip() or None,
-                                      split=(split or "train").strip(), streaming=self._streams(source))
+                                      split=(split or "train").strip(), streaming=self._streams(source),
+                                      stream_dir=s.sessions.path(request.session_hash) / "stream")
         return gr.update(choices=view.class_names, value=view.selected), view.counts, view.preview, view.message
 
     @_friendly
@@ -231,13 +233,12 @@ class Handlers:
                 images_per_class=None, captions_from=None, seed=None, strength=None, guidance_scale=None, steps=None,
                 request: gr.Request = None, profile: gr.OAuthProfile | None = None, progress=TRACK_TQDM):
         """Captions every selected image (or loads published captions) and shows them."""
-        values = dict(locals())
-        for status in self._stages("caption", values, request, progress, profile):
-            yield status, gr.skip(), gr.skip()
-        s = self.s
-        run_dir = s.sessions.run_dir(request.session_hash)
-        view = logic.caption_view(logic.distill_config(self._request(values, request.session_hash), s.space, run_dir),
-                                  s.space.limits.max_caption_rows)
+        for item in self._stages("caption", dict(locals()), request, progress, profile):
+            if isinstance(item, str):
+                status = item
+                yield status, gr.skip(), gr.skip()
+        config, source = item
+        view = logic.caption_view(config, self.s.space.limits.max_caption_rows, source=source)
         yield f"{status}\n\n{view.rows} captions.", view.table_html, str(view.csv_path)
 
     @_friendly
@@ -251,7 +252,7 @@ class Handlers:
             if isinstance(item, str):
                 status = item
                 yield status, gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            else:
+            elif isinstance(item, logic.PrototypeView):
                 yield status, item.summary, item.clusters, item.images, item.highlighted
 
     @_friendly
@@ -259,8 +260,10 @@ class Handlers:
                  images_per_class=None, captions_from=None, seed=None, strength=None, guidance_scale=None, steps=None,
                  request: gr.Request = None, profile: gr.OAuthProfile | None = None, progress=TRACK_TQDM):
         """Runs every stage still missing and shows the distilled images, class by class, with their prompts."""
-        for status in self._stages("generate", dict(locals()), request, progress, profile):
-            yield status, gr.skip(), gr.skip()
+        for item in self._stages("generate", dict(locals()), request, progress, profile):
+            if isinstance(item, str):
+                status = item
+                yield status, gr.skip(), gr.skip()
         run_dir = self.s.sessions.run_dir(request.session_hash)
         yield status, logic.gallery(run_dir), str(run_dir / "preview.png")
 

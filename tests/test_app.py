@@ -331,3 +331,36 @@ def test_gradio_is_imported_with_spaces_first():
     first_import = next(line for line in source.splitlines() if line.lstrip().startswith(("import ", "from ")))
     assert first_import.strip() == "import spaces"
 
+
+
+def test_source_opened_once_on_the_cpu_streamed_into_the_session_and_deleted_with_it(tmp_path, space):
+    from vldd.runs import write_text
+
+    data = tmp_path / "shapes"
+    for split, count in (("train", 5), ("validation", 4)):
+        for name in ("blue", "red"):
+            (data / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), name).save(data / split / name / f"{i}.png")
+    sessions = logic.Sessions(tmp_path / "sessions")
+    run_dir = sessions.run_dir("visitor")
+    values = {"dataset": str(data), "classes": ["blue", "red"], "preset": "tiny", "images_per_class": 3}
+    config = logic.distill_config(logic.make_request(space, ipc=1, streaming=True, **values), space, run_dir)
+    source = logic.open_source(config, stream_dir=sessions.path("visitor") / "stream")
+    assert source.positions is not None and source.counts() == {0: 3, 1: 3}  # streamed, capped per class
+    assert len(list((sessions.path("visitor") / "stream").glob("vldd-stream-*/data.arrow"))) == 1
+    # Checked before any GPU call: a class with fewer images than the IPC.
+    too_many = logic.distill_config(logic.make_request(space, ipc=4, **values), space, run_dir)
+    with pytest.raises(ValueError, match=r"IPC 4 needs at least 4 inlier images per class; too few in: 'blue' \(3 images"):
+        logic.open_source(too_many)
+
+    # The quick evaluation's real images: the first N of each class, copied before its GPU call.
+    write_text(run_dir / "config.yaml", config.to_yaml())
+    real = logic.prepare_eval_data(run_dir, sessions.path("visitor") / "eval-real", per_class=2, baseline=True)
+    import datasets
+
+    copy = datasets.load_from_disk(str(real))
+    assert {split: copy[split].num_rows for split in copy} == {"validation": 4, "train": 4}
+    assert copy["validation"].features["label"].names == ["blue", "red"]
+    sessions.close("visitor")
+    assert not sessions.path("visitor").exists()  # streamed copies and evaluation data went with the session

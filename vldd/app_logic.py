@@ -363,12 +363,13 @@ class DatasetOverview:
 
 def dataset_overview(dataset: str, *, classes: list[str] | None, images_per_class: int, num_default: int,
                      preview_per_class: int, config_name: str | None = None, split: str = "train",
-                     streaming: bool = False) -> DatasetOverview:
+                     streaming: bool = False, stream_dir: str | Path | None = None) -> DatasetOverview:
     """Opens a dataset and describes it: class names, per-class counts, a preview grid of the selected classes.
 
     Args:
         classes: the wanted classes (names or index strings); empty = the first `num_default`.
         streaming: read only what the preview needs (class names come from the features; totals stay unknown).
+        stream_dir: where the streamed preview is copied (the session directory, deleted with it).
     """
     from .config import DataConfig
     from .data import load_source
@@ -388,7 +389,8 @@ def dataset_overview(dataset: str, *, classes: list[str] | None, images_per_clas
     else:
         selected = [name for i, name in enumerate(names) if every is None or every.indices[i]][:num_default]
     shown = load_source(DataConfig(dataset=dataset, config_name=config_name, split=split, classes=list(selected),
-                                   max_images_per_class=preview_per_class, streaming=streaming))
+                                   max_images_per_class=preview_per_class, streaming=streaming),
+                        stream_dir=stream_dir)
     preview = []
     for label in shown.classes:
         images, _, _ = shown.load_class(label)
@@ -604,12 +606,16 @@ class CaptionView:
     rows: int
 
 
-def caption_view(config: DistillConfig, max_rows_per_class: int = 20) -> CaptionView:
-    """The captions of a run as an HTML table with thumbnails (first rows per class) and a CSV of all of them."""
+def caption_view(config: DistillConfig, max_rows_per_class: int = 20, source=None) -> CaptionView:
+    """The captions of a run as an HTML table with thumbnails (first rows per class) and a CSV of all of them.
+
+    Args:
+        source: the run's source, already opened (`open_source`); None = opened here.
+    """
     from .data import load_source
 
     run_dir = Path(config.output)
-    source = load_source(config.data)
+    source = source if source is not None else load_source(config.data)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["source_row", "label", "class_name", "caption"])
