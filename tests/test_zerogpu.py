@@ -156,6 +156,16 @@ def test_tiny_pipeline_runs_under_zerogpu_one_bounded_call_per_class(zero_app):
                                         api_name="/generate")
     assert len(gallery) == 4 and len(zero_app.scheduler.durations()) == before
 
+    # Evaluate: its real test images copied on the CPU first, then one GPU call (training in the worker).
+    summary, plot = client.predict(epochs=1, random_baseline=False, api_name="/evaluate")
+    assert "distilled" in summary and Path(plot).is_file()
+    settings = logic.eval_settings(space, 1, False)
+    run_dir = next((zero_app.tmp / "sessions").glob("*/run"))
+    eval_seconds = logic.estimate_eval_seconds(run_dir, settings, space)
+    assert eval_seconds == 11  # 10 s load + 1 epoch x (4 distilled + 2 x 50 test images) x 0.003 s
+    assert zero_app.scheduler.durations()[before:] == [round(eval_seconds * factor)]
+    before += 1
+
     # Refused before any GPU call: over an anonymous visitor's quota (3 classes still to do), over the per-call cap
     # (captioning 30 images: 20 + 30 x 0.5 s).
     with pytest.raises(AppError, match=r"estimated at 122 s of ZeroGPU time \(3 calls × ZeroGPU's factor 1.5\); an "
