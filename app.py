@@ -11,7 +11,6 @@ except ImportError:  # off a Space, without the package: a no-op stand-in
     spaces = None
 
 import argparse
-import dataclasses
 import inspect
 import os
 import tempfile

@@ -20,7 +20,6 @@ import yaml
 from zerogpu_runtime import FakeScheduler
 
 from vldd import app_logic as logic
-from vldd import space_gpu
 from vldd.space_gpu import GpuQuota, LimitError, plan_gpu_calls, visitor_tier
 
 ROOT = Path(__file__).resolve().parents[1]

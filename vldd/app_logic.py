@@ -24,7 +24,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -438,7 +438,7 @@ class ModelCache:
     both fit (`keep_both_bytes` of free GPU memory).
     """
 
-    _shared: dict[str | None, "ModelCache"] = {}
+    _shared: dict[str | None, ModelCache] = {}
 
     def __init__(self, cache_dir: str | Path | None = None, keep_both_bytes: int | None = None):
         self.cache_dir = cache_dir  # where tiny:// models are built
@@ -447,7 +447,7 @@ class ModelCache:
         self._lock = threading.Lock()
 
     @classmethod
-    def shared(cls, cache_dir: str | Path | None = None) -> "ModelCache":
+    def shared(cls, cache_dir: str | Path | None = None) -> ModelCache:
         """The process's cache for `cache_dir`: models live as long as the process (ZeroGPU requires it)."""
         key = str(cache_dir) if cache_dir is not None else None
         return cls._shared.setdefault(key, cls(cache_dir))
