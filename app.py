@@ -157,6 +157,7 @@ class Handlers:
 
     def _request(self, values: dict, session: str | None) -> logic.RunRequest:
         dataset = self._dataset(values, session)
+        logic.check_captions_source(values.get("captions_from"), allow_local_paths=not self.s.on_space)
         keys = ("classes", "preset", "ipc", "images_per_class", "config_name", "split", "captions_from", "seed",
                 "strength", "guidance_scale", "steps")
         return logic.make_request(self.s.space, dataset=dataset, streaming=self._streams(dataset),

@@ -258,6 +258,10 @@ def test_local_paths_only_where_allowed(tmp_path):
     assert logic.resolve_dataset(str(tmp_path), allow_local_paths=True, **kwargs) == str(tmp_path)
     with pytest.raises(ValueError, match="is a local path, and this Space reads only"):
         logic.resolve_dataset(str(tmp_path), allow_local_paths=False, **kwargs)
+    logic.check_captions_source("user/imagenette-vldd-captions", allow_local_paths=False)
+    logic.check_captions_source(str(tmp_path), allow_local_paths=True)
+    with pytest.raises(ValueError, match="name a local path; this Space reads captions from Hub datasets only"):
+        logic.check_captions_source(str(tmp_path), allow_local_paths=False)
 
 
 def test_top_words_are_highlighted_as_the_score_counts_them():
@@ -351,6 +355,10 @@ def test_source_opened_once_on_the_cpu_streamed_into_the_session_and_deleted_wit
     assert len(list((sessions.path("visitor") / "stream").glob("vldd-stream-*/data.arrow"))) == 1
     # Checked before any GPU call: a class with fewer images than the IPC.
     too_many = logic.distill_config(logic.make_request(space, ipc=4, **values), space, run_dir)
+    missing = logic.distill_config(logic.make_request(space, ipc=1, captions_from=str(tmp_path / "none"), **values),
+                                   space, run_dir)
+    with pytest.raises(ValueError, match="could not load captions .*none"):  # unusable captions: before the GPU too
+        logic.open_source(missing)
     with pytest.raises(ValueError, match=r"IPC 4 needs at least 4 inlier images per class; too few in: 'blue' \(3 images"):
         logic.open_source(too_many)
 

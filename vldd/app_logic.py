@@ -341,10 +341,22 @@ def resolve_dataset(dataset: str, upload: str | None, *, upload_dir: Path, allow
     if upload:
         return str(extract_upload(upload, upload_dir, limits))
     dataset = (dataset or "").strip() or "sample"
-    if dataset != "sample" and not allow_local_paths and (dataset.startswith(("/", "~", ".")) or Path(dataset).exists()):
+    if dataset != "sample" and not allow_local_paths and _is_local(dataset):
         raise ValueError(f"{dataset!r} is a local path, and this Space reads only Hub datasets, the sample and "
                          "uploaded zips")
     return dataset
+
+
+def _is_local(name: str) -> bool:
+    return name.startswith(("/", "~", ".")) or Path(name).exists()
+
+
+def check_captions_source(captions_from: str | None, *, allow_local_paths: bool) -> None:
+    """Refuses, where local paths are not allowed (a Space), published captions named by a path on the server (another
+    session's run, say)."""
+    if captions_from and not allow_local_paths and _is_local(captions_from.strip()):
+        raise ValueError(f"published captions {captions_from!r} name a local path; this Space reads captions from "
+                         "Hub datasets only")
 
 
 def is_hub_id(dataset: str) -> bool:
@@ -522,16 +534,21 @@ class _Deferred:
 
 def open_source(config: DistillConfig, stream_dir: str | Path | None = None):
     """Opens a run's source once, on the CPU (a Hub source streamed into `stream_dir`, capped per class), and checks
-    what can be checked before any GPU call: the classes exist and each has enough images for the IPC.
+    what can be checked before any GPU call: the classes exist, each has enough images for the IPC, and published
+    captions (`caption.from_hub`) load and match the classes.
 
     Raises:
-        ValueError: an unknown class, or a class with too few images (the message names it).
+        ValueError: an unknown class, a class with too few images, unusable captions (the message says which).
     """
     from .data import load_source
     from .pipeline import _classes_to_run
 
     source = load_source(config.data, stream_dir=stream_dir)
     _classes_to_run(source, config)
+    if config.caption.from_hub:  # published captions: present, well-formed, and named like the source's classes
+        from .hub import load_published_captions
+
+        load_published_captions(config.caption.from_hub, class_names=source.class_names)
     return source
 
 
