@@ -155,6 +155,14 @@ def test_tiny_pipeline_runs_under_zerogpu_one_bounded_call_per_class(zero_app):
                                         api_name="/generate")
     assert len(gallery) == 4 and len(zero_app.scheduler.durations()) == before
 
+    # Prototypes: every class is called again (to decode its prototypes in the worker); the images come back.
+    status, summary, clusters, images, _ = client.predict(**RUN, classes=CLASSES, api_name="/prototypes")
+    assert len(images) == 4 and [row[:2] for row in clusters["data"]][:2] == [["circle", 0], ["circle", 1]]
+    proto_seconds = logic.class_seconds(logic.make_request(space, classes=CLASSES, **RUN),
+                                        logic.STAGES_OF["prototypes"], space)
+    assert zero_app.scheduler.durations()[before:] == [round(proto_seconds * factor)] * 2
+    before += 2
+
     # Evaluate: its real test images copied on the CPU first, then one GPU call (training in the worker).
     summary, plot = client.predict(epochs=1, random_baseline=False, api_name="/evaluate")
     assert "distilled" in summary and Path(plot).is_file()
