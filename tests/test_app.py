@@ -136,7 +136,7 @@ def test_tiny_pipeline_through_named_endpoints_then_push(served, hub_server, cap
     assert pushed.num_rows == 4 and pushed.features["label"].names[:2] == CLASSES
 
     # The handler itself, with a hand-built gr.OAuthToken, to a private repository.
-    token = gradio.OAuthToken(token=hub_server.token, scope="openid profile write-repos",
+    token = gradio.OAuthToken(token=hub_server.token, scope="openid profile contribute-repos",
                               expires_at=int(time.time()) + 3600)
     message, _ = served.demo.handlers.publish("tester/tiny-private", True,
                                               SimpleNamespace(session_hash=client.session_hash), token)
