@@ -14,22 +14,25 @@ import argparse
 import inspect
 import os
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import wraps
 from pathlib import Path
 
 import gradio as gr
 
 from vldd import app_logic as logic
+from vldd import space_gpu
 from vldd.hub import HubError
 
 HERE = Path(__file__).resolve().parent
-ON_SPACE = os.getenv("SYSTEM") == "spaces"
-ZERO_GPU = os.getenv("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
 CSS = """
 .vldd-captions img { width: 56px; height: 56px; object-fit: cover; }
 .vldd-captions td { vertical-align: top; padding: 2px 8px; }
 """
+
+
+def _flag(name: str) -> bool:
+    return os.getenv(name, "").lower() in ("1", "t", "true")
 
 
 @dataclass
@@ -37,58 +40,66 @@ class AppSettings:
     space: logic.SpaceConfig
     root: Path  # per-session run directories live here
     cache_dir: str | None = None  # where tiny:// models are built
-    on_space: bool = ON_SPACE
+    on_space: bool = False
     oauth: str = "off"  # "space", "local" or "off" (see logic.oauth_mode)
     has_gpu: bool = False
-    models: logic.ModelCache = field(default_factory=logic.ModelCache)
+    zero_gpu: bool = False  # ZeroGPU: GPU calls are scheduled, counted against the visitor's quota
+    sessions: logic.Sessions = field(init=False)
+
+    def __post_init__(self):
+        self.sessions = logic.Sessions(self.root, self.space.sessions.get("ttl_hours", 6))
+        if not self.zero_gpu:  # a local GPU holds the captioner and SD together only when both fit
+            self.models.keep_both_bytes = int(self.space.local_gpu.get("pipeline_gb", 6) * 2**30)
 
     @property
-    def sessions(self) -> logic.Sessions:
-        return logic.Sessions(self.root, self.space.sessions.get("ttl_hours", 6))
+    def models(self) -> logic.ModelCache:
+        return logic.ModelCache.shared(self.cache_dir)
 
 
 def default_settings(config: str | Path = HERE / "spaces_config.yaml") -> AppSettings:
-    """Settings from spaces_config.yaml and the environment (VLDD_APP_ROOT, VLDD_CACHE)."""
+    """Settings from spaces_config.yaml and the environment (SYSTEM, SPACES_ZERO_GPU, VLDD_APP_ROOT, VLDD_CACHE)."""
     import torch
 
-    cache_dir = os.environ.get("VLDD_CACHE")
-    return AppSettings(
-        space=logic.load_space_config(config),
-        root=Path(os.environ.get("VLDD_APP_ROOT", Path(tempfile.gettempdir()) / "vldd-app")),
-        cache_dir=cache_dir, oauth=logic.oauth_mode(ON_SPACE),
-        has_gpu=ZERO_GPU or torch.cuda.is_available(), models=logic.ModelCache(cache_dir))
+    on_space, zero_gpu = os.getenv("SYSTEM") == "spaces", _flag("SPACES_ZERO_GPU")
+    return AppSettings(space=logic.load_space_config(config),
+                       root=Path(os.environ.get("VLDD_APP_ROOT", Path(tempfile.gettempdir()) / "vldd-app")),
+                       cache_dir=os.environ.get("VLDD_CACHE"), on_space=on_space, oauth=logic.oauth_mode(on_space),
+                       has_gpu=zero_gpu or torch.cuda.is_available(), zero_gpu=zero_gpu)
 
 
 TRACK_TQDM = gr.Progress(track_tqdm=True)  # marks a handler's progress argument; Gradio passes a fresh tracker
-S: AppSettings | None = None  # the running app's settings (build_demo sets them; GPU functions read them)
 
 
-# --- GPU work: only inside @spaces.GPU, with plain arguments ---------------------------------------------------------
+# --- GPU work: module-level functions (ZeroGPU decorates them at import), plain picklable arguments ------------------
 
 def _gpu(duration):
     return spaces.GPU(duration=duration) if spaces is not None else (lambda fn: fn)
 
 
-def _run_seconds(run_dir: str, request: logic.RunRequest, stages: tuple[str, ...]) -> int:
-    return logic.estimate_run_seconds(request, stages, S.space) + (5 if stages == logic.STAGES_OF["prototypes"] else 0)
+def _gradio_errors(fn):
+    """Inside a GPU function: any error becomes a gr.Error with its own message (ZeroGPU would otherwise show the
+    visitor only the exception's class name)."""
+    @wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as err:
+            raise gr.Error(str(err) or type(err).__name__, title=type(err).__name__) from err
+    return call
 
 
-@_gpu(duration=_run_seconds)
-def gpu_run(run_dir: str, request: logic.RunRequest, stages: tuple[str, ...]):
-    """Runs `stages` class by class (one update per class); the prototype stage ends with its decoded view."""
-    config = logic.distill_config(request, S.space, run_dir)
-    for update in logic.run_stages(config, stages, S.models):
-        yield replace(update, result=None)
-    if stages == logic.STAGES_OF["prototypes"]:
-        yield logic.prototype_view(run_dir, S.models.pipeline(config).vae)
+@_gpu(duration=lambda job: job.seconds)
+@_gradio_errors
+def gpu_class(job: space_gpu.ClassJob) -> space_gpu.ClassResult:
+    """One class's stages on the GPU, with the models this process loaded (at start-up on ZeroGPU)."""
+    return logic.run_class(job, logic.ModelCache.shared(job.cache_dir))
 
 
-def _eval_seconds(run_dir: str, settings: dict) -> int:
-    return logic.estimate_eval_seconds(run_dir, settings, S.space)
-
-
-@_gpu(duration=_eval_seconds)
-def gpu_evaluate(run_dir: str, settings: dict) -> logic.EvalView:
+@_gpu(duration=lambda run_dir, settings, seconds: seconds)
+@_gradio_errors
+def gpu_evaluate(run_dir: str, settings: dict, seconds: int) -> logic.EvalView:
     return logic.quick_evaluate(run_dir, settings)
 
 
@@ -119,119 +130,182 @@ def _friendly(fn):
     return call
 
 
-def _dataset(values: dict, session: str | None) -> str:
-    return logic.resolve_dataset(values["dataset"], values.get("upload"), upload_dir=S.sessions.upload_dir(session),
-                                 allow_local_paths=not S.on_space, max_upload_mb=S.space.limits.max_upload_mb)
+class SessionBusy(ValueError):
+    pass
 
 
-def _request(values: dict, session: str | None) -> logic.RunRequest:
-    dataset = _dataset(values, session)
-    keys = ("classes", "preset", "ipc", "images_per_class", "config_name", "split", "captions_from", "seed",
-            "strength", "guidance_scale", "steps")
-    return logic.make_request(S.space, dataset=dataset, streaming=_streams(dataset),
-                              **{k: values[k] for k in keys if k in values})
+class Handlers:
+    """The app's event handlers, bound to its settings (nothing global: several apps can run in one process)."""
 
+    def __init__(self, settings: AppSettings):
+        self.s = settings
 
-def _streams(dataset: str) -> bool:
-    return bool(S.space.defaults.get("stream_hub_datasets")) and logic.is_hub_id(dataset)
+    # helpers
 
+    def _exclusive(self, request: gr.Request):
+        """The session's lock, taken without waiting: one event at a time writes a session's files."""
+        lock = self.s.sessions.lock(request.session_hash)
+        if not lock.acquire(blocking=False):
+            raise SessionBusy("This session is busy with another run or upload; wait for it to finish (or press "
+                              "Stop), then try again.")
+        return lock
 
-def _stages(stage: str, values: dict, request: gr.Request, progress: gr.Progress):
-    """Runs a tab's stages on the GPU, yielding status text; the last item is the prototype view, if any."""
-    run = _request(values, request.session_hash)
-    stages = logic.STAGES_OF[stage]
-    logic.check_gpu_budget(_run_seconds("", run, stages), S.space)
-    run_dir = S.sessions.run_dir(request.session_hash)
-    for update in gpu_run(str(run_dir), run, stages):
-        if isinstance(update, logic.StageUpdate):
-            progress((update.done, max(update.total, 1)), desc=update.message)
-            yield update.message
-        else:
-            yield update
+    def _dataset(self, values: dict, session: str | None) -> str:
+        s = self.s
+        return logic.resolve_dataset(values["dataset"], values.get("upload"), upload_dir=s.sessions.upload_dir(session),
+                                     allow_local_paths=not s.on_space, limits=s.space.limits.uploads())
 
+    def _request(self, values: dict, session: str | None) -> logic.RunRequest:
+        dataset = self._dataset(values, session)
+        logic.check_captions_source(values.get("captions_from"), allow_local_paths=not self.s.on_space)
+        keys = ("classes", "preset", "ipc", "images_per_class", "config_name", "split", "captions_from", "seed",
+                "strength", "guidance_scale", "steps")
+        return logic.make_request(self.s.space, dataset=dataset, streaming=self._streams(dataset),
+                                  **{k: values[k] for k in keys if k in values})
 
-@_friendly
-def load_dataset(dataset=None, config_name=None, split=None, upload=None, classes=None, images_per_class=None,
-                 request: gr.Request = None, progress=TRACK_TQDM):
-    """Opens the dataset: its classes, per-class counts, and a preview of the selected classes."""
-    images = logic.check_selection(S.space, classes, images_per_class)
-    defaults = S.space.defaults
-    source = _dataset(locals(), request.session_hash)
-    view = logic.dataset_overview(source, classes=classes, images_per_class=images,
-                                  num_default=min(defaults.get("num_classes", 5), S.space.limits.max_classes),
-                                  preview_per_class=defaults.get("preview_per_class", 6),
-                                  config_name=(config_name or "").strip() or None, split=(split or "train").strip(),
-                                  streaming=_streams(source))
-    return gr.update(choices=view.class_names, value=view.selected), view.counts, view.preview, view.message
+    def _streams(self, dataset: str) -> bool:
+        return bool(self.s.space.defaults.get("stream_hub_datasets")) and logic.is_hub_id(dataset)
 
+    def _tier(self, profile) -> str | None:
+        return space_gpu.visitor_tier(profile) if self.s.zero_gpu else None
 
-@_friendly
-def caption(dataset=None, config_name=None, split=None, upload=None, classes=None, preset=None, ipc=None,
-            images_per_class=None, captions_from=None, seed=None, strength=None, guidance_scale=None, steps=None,
-            request: gr.Request = None, progress=TRACK_TQDM):
-    """Captions every selected image (or loads published captions) and shows them."""
-    values = dict(locals())
-    for status in _stages("caption", values, request, progress):
-        yield status, gr.skip(), gr.skip()
-    run_dir = S.sessions.run_dir(request.session_hash)
-    view = logic.caption_view(logic.distill_config(_request(values, request.session_hash), S.space, run_dir),
-                              S.space.limits.max_caption_rows)
-    yield f"{status}\n\n{view.rows} captions.", view.table_html, str(view.csv_path)
+    def _stages(self, stage: str, values: dict, request: gr.Request, progress: gr.Progress, profile):
+        """The per-class controller: checks on the CPU, plans the GPU calls, then one call per class.
 
+        Yields status text; with the Prototypes tab, then the prototype view; last, the run's (config, source).
+        """
+        s, session = self.s, request.session_hash
+        lock = self._exclusive(request)
+        try:
+            # 1. Everything that can be checked on the CPU: limits, the dataset, classes, IPC vs images.
+            run = self._request(values, session)
+            stages = logic.STAGES_OF[stage]
+            config = logic.distill_config(run, s.space, s.sessions.run_dir(session))
+            source = logic.open_source(config, stream_dir=s.sessions.path(session) / "stream")
+            # 2. The GPU calls, planned against the cap and the visitor's likely quota before the first one.
+            decode = stage == "prototypes"
+            estimate, quota = logic.class_seconds(run, stages, s.space), s.space.zerogpu
+            todo = space_gpu.pending(config, source, stages, decode)
+            tier = self._tier(profile)
+            plan = space_gpu.plan_gpu_calls({source.class_names[c]: estimate for c in todo}, quota, tier)
+            head = plan.describe(tier, quota) if s.has_gpu else ""
+            yield head
+            # 3. One GPU call per class, resumable, stoppable between calls.
+            decoded = {}
+            for update in space_gpu.run_classes(config, source, stages, seconds=min(estimate, quota.max_call_seconds),
+                                                placement=logic.placement(config), gpu_call=gpu_class, decode=decode,
+                                                cache_dir=s.cache_dir):
+                progress((update.done, max(update.total, 1)), desc=update.message)
+                if update.result is not None:
+                    decoded[update.result.label] = update.result.decoded
+                yield f"{head}\n\n{update.message}".strip()
+            # 4. The combined outputs, on the CPU.
+            yield f"{head}\n\n{logic.finish_run(config, source, stages)}".strip()
+            if decode:
+                yield logic.prototype_view(config.output, decoded)
+            yield config, source
+        finally:
+            lock.release()
 
-@_friendly
-def prototypes(dataset=None, config_name=None, split=None, upload=None, classes=None, preset=None, ipc=None,
-               images_per_class=None, captions_from=None, seed=None, strength=None, guidance_scale=None, steps=None,
-               request: gr.Request = None, progress=TRACK_TQDM):
-    """Builds image and text prototypes and shows clusters, decoded prototypes and chosen descriptions."""
-    status = ""
-    for item in _stages("prototypes", locals(), request, progress):
-        if isinstance(item, str):
-            status = item
-            yield status, gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        else:
-            yield status, item.summary, item.clusters, item.images, item.highlighted
+    # events
 
+    @_friendly
+    def load_dataset(self, dataset=None, config_name=None, split=None, upload=None, classes=None,
+                     images_per_class=None, request: gr.Request = None, progress=TRACK_TQDM):
+        """Opens the dataset: its classes, per-class counts, and a preview of the selected classes."""
+        s = self.s
+        images = logic.check_selection(s.space, classes, images_per_class)
+        lock = self._exclusive(request)
+        try:
+            source = self._dataset(locals(), request.session_hash)
+        finally:
+            lock.release()
+        view = logic.dataset_overview(source, classes=classes, images_per_class=images,
+                                      num_default=min(s.space.defaults.get("num_classes", 5), s.space.limits.max_classes),
+                                      preview_per_class=s.space.defaults.get("preview_per_class", 6),
+                                      config_name=(config_name or "").strip() or None,
+                                      split=(split or "train").strip(), streaming=self._streams(source),
+                                      stream_dir=s.sessions.path(request.session_hash) / "stream")
+        return gr.update(choices=view.class_names, value=view.selected), view.counts, view.preview, view.message
 
-@_friendly
-def generate(dataset=None, config_name=None, split=None, upload=None, classes=None, preset=None, ipc=None,
-             images_per_class=None, captions_from=None, seed=None, strength=None, guidance_scale=None, steps=None,
-             request: gr.Request = None, progress=TRACK_TQDM):
-    """Runs every stage still missing and shows the distilled images, class by class, with their prompts."""
-    for status in _stages("generate", locals(), request, progress):
-        yield status, gr.skip(), gr.skip()
-    run_dir = S.sessions.run_dir(request.session_hash)
-    yield status, logic.gallery(run_dir), str(run_dir / "preview.png")
+    @_friendly
+    def caption(self, dataset=None, config_name=None, split=None, upload=None, classes=None, preset=None, ipc=None,
+                images_per_class=None, captions_from=None, seed=None, strength=None, guidance_scale=None, steps=None,
+                request: gr.Request = None, profile: gr.OAuthProfile | None = None, progress=TRACK_TQDM):
+        """Captions every selected image (or loads published captions) and shows them."""
+        for item in self._stages("caption", dict(locals()), request, progress, profile):
+            if isinstance(item, str):
+                status = item
+                yield status, gr.skip(), gr.skip()
+        config, source = item
+        view = logic.caption_view(config, self.s.space.limits.max_caption_rows, source=source)
+        yield f"{status}\n\n{view.rows} captions.", view.table_html, str(view.csv_path)
 
+    @_friendly
+    def prototypes(self, dataset=None, config_name=None, split=None, upload=None, classes=None, preset=None,
+                   ipc=None, images_per_class=None, captions_from=None, seed=None, strength=None, guidance_scale=None,
+                   steps=None, request: gr.Request = None, profile: gr.OAuthProfile | None = None,
+                   progress=TRACK_TQDM):
+        """Builds image and text prototypes and shows clusters, decoded prototypes and chosen descriptions."""
+        status = ""
+        for item in self._stages("prototypes", dict(locals()), request, progress, profile):
+            if isinstance(item, str):
+                status = item
+                yield status, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            elif isinstance(item, logic.PrototypeView):
+                yield status, item.summary, item.clusters, item.images, item.highlighted
 
-@_friendly
-def evaluate(epochs=None, random_baseline=False, request: gr.Request = None, progress=TRACK_TQDM):
-    """Trains a small student on the distilled set and plots its real-test accuracy per epoch."""
-    if not logic.evaluation_available():
-        return "Evaluation is not available in this installation of vldd.", None
-    settings = logic.eval_settings(S.space, epochs, random_baseline)
-    run_dir = str(S.sessions.run_dir(request.session_hash))
-    logic.check_gpu_budget(_eval_seconds(run_dir, settings), S.space)
-    view = gpu_evaluate(run_dir, settings)
-    return view.summary, str(view.plot_path)
+    @_friendly
+    def generate(self, dataset=None, config_name=None, split=None, upload=None, classes=None, preset=None, ipc=None,
+                 images_per_class=None, captions_from=None, seed=None, strength=None, guidance_scale=None, steps=None,
+                 request: gr.Request = None, profile: gr.OAuthProfile | None = None, progress=TRACK_TQDM):
+        """Runs every stage still missing and shows the distilled images, class by class, with their prompts."""
+        for item in self._stages("generate", dict(locals()), request, progress, profile):
+            if isinstance(item, str):
+                status = item
+                yield status, gr.skip(), gr.skip()
+        run_dir = self.s.sessions.run_dir(request.session_hash)
+        yield status, logic.gallery(run_dir), str(run_dir / "preview.png")
 
+    @_friendly
+    def evaluate(self, epochs=None, random_baseline=False, request: gr.Request = None,
+                 profile: gr.OAuthProfile | None = None, progress=TRACK_TQDM):
+        """Trains a small student on the distilled set and plots its real-test accuracy per epoch."""
+        if not logic.evaluation_available():
+            return "Evaluation is not available in this installation of vldd.", None
+        s = self.s
+        settings = logic.eval_settings(s.space, epochs, random_baseline)
+        run_dir = s.sessions.run_dir(request.session_hash)
+        logic.check_evaluable(run_dir)
+        seconds = logic.estimate_eval_seconds(run_dir, settings, s.space)
+        tier = self._tier(profile)
+        space_gpu.plan_gpu_calls({"evaluation": seconds}, s.space.zerogpu, tier)
+        lock = self._exclusive(request)
+        try:  # the real images it needs, copied on the CPU first (a Hub source is streamed, capped per class)
+            real = logic.prepare_eval_data(run_dir, s.sessions.path(request.session_hash) / "eval-real",
+                                           settings["val_per_class"], bool(settings["baselines"]))
+            view = gpu_evaluate(str(run_dir), {**settings, "real": str(real)},
+                                min(seconds, s.space.zerogpu.max_call_seconds))
+        finally:
+            lock.release()
+        return view.summary, str(view.plot_path)
 
-def suggest_repo(dataset=None, upload=None, ipc=None, profile: gr.OAuthProfile | None = None):
-    """The repository name the Publish tab offers: <you>/<source>-vldd-ipc<N>."""
-    source = Path(upload).stem if upload else dataset
-    return logic.suggest_repo(source, ipc, profile.username if profile is not None else None)
+    def suggest_repo(self, dataset=None, upload=None, ipc=None, profile: gr.OAuthProfile | None = None):
+        """The repository name the Publish tab offers: <you>/<source>-vldd-ipc<N>."""
+        source = Path(upload).stem if upload else dataset
+        return logic.suggest_repo(source, ipc, profile.username if profile is not None else None)
 
+    @_friendly
+    def publish(self, repo_id=None, private=False, request: gr.Request = None,
+                oauth_token: gr.OAuthToken | None = None):
+        """Pushes this session's distilled set to the Hub with the signed-in visitor's token (never shown or
+        logged)."""
+        token = logic.push_token(oauth_token.token if oauth_token is not None else None, on_space=self.s.on_space)
+        view = logic.publish(self.s.sessions.path(request.session_hash) / "run", repo_id, bool(private), token)
+        return view.message, view.snippet
 
-@_friendly
-def publish(repo_id=None, private=False, request: gr.Request = None, oauth_token: gr.OAuthToken | None = None):
-    """Pushes this session's distilled set to the Hub with the signed-in visitor's token (never shown or logged)."""
-    token = logic.push_token(oauth_token.token if oauth_token is not None else None, on_space=S.on_space)
-    view = logic.publish(S.sessions.path(request.session_hash) / "run", repo_id, bool(private), token)
-    return view.message, view.snippet
-
-
-def close_session(request: gr.Request):
-    S.sessions.close(request.session_hash)
+    def close_session(self, request: gr.Request):
+        self.s.sessions.close(request.session_hash)
 
 
 # --- tabs ------------------------------------------------------------------------------------------------------------
@@ -255,8 +329,9 @@ class RunInputs:
     steps: gr.Number
 
     @classmethod
-    def create(cls, space: logic.SpaceConfig, has_gpu: bool) -> "RunInputs":
-        d, lim = space.defaults, space.limits
+    def create(cls, space: logic.SpaceConfig, preset: str, zero_gpu: bool) -> "RunInputs":
+        """Controls whose initial values come from the preset's config (`SpaceConfig.controls`), written once."""
+        d, lim, v = space.defaults, space.limits, space.controls(preset)
         return cls(
             dataset=gr.Textbox(d.get("dataset", "sample"), label="Dataset", render=False,
                                info='"sample" (embedded shapes) or a Hub dataset id, e.g. frgfm/imagenette'),
@@ -265,20 +340,19 @@ class RunInputs:
             upload=gr.File(label="…or upload a zip (one folder per class)", file_types=[".zip"], render=False),
             classes=gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Classes", render=False,
                                 info=f"at most {lim.max_classes}"),
-            preset=gr.Dropdown([(p.label, name) for name, p in space.presets.items()],
-                               value=space.preset_for(has_gpu), label="Models (preset)", render=False),
-            ipc=gr.Number(d.get("ipc", 10), precision=0, label="Images per class (IPC)", render=False,
+            preset=gr.Dropdown([(p.label, name) for name, p in space.offered(zero_gpu).items()], value=preset,
+                               label="Models (preset)", render=False),
+            ipc=gr.Number(v["ipc"], precision=0, label="Images per class (IPC)", render=False,
                           info=f"at most {lim.max_ipc}"),
-            images_per_class=gr.Number(d.get("images_per_class", lim.max_images_per_class), precision=0,
-                                       label="Source images per class", render=False,
+            images_per_class=gr.Number(v["images_per_class"], precision=0, label="Source images per class",
+                                       render=False,
                                        info=f"the first N of each class; at most {lim.max_images_per_class}"),
             captions_from=gr.Textbox(label="…or reuse published captions (Hub dataset id)", render=False,
                                      placeholder="user/imagenette-vldd-captions"),
-            seed=gr.Number(d.get("seed", 0), precision=0, label="Seed", render=False),
-            strength=gr.Slider(0.05, 1.0, d.get("strength", 0.7), step=0.05, label="Strength", render=False),
-            guidance_scale=gr.Slider(0.0, 20.0, d.get("guidance_scale", 10.0), step=0.5, label="Guidance scale",
-                                     render=False),
-            steps=gr.Number(d.get("steps", 50), precision=0, label="Inference steps", render=False,
+            seed=gr.Number(v["seed"], precision=0, label="Seed", render=False),
+            strength=gr.Slider(0.05, 1.0, v["strength"], step=0.05, label="Strength", render=False),
+            guidance_scale=gr.Slider(0.0, 20.0, v["guidance_scale"], step=0.5, label="Guidance scale", render=False),
+            steps=gr.Number(v["steps"], precision=0, label="Inference steps", render=False,
                             info=f"strength × steps are denoised; at most {lim.max_steps}"),
         )
 
@@ -288,12 +362,13 @@ class RunInputs:
                 self.steps]
 
 
-def _gpu_event() -> dict:
-    """GPU events share one queue slot pool, sized in spaces_config.yaml."""
-    return {"concurrency_limit": S.space.queue.get("gpu_concurrency", 1), "concurrency_id": "gpu"}
+def _gpu_event(settings: AppSettings) -> dict:
+    """GPU events share one pool of slots, sized in spaces_config.yaml for ZeroGPU or a local GPU."""
+    return {"concurrency_limit": settings.space.concurrency(settings.zero_gpu)["gpu_concurrency"],
+            "concurrency_id": "gpu"}
 
 
-def dataset_tab(run: RunInputs) -> None:
+def dataset_tab(run: RunInputs, h: Handlers) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             run.dataset.render()
@@ -312,19 +387,20 @@ def dataset_tab(run: RunInputs) -> None:
     preview = gr.Gallery(label="Preview (selected classes)", columns=6, height=320, object_fit="cover")
     counts = gr.Dataframe(headers=["class", "images", "used", "selected"], label="Counts", max_height=260)
     inputs = [run.dataset, run.config_name, run.split, run.upload, run.classes, run.images_per_class]
-    load.click(load_dataset, inputs, [run.classes, counts, preview, message], api_name="load_dataset")
+    load.click(h.load_dataset, inputs, [run.classes, counts, preview, message], api_name="load_dataset")
 
 
-def captions_tab(run: RunInputs, status: gr.Markdown) -> list:
+def captions_tab(run: RunInputs, status: gr.Markdown, h: Handlers) -> list:
     gr.Markdown("A vision-language model describes every source image, prompted with its class name.")
     run.captions_from.render()
     button = gr.Button("Caption", variant="primary")
     table = gr.HTML(label="Captions")
     download = gr.File(label="All captions (CSV)")
-    return [button.click(caption, run.stage_inputs(), [status, table, download], api_name="caption", **_gpu_event())]
+    return [button.click(h.caption, run.stage_inputs(), [status, table, download], api_name="caption",
+                         **_gpu_event(h.s))]
 
 
-def prototypes_tab(run: RunInputs, status: gr.Markdown) -> list:
+def prototypes_tab(run: RunInputs, status: gr.Markdown, h: Handlers) -> list:
     gr.Markdown("Per class: outliers dropped (LOF), k-means on VAE latents (one cluster per distilled image), and "
                 "the description that best covers each cluster's most frequent words (highlighted).")
     button = gr.Button("Build prototypes", variant="primary")
@@ -335,10 +411,10 @@ def prototypes_tab(run: RunInputs, status: gr.Markdown) -> list:
     texts = gr.HighlightedText(label="Chosen description per cluster", show_inline_category=False,
                                color_map={"top word": "orange", "cluster": "blue"})
     outputs = [status, summary, clusters, images, texts]
-    return [button.click(prototypes, run.stage_inputs(), outputs, api_name="prototypes", **_gpu_event())]
+    return [button.click(h.prototypes, run.stage_inputs(), outputs, api_name="prototypes", **_gpu_event(h.s))]
 
 
-def generate_tab(run: RunInputs, status: gr.Markdown) -> list:
+def generate_tab(run: RunInputs, status: gr.Markdown, h: Handlers) -> list:
     with gr.Row():
         run.seed.render()
         dice = gr.Button("Random seed", scale=0)
@@ -351,13 +427,15 @@ def generate_tab(run: RunInputs, status: gr.Markdown) -> list:
                          elem_id="distilled-gallery")
     preview = gr.Image(label="One row per class", type="filepath", height=260)
     dice.click(lambda: int.from_bytes(os.urandom(3), "big"), None, run.seed, api_name="random_seed", queue=False)
-    return [button.click(generate, run.stage_inputs(), [status, gallery, preview], api_name="generate", **_gpu_event())]
+    return [button.click(h.generate, run.stage_inputs(), [status, gallery, preview], api_name="generate",
+                         **_gpu_event(h.s))]
 
 
-def evaluate_tab(space: logic.SpaceConfig) -> list:
-    e = space.evaluation
+def evaluate_tab(h: Handlers) -> list:
+    e = h.s.space.evaluation
     gr.Markdown(f"A quick check, not the paper's protocol: a {e.get('student')} (width {e.get('student_width')}) "
-                f"trained on the distilled images at {e.get('image_size')} px, tested on the real validation split.")
+                f"trained on the distilled images at {e.get('image_size')} px, tested on the first "
+                f"{e.get('val_per_class', 50)} real validation images of each class.")
     if not logic.evaluation_available():
         gr.Markdown("**Evaluation is not available** in this installation of vldd.")
         return []
@@ -367,11 +445,12 @@ def evaluate_tab(space: logic.SpaceConfig) -> list:
     button = gr.Button("Evaluate", variant="primary")
     summary = gr.Markdown(label="summary")
     plot = gr.Image(label="Accuracy per epoch", type="filepath")
-    return [button.click(evaluate, [epochs, random_baseline], [summary, plot], api_name="evaluate", **_gpu_event())]
+    return [button.click(h.evaluate, [epochs, random_baseline], [summary, plot], api_name="evaluate",
+                         **_gpu_event(h.s))]
 
 
-def publish_tab(run: RunInputs, oauth: str) -> tuple[gr.Textbox, list]:
-    if oauth == "off":
+def publish_tab(run: RunInputs, h: Handlers) -> tuple[gr.Textbox, list]:
+    if h.s.oauth == "off":
         gr.Markdown("Sign-in is available on a Hugging Face Space, or locally after `hf auth login`.")
     else:
         gr.LoginButton()
@@ -381,44 +460,50 @@ def publish_tab(run: RunInputs, oauth: str) -> tuple[gr.Textbox, list]:
     button = gr.Button("Push to the Hub", variant="primary")
     message = gr.Markdown(label="message")
     snippet = gr.Code(language="python", label="Load it", interactive=False)
-    button.click(publish, [repo, private], [message, snippet], api_name="push")
+    button.click(h.publish, [repo, private], [message, snippet], api_name="push")
     return repo, [run.dataset, run.upload, run.ipc]
 
 
-def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
-    """The whole app; `settings` default to spaces_config.yaml and the environment."""
-    global S
-    S = settings or default_settings()
-    with gr.Blocks(title="vldd: dataset distillation") as demo:
+def build_demo(settings: AppSettings) -> gr.Blocks:
+    """The whole app, for `settings` (see `default_settings`)."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = settings.space.limits.max_image_pixels  # PIL refuses larger images (this process)
+    h = Handlers(settings)
+    space = settings.space
+    ttl = int(space.sessions.get("ttl_hours", 6) * 3600)
+    # delete_cache: Gradio's copies of uploads and outputs older than the session TTL go, checked hourly.
+    with gr.Blocks(title="vldd: dataset distillation", delete_cache=(3600, ttl)) as demo:
         gr.Markdown("# vldd: dataset distillation with vision-language prototypes\n"
                     "Distill an image-classification dataset into a few synthetic images per class "
                     "([VLCP](https://arxiv.org/abs/2506.23580), ICCV 2025), then publish it to your account.")
         with gr.Row():
-            status = gr.Markdown("Pick a dataset, then run the stages in order (or just Generate).", label="status", elem_id="status",
-                                 line_breaks=True)
+            status = gr.Markdown("Pick a dataset, then run the stages in order (or just Generate).", label="status",
+                                 elem_id="status", line_breaks=True)
             stop = gr.Button("Stop", variant="stop", scale=0)
-        run = RunInputs.create(S.space, S.has_gpu)
+        run = RunInputs.create(space, space.preset_for(settings.has_gpu), settings.zero_gpu)
         with gr.Tabs():
             with gr.Tab("Dataset"):
-                dataset_tab(run)
+                dataset_tab(run, h)
             with gr.Tab("Captions"):
-                events = captions_tab(run, status)
+                events = captions_tab(run, status, h)
             with gr.Tab("Prototypes"):
-                events += prototypes_tab(run, status)
+                events += prototypes_tab(run, status, h)
             with gr.Tab("Generate"):
-                events += generate_tab(run, status)
+                events += generate_tab(run, status, h)
             with gr.Tab("Evaluate"):
-                events += evaluate_tab(S.space)
+                events += evaluate_tab(h)
             with gr.Tab("Publish") as publish_page:
-                repo, repo_inputs = publish_tab(run, S.oauth)
+                repo, repo_inputs = publish_tab(run, h)
         # A stopped run ends after the class it is on; what finished stays, and the next run resumes from it.
         stop.click(lambda: "Stopped. Finished classes are kept; run again to resume.", None, status,
                    cancels=events, api_name="stop", queue=False)
-        publish_page.select(suggest_repo, repo_inputs, repo, api_name="suggest_repo", queue=False)
-        demo.load(suggest_repo, repo_inputs, repo, api_name="suggest_repo_on_load", queue=False)
-        demo.unload(close_session)
-    queue = S.space.queue
-    return demo.queue(max_size=queue.get("max_size", 20), default_concurrency_limit=queue.get("cpu_concurrency", 1))
+        publish_page.select(h.suggest_repo, repo_inputs, repo, api_name="suggest_repo", queue=False)
+        demo.load(h.suggest_repo, repo_inputs, repo, api_name="suggest_repo_on_load", queue=False)
+        demo.unload(h.close_session)
+    demo.handlers = h  # for tests and embedding: the bound handlers of this demo
+    return demo.queue(max_size=space.queue.get("max_size", 20),
+                      default_concurrency_limit=space.concurrency(settings.zero_gpu)["cpu_concurrency"])
 
 
 def launch_kwargs(settings: AppSettings) -> dict:
@@ -428,24 +513,29 @@ def launch_kwargs(settings: AppSettings) -> dict:
             "max_file_size": f"{settings.space.limits.max_upload_mb}mb"}
 
 
+def preload(settings: AppSettings) -> None:
+    """ZeroGPU: the models of every preset offered go to the GPU at start-up, in the main process, on its main
+    thread (transformers' threaded weight loading would escape the thread-local CUDA emulation of `spaces`)."""
+    os.environ.setdefault("HF_DEACTIVATE_ASYNC_LOAD", "1")
+    space = settings.space
+    for name in space.offered(True):
+        request = logic.make_request(space, dataset="sample", classes=["0"], preset=name, ipc=1)
+        settings.models.preload(logic.distill_config(request, space, settings.root / "preload"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="vldd's Gradio app")
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 on a Space)")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860 or the next free one)")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument("--config", default=str(HERE / "spaces_config.yaml"), help="the app's settings file")
     args = parser.parse_args(argv)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(S))
+    settings = default_settings(args.config)
+    if settings.zero_gpu:
+        preload(settings)
+    demo = build_demo(settings)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(settings))
 
-
-def _preloaded(settings: AppSettings) -> AppSettings:
-    """ZeroGPU: the default preset's models go to the GPU once, at start-up, in the main process."""
-    space = settings.space
-    request = logic.make_request(space, dataset="sample", classes=["0"], preset=space.preset_for(True), ipc=1)
-    settings.models.preload(logic.distill_config(request, space, settings.root / "preload"))
-    return settings
-
-
-demo = build_demo(_preloaded(default_settings()) if ZERO_GPU else None)
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,6 @@ import importlib.util
 import os
 import sys
 import time
-import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,7 +27,6 @@ CLASSES = ["circle", "square"]
 TEST_SETTINGS = {"defaults": {"ipc": 2, "images_per_class": 12, "steps": 10, "num_classes": 2},
                  "default_preset": {"cpu": "tiny", "gpu": "tiny"}, "limits": {"max_classes": 4}}
 RUN = {"dataset": "sample", "preset": "tiny", "ipc": 2, "images_per_class": 12, "steps": 10}
-_MODELS: dict[str, logic.ModelCache] = {}  # one per tiny cache, shared by this module and the browser test
 
 
 def load_app():
@@ -46,9 +44,8 @@ def launch_app(tiny_cache, root: Path, overrides: dict | None = None):
     torch.set_num_threads(1)
     app = load_app()
     space = logic.load_space_config(ROOT / "spaces_config.yaml", logic._merge(TEST_SETTINGS, overrides or {}))
-    models = _MODELS.setdefault(str(tiny_cache), logic.ModelCache(str(tiny_cache)))
     settings = app.AppSettings(space=space, root=root, cache_dir=str(tiny_cache), on_space=False, oauth="off",
-                               has_gpu=False, models=models)
+                               has_gpu=False)
     demo = app.build_demo(settings)
     demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_kwargs(settings))
     return app, demo, settings
@@ -139,10 +136,10 @@ def test_tiny_pipeline_through_named_endpoints_then_push(served, hub_server, cap
     assert pushed.num_rows == 4 and pushed.features["label"].names[:2] == CLASSES
 
     # The handler itself, with a hand-built gr.OAuthToken, to a private repository.
-    token = gradio.OAuthToken(token=hub_server.token, scope="openid profile write-repos",
+    token = gradio.OAuthToken(token=hub_server.token, scope="openid profile contribute-repos",
                               expires_at=int(time.time()) + 3600)
-    message, _ = served.app.publish("tester/tiny-private", True, SimpleNamespace(session_hash=client.session_hash),
-                                    token)
+    message, _ = served.demo.handlers.publish("tester/tiny-private", True,
+                                              SimpleNamespace(session_hash=client.session_hash), token)
     assert "Published 4 images to [tester/tiny-private]" in message and "(private" in message
     assert hub_server.token not in caplog.text + message + snippet
 
@@ -166,22 +163,40 @@ def test_every_event_is_named_and_gpu_events_share_one_limit(served):
                      "suggest_repo", "suggest_repo_on_load"}
     gpu = {fn.api_name: (fn.concurrency_limit, fn.concurrency_id) for fn in served.demo.fns.values()
            if fn.api_name in ("caption", "prototypes", "generate", "evaluate")}
-    assert set(gpu.values()) == {(1, "gpu")}
+    assert set(gpu.values()) == {(1, "gpu")}  # one local GPU (spaces_config.yaml queue.local)
     stop = [d for d in served.demo.config["dependencies"] if d["cancels"]]
     by_name = {fn.api_name: i for i, fn in served.demo.fns.items()}
     assert set(stop[0]["cancels"]) == {by_name[n] for n in gpu}
     assert served.demo._queue.max_size == served.settings.space.queue["max_size"]
 
 
-def test_stopping_between_classes_keeps_what_finished(served, tmp_path):
+def test_stopping_between_classes_keeps_what_finished_and_resumes(served, tmp_path):
+    from vldd import space_gpu
+
     request = logic.make_request(served.settings.space, classes=CLASSES, **RUN)
     config = logic.distill_config(request, served.settings.space, tmp_path / "run")
-    updates = logic.run_stages(config, ("caption",), served.settings.models)
+    source = logic.open_source(config)
+    calls = []
+
+    def gpu_call(job):
+        calls.append((job.source.classes, job.config.data.classes, job.seconds))
+        return logic.run_class(job, served.settings.models)
+
+    def run():
+        return space_gpu.run_classes(config, source, ("caption",), seconds=7, placement=("cpu", "float32"),
+                                     gpu_call=gpu_call)
+
+    updates = run()
     assert next(updates).done == 0
     assert next(updates).message.endswith("1/2 classes done (circle)")
     updates.close()  # what Gradio does to a generator when the Stop button cancels the event
     done = sorted(p.name for p in (tmp_path / "run" / "work" / "caption").glob("*.json") if p.stem.isdigit())
-    assert done == ["000000.json"]
+    assert done == ["000000.json"] and calls == [([0], [0], 7)]  # one call per class, for that class only
+    assert space_gpu.pending(config, source, ("caption",)) == [1]
+    assert [u.message.split(": ", 1)[1] for u in run()][1:] == ["1/2 classes (circle: already done)",
+                                                                "2/2 classes done (square)"]
+    assert calls[1:] == [([1], [1], 7)]  # the resumed run called the GPU for the missing class only
+    assert "Done: caption." in logic.finish_run(config, source, ("caption",))
 
 
 # --- pieces ----------------------------------------------------------------------------------------------------------
@@ -217,9 +232,9 @@ def test_gpu_estimate_follows_classes_ipc_and_steps(space):
         space, dataset="sample", classes=CLASSES, preset="paper", ipc=10, images_per_class=30, steps=50,
         captions_from="user/captions"), ("generate",), space)
     assert generate_only == int(s["load"] + 2 * 10 * 35 * s["step"] + 0.999)
-    logic.check_gpu_budget(base, space)
-    with pytest.raises(logic.LimitError, match=r"estimated at 400 s of GPU time; this Space allows at most 300 s"):
-        logic.check_gpu_budget(400, space)
+    one = logic.class_seconds(logic.make_request(space, dataset="sample", classes=CLASSES, preset="paper", ipc=10,
+                                                 images_per_class=30, steps=50), logic.STAGES, space)
+    assert one == int(s["load"] + 30 * s["caption"] + (30 + 10) * s["encode"] + 10 * 35 * s["step"] + 0.999)
 
 
 def test_sessions_are_separate_and_cleaned_up(tmp_path):
@@ -237,42 +252,16 @@ def test_sessions_are_separate_and_cleaned_up(tmp_path):
     assert not sessions.path("session-a").exists()
 
 
-def test_uploaded_zip_becomes_an_image_folder(tmp_path):
-    archive = tmp_path / "shapes.zip"
-    with zipfile.ZipFile(archive, "w") as z:
-        for name in ("red", "blue"):
-            for i in range(3):
-                buffer = tmp_path / "im.png"
-                Image.new("RGB", (8, 8), name).save(buffer)
-                z.write(buffer, f"shapes/{name}/{i}.png")
-        z.writestr("shapes/notes.txt", "ignored")
-    folder = logic.extract_upload(archive, tmp_path / "uploads", max_bytes=10**6)
-    assert folder.name == "shapes" and sorted(p.name for p in folder.iterdir()) == ["blue", "red"]
-    assert logic.extract_upload(archive, tmp_path / "uploads", max_bytes=10**6) == folder  # reused
-    view = logic.dataset_overview(str(folder), classes=None, images_per_class=2, num_default=5, preview_per_class=1)
-    assert view.class_names == ["blue", "red"] and [row[:3] for row in view.counts] == [["blue", 3, 2], ["red", 3, 2]]
-    streamed = logic.dataset_overview(str(folder), classes=["red"], images_per_class=2, num_default=5,
-                                      preview_per_class=2, streaming=True)
-    assert streamed.selected == ["red"] and [c for _, c in streamed.preview] == ["red", "red"]
-
-    evil = tmp_path / "evil.zip"
-    with zipfile.ZipFile(evil, "w") as z:
-        z.writestr("../outside.png", b"x")
-    with pytest.raises(ValueError, match="outside its folder"):
-        logic.extract_upload(evil, tmp_path / "uploads", max_bytes=10**6)
-    with pytest.raises(logic.LimitError, match="unpacks to more than"):
-        logic.extract_upload(archive, tmp_path / "small", max_bytes=10)
-    (tmp_path / "not.zip").write_text("plain text")
-    with pytest.raises(ValueError, match="is not a zip file"):
-        logic.extract_upload(tmp_path / "not.zip", tmp_path / "uploads", max_bytes=10**6)
-
-
 def test_local_paths_only_where_allowed(tmp_path):
-    kwargs = {"upload": None, "upload_dir": tmp_path / "uploads", "max_upload_mb": 1}
+    kwargs = {"upload": None, "upload_dir": tmp_path / "uploads", "limits": logic.UploadLimits()}
     assert logic.resolve_dataset("frgfm/imagenette", allow_local_paths=False, **kwargs) == "frgfm/imagenette"
     assert logic.resolve_dataset(str(tmp_path), allow_local_paths=True, **kwargs) == str(tmp_path)
     with pytest.raises(ValueError, match="is a local path, and this Space reads only"):
         logic.resolve_dataset(str(tmp_path), allow_local_paths=False, **kwargs)
+    logic.check_captions_source("user/imagenette-vldd-captions", allow_local_paths=False)
+    logic.check_captions_source(str(tmp_path), allow_local_paths=True)
+    with pytest.raises(ValueError, match="name a local path; this Space reads captions from Hub datasets only"):
+        logic.check_captions_source(str(tmp_path), allow_local_paths=False)
 
 
 def test_top_words_are_highlighted_as_the_score_counts_them():
@@ -306,6 +295,18 @@ def test_readme_front_matter_agrees_with_the_space_config_and_requirements(space
     assert front["sdk"] == "gradio" and front["sdk_version"] == gradio.__version__
     assert (ROOT / front["app_file"]).is_file()
     assert logic.check_space_files(ROOT, space) == []
+    assert str(front["python_version"]) == "3.12"  # diffusers>=0.42 needs Python >= 3.11; ZeroGPU offers 3.12
+    assert front["hf_oauth_scopes"] == ["contribute-repos"]  # create and fill its own repos; never delete any
+
+
+def test_a_preset_that_would_fine_tune_is_refused(tmp_path):
+    config = yaml.safe_load((ROOT / "spaces_config.yaml").read_text())
+    assert all(logic.load_space_config(ROOT / "spaces_config.yaml").presets[name].config().finetune.enabled is False
+               for name in config["presets"])
+    del config["presets"]["paper"]["overrides"]["finetune"]
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="preset 'paper': the app does not fine-tune Stable Diffusion"):
+        logic.load_space_config(tmp_path / "space.yaml")
 
 
 def test_space_file_check_catches_disagreements(tmp_path, space):
@@ -314,19 +315,25 @@ def test_space_file_check_catches_disagreements(tmp_path, space):
              "app_file": "app.py", "hf_oauth": True, "hf_oauth_scopes": s["hf_oauth_scopes"]}
     (tmp_path / "app.py").write_text("")
     (tmp_path / "README.md").write_text(f"---\n{yaml.safe_dump(front)}---\n# vldd\n")
-    (tmp_path / "requirements.txt").write_text(f"gradio[oauth]=={s['sdk_version']}\nspaces>=0.40\n")
+    (tmp_path / "requirements.txt").write_text(f"gradio[oauth]=={s['sdk_version']}\nspaces>=0.40\n"
+                                               "torch==2.9.1\ntorchvision==0.24.1\n")
     assert logic.check_space_files(tmp_path, space) == []
     (tmp_path / "README.md").write_text(f"---\n{yaml.safe_dump({**front, 'sdk_version': '5.0.0'})}---\n")
-    (tmp_path / "requirements.txt").write_text("gradio\n")
+    (tmp_path / "requirements.txt").write_text("gradio\ntorch>=2.8\n")
     problems = "\n".join(logic.check_space_files(tmp_path, space))
     assert "`sdk_version` is '5.0.0'" in problems and "must pin gradio[oauth]==" in problems
-    assert "must list `spaces`" in problems
+    assert "must list `spaces`" in problems and "must pin torchvision" in problems
+    assert "must pin torch to one version ZeroGPU offers (2.8.0, 2.9.1, 2.10.0, 2.11.0), got no torch== line" in problems
+    (tmp_path / "requirements.txt").write_text("torch==2.14.1\n")
+    assert "got ['2.14.1']" in "\n".join(logic.check_space_files(tmp_path, space))
 
 
 def test_space_config_is_valid_and_offers_the_presets():
     space = logic.load_space_config(ROOT / "spaces_config.yaml")
     assert {"paper", "tiny"} <= set(space.presets) and space.space["sdk_version"] == gradio.__version__
-    assert space.preset_for(False) == "tiny" and space.preset_for(True) == "paper"
+    assert space.preset_for(False) == "tiny" and space.preset_for(True) == "fast-captioner"
+    assert "paper" not in space.offered(zero_gpu=True) and "paper" in space.offered(zero_gpu=False)
+    assert space.concurrency(True)["gpu_concurrency"] > space.concurrency(False)["gpu_concurrency"] == 1
     for spec in space.presets.values():
         assert set(spec.gpu_seconds) == {"load", "caption", "encode", "step"}
         logic.distill_config(logic.make_request(space, dataset="sample", classes=["0"], preset=spec.name, ipc=1),
@@ -338,3 +345,40 @@ def test_gradio_is_imported_with_spaces_first():
     first_import = next(line for line in source.splitlines() if line.lstrip().startswith(("import ", "from ")))
     assert first_import.strip() == "import spaces"
 
+
+
+def test_source_opened_once_on_the_cpu_streamed_into_the_session_and_deleted_with_it(tmp_path, space):
+    from vldd.runs import write_text
+
+    data = tmp_path / "shapes"
+    for split, count in (("train", 5), ("validation", 4)):
+        for name in ("blue", "red"):
+            (data / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), name).save(data / split / name / f"{i}.png")
+    sessions = logic.Sessions(tmp_path / "sessions")
+    run_dir = sessions.run_dir("visitor")
+    values = {"dataset": str(data), "classes": ["blue", "red"], "preset": "tiny", "images_per_class": 3}
+    config = logic.distill_config(logic.make_request(space, ipc=1, streaming=True, **values), space, run_dir)
+    source = logic.open_source(config, stream_dir=sessions.path("visitor") / "stream")
+    assert source.positions is not None and source.counts() == {0: 3, 1: 3}  # streamed, capped per class
+    assert len(list((sessions.path("visitor") / "stream").glob("vldd-stream-*/data.arrow"))) == 1
+    # Checked before any GPU call: a class with fewer images than the IPC.
+    too_many = logic.distill_config(logic.make_request(space, ipc=4, **values), space, run_dir)
+    missing = logic.distill_config(logic.make_request(space, ipc=1, captions_from=str(tmp_path / "none"), **values),
+                                   space, run_dir)
+    with pytest.raises(ValueError, match="could not load captions .*none"):  # unusable captions: before the GPU too
+        logic.open_source(missing)
+    with pytest.raises(ValueError, match=r"IPC 4 needs at least 4 inlier images per class; too few in: 'blue' \(3 images"):
+        logic.open_source(too_many)
+
+    # The quick evaluation's real images: the first N of each class, copied before its GPU call.
+    write_text(run_dir / "config.yaml", config.to_yaml())
+    real = logic.prepare_eval_data(run_dir, sessions.path("visitor") / "eval-real", per_class=2, baseline=True)
+    import datasets
+
+    copy = datasets.load_from_disk(str(real))
+    assert {split: copy[split].num_rows for split in copy} == {"validation": 4, "train": 4}
+    assert copy["validation"].features["label"].names == ["blue", "red"]
+    sessions.close("visitor")
+    assert not sessions.path("visitor").exists()  # streamed copies and evaluation data went with the session

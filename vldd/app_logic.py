@@ -7,8 +7,7 @@ Example:
     >>> space = load_space_config("spaces_config.yaml")
     >>> request = make_request(space, dataset="sample", classes=["circle", "square"], preset="tiny", ipc=2)
     >>> config = distill_config(request, space, run_dir="/tmp/run")
-    >>> for update in run_stages(config, STAGES, ModelCache()):
-    ...     print(update.message)
+    >>> source = open_source(config)
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ import re
 import shutil
 import threading
 import time
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,8 @@ import yaml
 
 from .config import PRESETS, DistillConfig, from_dict
 from .runs import read_json, write_text
+from .space_gpu import ClassJob, ClassResult, GpuQuota, LimitError
+from .space_uploads import UploadError, UploadLimits, extract_upload  # noqa: F401  (re-exported for app.py)
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +44,7 @@ STAGES_OF = {  # what each tab's button runs; later stages resume from what earl
     "prototypes": ("caption", "prototypes", "text"),
     "generate": STAGES,
 }
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 GRADIO_MOCK_TOKEN = "mock-oauth-token-for-local-dev"  # what Gradio's mocked (off-Space) login hands to handlers
-
-
-class LimitError(ValueError):
-    """A request over one of the Space's per-run limits; the message names the limit."""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -66,6 +61,11 @@ class PresetSpec:
     base: str  # a vldd preset (vldd.config.PRESETS)
     overrides: dict[str, Any] = field(default_factory=dict)  # nested DistillConfig values applied on top of `base`
     gpu_seconds: dict[str, float] = field(default_factory=dict)  # load, caption, encode, step (see the YAML)
+    zerogpu: bool = True  # offered on ZeroGPU (its models are then loaded at start-up)
+
+    def config(self) -> DistillConfig:
+        """The preset's run config before the visitor's choices."""
+        return from_dict(_merge(self.overrides, {"preset": self.base}))
 
 
 @dataclass
@@ -74,9 +74,15 @@ class Limits:
     max_ipc: int = 10
     max_images_per_class: int = 50
     max_steps: int = 100
-    max_gpu_seconds: float = 300.0
-    max_upload_mb: int = 200
+    max_upload_mb: int = 200  # an uploaded zip, and what its images unpack to
+    max_upload_entries: int = 10_000  # entries in an uploaded zip
+    max_image_pixels: int = 40_000_000  # one uploaded image (width x height), checked before it is decoded
+    max_image_side: int = 1024  # uploaded images are downscaled to this longer side as they are extracted
     max_caption_rows: int = 20
+
+    def uploads(self) -> UploadLimits:
+        return UploadLimits(self.max_upload_mb * 2**20, self.max_upload_entries, self.max_image_pixels,
+                            self.max_image_side)
 
 
 @dataclass
@@ -88,12 +94,30 @@ class SpaceConfig:
     default_preset: dict[str, str]
     defaults: dict[str, Any]
     limits: Limits
-    queue: dict[str, int]
+    queue: dict[str, Any]
     evaluation: dict[str, Any]
     sessions: dict[str, float]
+    zerogpu: GpuQuota = field(default_factory=GpuQuota)
+    local_gpu: dict[str, float] = field(default_factory=dict)
 
     def preset_for(self, has_gpu: bool) -> str:
         return self.default_preset["gpu" if has_gpu else "cpu"]
+
+    def offered(self, zero_gpu: bool) -> dict[str, PresetSpec]:
+        """The presets the menu offers: on ZeroGPU only those whose models are loaded at start-up."""
+        return {name: p for name, p in self.presets.items() if p.zerogpu or not zero_gpu}
+
+    def concurrency(self, zero_gpu: bool) -> dict[str, int]:
+        """`gpu_concurrency` and `cpu_concurrency` for the runtime: ZeroGPU gives each call its own GPU."""
+        return dict(self.queue["zerogpu" if zero_gpu else "local"])
+
+    def controls(self, preset: str) -> dict[str, Any]:
+        """Initial values of the run controls: the preset's `DistillConfig` defaults, then the Space's `defaults`."""
+        config = self.presets[preset].config()
+        g = config.generation
+        values = {"ipc": config.ipc, "seed": config.seed, "strength": g.strength, "guidance_scale": g.guidance_scale,
+                  "steps": g.num_inference_steps, "images_per_class": self.limits.max_images_per_class}
+        return {**values, **{k: v for k, v in self.defaults.items() if k in values}}
 
 
 def load_space_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SpaceConfig:
@@ -109,15 +133,27 @@ def load_space_config(path: str | Path, overrides: dict[str, Any] | None = None)
         _check(spec.get("base") in PRESETS, f"preset {name!r}: `base` must be one of {sorted(PRESETS)}, got "
                                             f"{spec.get('base')!r}")
         presets[name] = PresetSpec(name, spec.get("label", name), spec["base"], spec.get("overrides") or {},
-                                   spec.get("gpu_seconds") or {})
+                                   spec.get("gpu_seconds") or {}, bool(spec.get("zerogpu", True)))
+        # The app runs per-class GPU calls; VLCP's fine-tuning trains on every class at once and cannot run there.
+        _check(not presets[name].config().finetune.enabled,
+               f"preset {name!r}: the app does not fine-tune Stable Diffusion; set `overrides: {{finetune: "
+               "{enabled: false}}` (a model fine-tuned by `vldd distill` can be given as `generation.model`)")
     _check(bool(presets), f"{str(path)!r} must offer at least one preset under `presets`")
     default_preset = raw.get("default_preset") or {}
     for kind in ("gpu", "cpu"):
         _check(default_preset.get(kind) in presets,
                f"`default_preset.{kind}` must be one of {sorted(presets)}, got {default_preset.get(kind)!r}")
     limits = Limits(**(raw.get("limits") or {}))
+    queue = raw.get("queue") or {}
+    for kind in ("zerogpu", "local"):
+        _check(isinstance(queue.get(kind), dict) and {"gpu_concurrency", "cpu_concurrency"} <= set(queue[kind]),
+               f"`queue.{kind}` must give gpu_concurrency and cpu_concurrency, got {queue.get(kind)!r}")
+    z = raw.get("zerogpu") or {}
+    quota = GpuQuota(float(z.get("duration_factor", 1.5)), int(z.get("max_call_seconds", 60)),
+                     dict(z.get("daily_quota_seconds") or GpuQuota().daily_seconds))
     return SpaceConfig(raw.get("space") or {}, presets, default_preset, raw.get("defaults") or {}, limits,
-                       raw.get("queue") or {}, raw.get("evaluation") or {}, raw.get("sessions") or {})
+                       queue, raw.get("evaluation") or {}, raw.get("sessions") or {}, quota,
+                       raw.get("local_gpu") or {})
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -138,13 +174,13 @@ class RunRequest:
     preset: str  # a key of SpaceConfig.presets
     ipc: int
     images_per_class: int  # source images per class used (the first N)
+    seed: int
+    strength: float
+    guidance_scale: float
+    steps: int  # num_inference_steps; int(steps x strength) are run
     config_name: str | None = None
     split: str = "train"
     captions_from: str | None = None  # published captions (Hub id) reused instead of captioning
-    seed: int = 0
-    strength: float = 0.7
-    guidance_scale: float = 10.0
-    steps: int = 50  # num_inference_steps; int(steps x strength) are run
     streaming: bool = False  # stream the source: read only the selected classes' first images (Hub datasets)
 
     @property
@@ -161,10 +197,12 @@ def _int(value, name: str) -> int:
     return int(number)
 
 
-def make_request(space: SpaceConfig, *, dataset: str, classes: list[str] | None, preset: str, ipc, images_per_class=None,
-                 config_name: str | None = None, split: str | None = None, captions_from: str | None = None,
-                 seed=0, strength=0.7, guidance_scale=10.0, steps=50, streaming: bool = False) -> RunRequest:
-    """Builds a `RunRequest` from UI values and enforces the Space's limits.
+def make_request(space: SpaceConfig, *, dataset: str, classes: list[str] | None, preset: str, ipc=None,
+                 images_per_class=None, config_name: str | None = None, split: str | None = None,
+                 captions_from: str | None = None, seed=None, strength=None, guidance_scale=None, steps=None,
+                 streaming: bool = False) -> RunRequest:
+    """Builds a `RunRequest` from UI values and enforces the Space's limits; a value left out (None) takes its
+    initial control value (`SpaceConfig.controls`).
 
     Raises:
         LimitError: a value over a limit (the message names it and the allowed maximum).
@@ -172,6 +210,11 @@ def make_request(space: SpaceConfig, *, dataset: str, classes: list[str] | None,
     """
     classes = [str(c).strip() for c in (classes or []) if str(c).strip()]
     _check(preset in space.presets, f"`preset` must be one of {sorted(space.presets)}, got {preset!r}")
+    initial = space.controls(preset)
+    ipc, seed, steps = (initial[k] if v in (None, "") else v for k, v in (("ipc", ipc), ("seed", seed), ("steps", steps)))
+    images_per_class = initial["images_per_class"] if images_per_class in (None, "") else images_per_class
+    strength = initial["strength"] if strength is None else strength
+    guidance_scale = initial["guidance_scale"] if guidance_scale is None else guidance_scale
     _check(bool(classes), "choose at least one class (Dataset tab)")
     ipc, steps = _int(ipc, "ipc"), _int(steps, "steps")
     _check(ipc >= 1 and steps >= 1, f"IPC and steps must be at least 1, got {ipc} and {steps}")
@@ -243,12 +286,9 @@ def estimate_run_seconds(request: RunRequest, stages: tuple[str, ...], space: Sp
     return max(1, int(seconds + 0.999))
 
 
-def check_gpu_budget(seconds: float, space: SpaceConfig) -> None:
-    """Raises LimitError when a run is estimated above the Space's GPU time per call."""
-    if seconds > space.limits.max_gpu_seconds:
-        raise LimitError(f"This run is estimated at {seconds:.0f} s of GPU time; this Space allows at most "
-                         f"{space.limits.max_gpu_seconds:.0f} s per run. Choose fewer classes, fewer source images "
-                         "per class, a lower IPC or fewer steps.")
+def class_seconds(request: RunRequest, stages: tuple[str, ...], space: SpaceConfig) -> int:
+    """GPU seconds of one class's call (every class has the same inputs: `images_per_class` images, IPC)."""
+    return estimate_run_seconds(dataclasses.replace(request, classes=request.classes[:1]), stages, space)
 
 
 # --- sessions: one run directory per browser session -----------------------------------------------------------------
@@ -262,6 +302,13 @@ class Sessions:
     def __init__(self, root: str | Path, ttl_hours: float = 6.0):
         self.root = Path(root)
         self.ttl_seconds = ttl_hours * 3600
+        self._locks: dict[Path, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def lock(self, session_hash: str | None) -> threading.Lock:
+        """The session's lock: events of one session that write its files hold it, so they never interleave."""
+        with self._guard:
+            return self._locks.setdefault(self.path(session_hash), threading.Lock())
 
     def path(self, session_hash: str | None) -> Path:
         if not session_hash:
@@ -282,6 +329,8 @@ class Sessions:
     def close(self, session_hash: str | None) -> None:
         if session_hash:
             shutil.rmtree(self.path(session_hash), ignore_errors=True)
+            with self._guard:
+                self._locks.pop(self.path(session_hash), None)
 
     def prune(self, keep: Path | None = None) -> None:
         if not self.root.is_dir():
@@ -294,59 +343,28 @@ class Sessions:
 
 # --- datasets: the sample, a Hub id, or an uploaded zip --------------------------------------------------------------
 
-def extract_upload(zip_path: str | Path, dest_root: str | Path, max_bytes: int) -> Path:
-    """Unpacks an uploaded zip of an image folder (one sub-folder per class) and returns the folder to load.
-
-    The folder is named by the zip's content hash, so uploading the same zip again reuses it. Entries that would land
-    outside the folder, and archives that unpack to more than `max_bytes`, are refused.
-    """
-    zip_path = Path(zip_path)
-    digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()[:16]
-    target = Path(dest_root) / digest
-    if not (target / ".complete").is_file():
-        try:
-            archive = zipfile.ZipFile(zip_path)
-        except zipfile.BadZipFile:
-            raise ValueError(f"{zip_path.name!r} is not a zip file; upload a .zip of a folder with one sub-folder "
-                             "per class") from None
-        with archive:
-            members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")
-                       and Path(m.filename).suffix.lower() in IMAGE_SUFFIXES]
-            if not members:
-                raise ValueError(f"{zip_path.name!r} holds no images; expected class folders of .png/.jpg files")
-            if sum(m.file_size for m in members) > max_bytes:
-                raise LimitError(f"{zip_path.name!r} unpacks to more than {max_bytes // 2**20} MB, this Space's limit")
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True)
-            for member in members:
-                out = (target / member.filename).resolve()
-                if not out.is_relative_to(target.resolve()):
-                    raise ValueError(f"{zip_path.name!r} has an entry outside its folder: {member.filename!r}")
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(member) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        (target / ".complete").touch()
-    root = target
-    # A zip of "mydata/" holds one folder whose entries are all class (or split) folders: load from inside it.
-    while True:
-        entries = [p for p in root.iterdir() if not p.name.startswith(".")]
-        if len(entries) == 1 and entries[0].is_dir() and all(p.is_dir() for p in entries[0].iterdir()
-                                                              if not p.name.startswith(".")):
-            root = entries[0]
-        else:
-            return root
-
-
 def resolve_dataset(dataset: str, upload: str | None, *, upload_dir: Path, allow_local_paths: bool,
-                    max_upload_mb: int) -> str:
+                    limits: UploadLimits) -> str:
     """What to load: an uploaded zip (extracted), else `dataset` ("sample", a Hub id or, where allowed, a folder)."""
     if upload:
-        return str(extract_upload(upload, upload_dir, max_upload_mb * 2**20))
+        return str(extract_upload(upload, upload_dir, limits))
     dataset = (dataset or "").strip() or "sample"
-    if dataset != "sample" and not allow_local_paths and (dataset.startswith(("/", "~", ".")) or Path(dataset).exists()):
+    if dataset != "sample" and not allow_local_paths and _is_local(dataset):
         raise ValueError(f"{dataset!r} is a local path, and this Space reads only Hub datasets, the sample and "
                          "uploaded zips")
     return dataset
+
+
+def _is_local(name: str) -> bool:
+    return name.startswith(("/", "~", ".")) or Path(name).exists()
+
+
+def check_captions_source(captions_from: str | None, *, allow_local_paths: bool) -> None:
+    """Refuses, where local paths are not allowed (a Space), published captions named by a path on the server (another
+    session's run, say)."""
+    if captions_from and not allow_local_paths and _is_local(captions_from.strip()):
+        raise ValueError(f"published captions {captions_from!r} name a local path; this Space reads captions from "
+                         "Hub datasets only")
 
 
 def is_hub_id(dataset: str) -> bool:
@@ -365,12 +383,13 @@ class DatasetOverview:
 
 def dataset_overview(dataset: str, *, classes: list[str] | None, images_per_class: int, num_default: int,
                      preview_per_class: int, config_name: str | None = None, split: str = "train",
-                     streaming: bool = False) -> DatasetOverview:
+                     streaming: bool = False, stream_dir: str | Path | None = None) -> DatasetOverview:
     """Opens a dataset and describes it: class names, per-class counts, a preview grid of the selected classes.
 
     Args:
         classes: the wanted classes (names or index strings); empty = the first `num_default`.
         streaming: read only what the preview needs (class names come from the features; totals stay unknown).
+        stream_dir: where the streamed preview is copied (the session directory, deleted with it).
     """
     from .config import DataConfig
     from .data import load_source
@@ -390,7 +409,8 @@ def dataset_overview(dataset: str, *, classes: list[str] | None, images_per_clas
     else:
         selected = [name for i, name in enumerate(names) if every is None or every.indices[i]][:num_default]
     shown = load_source(DataConfig(dataset=dataset, config_name=config_name, split=split, classes=list(selected),
-                                   max_images_per_class=preview_per_class, streaming=streaming))
+                                   max_images_per_class=preview_per_class, streaming=streaming),
+                        stream_dir=stream_dir)
     preview = []
     for label in shown.classes:
         images, _, _ = shown.load_class(label)
@@ -419,16 +439,38 @@ def _streamed_class_names(dataset: str, split: str, config_name: str | None) -> 
 
 # --- models, loaded once per process ---------------------------------------------------------------------------------
 
-class ModelCache:
-    """Captioners and Stable Diffusion pipelines, each loaded once per process (key: model, revision, device, dtype).
+Placement = tuple[str, str]  # (device, dtype) as strings, decided in the main process
 
-    On ZeroGPU, `preload` puts them on the GPU at start-up, in the main process, as ZeroGPU requires.
+
+def placement(config: DistillConfig) -> Placement:
+    """Where a run's models go, decided once in the main process (a ZeroGPU worker reuses what it decided)."""
+    from .pipeline import resolve_device, resolve_dtype
+
+    device = resolve_device(config.device)
+    return str(device), str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
+
+
+class ModelCache:
+    """Captioners and Stable Diffusion pipelines, each loaded once per process (key: model, revision, placement).
+
+    On ZeroGPU, `preload` loads them at start-up, in the main process, as ZeroGPU requires; a forked GPU worker
+    finds them here (`ModelCache.shared`). On a local GPU, a captioner is evicted before a pipeline loads unless
+    both fit (`keep_both_bytes` of free GPU memory).
     """
 
-    def __init__(self, cache_dir: str | Path | None = None):
+    _shared: dict[str | None, ModelCache] = {}
+
+    def __init__(self, cache_dir: str | Path | None = None, keep_both_bytes: int | None = None):
         self.cache_dir = cache_dir  # where tiny:// models are built
+        self.keep_both_bytes = keep_both_bytes  # None: never evict (ZeroGPU, CPU)
         self._models: dict[tuple, Any] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, cache_dir: str | Path | None = None) -> ModelCache:
+        """The process's cache for `cache_dir`: models live as long as the process (ZeroGPU requires it)."""
+        key = str(cache_dir) if cache_dir is not None else None
+        return cls._shared.setdefault(key, cls(cache_dir))
 
     def _get(self, key: tuple, load: Callable[[], Any]):
         with self._lock:
@@ -436,38 +478,53 @@ class ModelCache:
                 self._models[key] = load()
             return self._models[key]
 
-    @staticmethod
-    def _place(config: DistillConfig):
-        from .pipeline import resolve_device, resolve_dtype
-
-        device = resolve_device(config.device)
-        return device, resolve_dtype(config.dtype, device)
-
-    def captioner(self, config: DistillConfig):
+    def captioner(self, config: DistillConfig, where: Placement | None = None):
         from .captioning import load_captioner
 
-        device, dtype = self._place(config)
+        device, dtype = where or placement(config)
         c = config.caption
-        return self._get(("captioner", c.model, c.revision, str(device), str(dtype)), lambda: load_captioner(
-            c.model, revision=c.revision, device=device, dtype=dtype, cache_dir=self.cache_dir))
+        return self._get(("captioner", c.model, c.revision, device, dtype), lambda: load_captioner(
+            c.model, revision=c.revision, device=device, dtype=_dtype(dtype), cache_dir=self.cache_dir))
 
-    def pipeline(self, config: DistillConfig):
+    def pipeline(self, config: DistillConfig, where: Placement | None = None):
         from .generation import load_pipeline
 
-        device, dtype = self._place(config)
+        device, dtype = where or placement(config)
         g = config.generation
-        key = ("pipeline", g.model, g.revision, g.scheduler, g.lora, str(device), str(dtype))
-        return self._get(key, lambda: load_pipeline(g.model, revision=g.revision, device=device, dtype=dtype,
+        key = ("pipeline", g.model, g.revision, g.scheduler, g.lora, device, dtype)
+        if key not in self._models and device.startswith("cuda"):
+            self.evict_captioners_unless_free(self.keep_both_bytes)
+        return self._get(key, lambda: load_pipeline(g.model, revision=g.revision, device=device, dtype=_dtype(dtype),
                                                     scheduler=g.scheduler, lora=g.lora, cache_dir=self.cache_dir))
 
-    def deferred(self, kind: str, config: DistillConfig):
+    def evict_captioners_unless_free(self, needed: int | None) -> list[str]:
+        """Drops every loaded captioner unless `needed` bytes of GPU memory are free (the CLI frees the captioner
+        before Stable Diffusion too); returns the evicted model ids."""
+        import torch
+
+        if needed is None or not torch.cuda.is_available() or torch.cuda.mem_get_info()[0] >= needed:
+            return []
+        with self._lock:
+            evicted = [key for key in self._models if key[0] == "captioner"]
+            for key in evicted:
+                del self._models[key]
+        torch.cuda.empty_cache()
+        return [key[1] for key in evicted]
+
+    def deferred(self, kind: str, config: DistillConfig, where: Placement | None = None):
         """A stand-in that loads the model on first use, so a run whose stages are all on disk loads nothing."""
-        return _Deferred(lambda: getattr(self, kind)(config))
+        return _Deferred(lambda: getattr(self, kind)(config, where))
 
     def preload(self, config: DistillConfig) -> None:
         if not config.caption.from_hub:
             self.captioner(config)
         self.pipeline(config)
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
 
 
 class _Deferred:
@@ -481,40 +538,59 @@ class _Deferred:
         return self._load()(*args, **kwargs)
 
 
-# --- running stages --------------------------------------------------------------------------------------------------
+# --- running stages: the source opened once on the CPU, then one GPU call per class ----------------------------------
 
-@dataclass
-class StageUpdate:
-    done: int  # classes finished
-    total: int
-    message: str
-    result: Any = None  # the `DistillResult`, on the last update
+def open_source(config: DistillConfig, stream_dir: str | Path | None = None):
+    """Opens a run's source once, on the CPU (a Hub source streamed into `stream_dir`, capped per class), and checks
+    what can be checked before any GPU call: the classes exist, each has enough images for the IPC, and published
+    captions (`caption.from_hub`) load and match the classes.
 
-
-def run_stages(config: DistillConfig, stages: tuple[str, ...], models: ModelCache) -> Iterator[StageUpdate]:
-    """Runs `stages` one class at a time, yielding after each, then writes the run's outputs (dataset, preview).
-
-    Each class is its own `distill` call on the same run directory: results per class do not depend on the other
-    classes, so they are what one call over all classes would give. Closing the generator between classes cancels
-    the run; what finished stays on disk and the next run resumes from it.
+    Raises:
+        ValueError: an unknown class, a class with too few images, unusable captions (the message says which).
     """
     from .data import load_source
+    from .pipeline import _classes_to_run
+
+    source = load_source(config.data, stream_dir=stream_dir)
+    _classes_to_run(source, config)
+    if config.caption.from_hub:  # published captions: present, well-formed, and named like the source's classes
+        from .hub import load_published_captions
+
+        load_published_captions(config.caption.from_hub, class_names=source.class_names)
+    return source
+
+
+def run_class(job: ClassJob, models: ModelCache) -> ClassResult:
+    """One GPU call's work: `job.stages` on one class, with the process's models at the main process's placement."""
     from .pipeline import distill
 
-    source = load_source(config.data)
-    names = [source.class_names[label] for label in source.classes]
-    kwargs = {"stages": stages, "cache_dir": models.cache_dir, "progress": True,
-              "captioner": models.deferred("captioner", config) if "caption" in stages and not
-              config.caption.from_hub else None,
-              "pipeline": models.deferred("pipeline", config) if {"prototypes", "generate"} & set(stages) else None}
+    config = job.config
+    label = job.source.classes[0]
+    captioner = models.deferred("captioner", config, job.placement) if "caption" in job.stages and not \
+        config.caption.from_hub else None
+    pipeline = models.deferred("pipeline", config, job.placement) if {"prototypes", "generate"} & set(job.stages) \
+        else None
+    distill(config, stages=job.stages, source=job.source, cache_dir=models.cache_dir, progress=True,
+            captioner=captioner, pipeline=pipeline)
+    decoded = []
+    if job.decode:
+        import torch
+
+        from .prototypes import decode_latents
+
+        protos = torch.load(_work(Path(config.output), "prototypes", label, ".pt"), weights_only=True)
+        decoded = decode_latents(models.pipeline(config, job.placement).vae, protos["centers"])
+    return ClassResult(label, decoded)
+
+
+def finish_run(config: DistillConfig, source, stages: tuple[str, ...]) -> str:
+    """After every class's GPU call: writes the run's combined outputs (captions, dataset, preview, manifest) on the
+    CPU, loading no model, and returns the summary shown to the visitor."""
+    from .pipeline import distill
+
+    result = distill(config, stages=stages, source=source)
     what = " → ".join(dict.fromkeys("text prototypes" if s == "text" else s for s in stages))
-    yield StageUpdate(0, len(names), f"{what}: starting on {len(names)} classes")
-    for i, (label, name) in enumerate(zip(source.classes, names)):
-        one = dataclasses.replace(config, data=dataclasses.replace(config.data, classes=[label]))
-        distill(one, **kwargs)
-        yield StageUpdate(i + 1, len(names), f"{what}: {i + 1}/{len(names)} classes done ({name})")
-    result = distill(config, **kwargs)  # every class is on disk: this writes the combined outputs and manifest
-    yield StageUpdate(len(names), len(names), _summary(result, what), result)
+    return _summary(result, what)
 
 
 def _summary(result, what: str) -> str:
@@ -555,12 +631,16 @@ class CaptionView:
     rows: int
 
 
-def caption_view(config: DistillConfig, max_rows_per_class: int = 20) -> CaptionView:
-    """The captions of a run as an HTML table with thumbnails (first rows per class) and a CSV of all of them."""
+def caption_view(config: DistillConfig, max_rows_per_class: int = 20, source=None) -> CaptionView:
+    """The captions of a run as an HTML table with thumbnails (first rows per class) and a CSV of all of them.
+
+    Args:
+        source: the run's source, already opened (`open_source`); None = opened here.
+    """
     from .data import load_source
 
     run_dir = Path(config.output)
-    source = load_source(config.data)
+    source = source if source is not None else load_source(config.data)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["source_row", "label", "class_name", "caption"])
@@ -611,8 +691,8 @@ def highlight(prompt: str, top_words: list[tuple[str, int]] | list[list]) -> lis
     return segments
 
 
-def prototype_view(run_dir: str | Path, vae=None) -> PrototypeView:
-    """Cluster sizes, outliers, decoded prototypes (when a VAE is given) and each cluster's chosen description."""
+def prototype_view(run_dir: str | Path, decoded: dict[int, list] | None = None) -> PrototypeView:
+    """Cluster sizes, outliers, decoded prototypes (per label, when given) and each cluster's chosen description."""
     import torch
 
     run_dir = Path(run_dir)
@@ -627,16 +707,12 @@ def prototype_view(run_dir: str | Path, vae=None) -> PrototypeView:
         sizes = protos["cluster_sizes"]
         lines.append(f"**{name}**: {len(protos['assignment'])} images, {outliers} outliers dropped, "
                      f"{len(sizes)} clusters of {', '.join(map(str, sizes))} images")
-        decoded = []
-        if vae is not None:
-            from .prototypes import decode_latents
-
-            decoded = decode_latents(vae, protos["centers"])
+        pictures = (decoded or {}).get(label, [])
         for c, size in enumerate(sizes):
             text = texts[c] if c < len(texts) else {}
             clusters.append([name, c, size, outliers, text.get("score"), text.get("fallback") or ""])
-            if decoded:
-                images.append((decoded[c], f"{name} · prototype {c} ({size} images)"))
+            if c < len(pictures):
+                images.append((pictures[c], f"{name} · prototype {c} ({size} images)"))
             if text:
                 highlighted.append((f"{name} · cluster {c} ({size} images): ", "cluster"))
                 highlighted += highlight(text["prompt"], text["top_words"])
@@ -668,6 +744,46 @@ def evaluation_available() -> bool:
     return True
 
 
+def prepare_eval_data(run_dir: str | Path, dest: str | Path, per_class: int, baseline: bool) -> Path:
+    """Copies, on the CPU, what the quick evaluation reads of the real dataset: the first `per_class` validation
+    images of each distilled class and, for the random baseline, the first `per_class` training images (a Hub source
+    is streamed, never downloaded whole). Returns the saved `DatasetDict` (splits "validation", "train").
+    """
+    import datasets
+
+    from .config import load_config
+    from .evaluation import VAL_SPLIT_FALLBACKS
+
+    data = load_config(Path(run_dir) / "config.yaml").data
+    dest = Path(dest)
+    streaming = is_hub_id(data.dataset)
+
+    def copy(split: str):
+        from .data import load_source
+
+        source = load_source(dataclasses.replace(data, split=split, max_images_per_class=per_class,
+                                                 streaming=streaming), stream_dir=dest.parent / "stream")
+        rows = [r for label in source.classes for r in source.indices[label]]
+        positions = [source.positions[r] for r in rows] if source.positions is not None else rows
+        table = source.dataset.select(positions).select_columns([source.image_column, source.label_column])
+        table = table.rename_columns({source.image_column: "image", source.label_column: "label"})
+        return table.cast_column("image", datasets.Image())
+
+    splits, errors = {}, []
+    for split in ("validation", *VAL_SPLIT_FALLBACKS):
+        try:
+            splits["validation"] = copy(split)
+            break
+        except ValueError as err:
+            errors.append(f"{split}: {err}")
+    _check("validation" in splits, f"{data.dataset!r} has no split to test on ({'; '.join(errors)})")
+    if baseline:
+        splits["train"] = copy(data.split)
+    shutil.rmtree(dest, ignore_errors=True)
+    datasets.DatasetDict(splits).save_to_disk(str(dest))
+    return dest
+
+
 def eval_settings(space: SpaceConfig, epochs, random_baseline: bool) -> dict[str, Any]:
     """The quick evaluation's EvalConfig values, with `epochs` checked against the limit."""
     e = space.evaluation
@@ -678,7 +794,14 @@ def eval_settings(space: SpaceConfig, epochs, random_baseline: bool) -> dict[str
                          f"{e.get('max_epochs', 200)}")
     return {"protocol": e.get("protocol", "hard"), "student": e.get("student"),
             "student_width": e.get("student_width", 1.0), "image_size": e.get("image_size", 64), "epochs": epochs,
-            "repeats": e.get("repeats", 1), "baselines": ["random"] if random_baseline else [], "num_workers": 0}
+            "repeats": e.get("repeats", 1), "baselines": ["random"] if random_baseline else [], "num_workers": 0,
+            "val_per_class": e.get("val_per_class", 50)}
+
+
+def check_evaluable(run_dir: str | Path) -> None:
+    """Raises ValueError when the session has no distilled set yet (checked before any GPU call)."""
+    if not (Path(run_dir) / "dataset").is_dir():
+        raise ValueError("there is no distilled set to evaluate yet: run the Generate tab first")
 
 
 def estimate_eval_seconds(run_dir: str | Path, settings: dict[str, Any], space: SpaceConfig) -> int:
@@ -688,7 +811,7 @@ def estimate_eval_seconds(run_dir: str | Path, settings: dict[str, Any], space: 
     ipc = (manifest.get("config") or {}).get("ipc", 1)
     sets = 1 + len(settings["baselines"])
     per = space.evaluation.get("gpu_seconds") or {}
-    images = classes * ipc * sets + classes * 50  # ~50 test images per class
+    images = classes * ipc * sets + classes * space.evaluation.get("val_per_class", 50)
     return max(1, int(per.get("load", 0) + settings["epochs"] * images * per.get("image_epoch", 0.0) + 0.999))
 
 
@@ -703,8 +826,6 @@ def quick_evaluate(run_dir: str | Path, settings: dict[str, Any]) -> EvalView:
     from .evaluation import EvalConfig, evaluate
 
     run_dir = Path(run_dir)
-    if not (run_dir / "dataset").is_dir():
-        raise ValueError("there is no distilled set to evaluate yet: run the Generate tab first")
     result = evaluate(EvalConfig(distilled=str(run_dir), **settings), progress=True)
     lines = [line for line in result.summary_lines() if not line.startswith("results:")]
     return EvalView(result.plot_path, f"{lines[0]}\n```\n" + "\n".join(line.strip() for line in lines[1:]) + "\n```")
@@ -816,4 +937,11 @@ def check_space_files(root: str | Path, space: SpaceConfig) -> list[str]:
             problems.append(f"requirements.txt must pin gradio[oauth]=={expected['sdk_version']} (the sdk_version)")
         if not any(re.match(r"^spaces([<>=!~].*)?$", line) for line in lines):
             problems.append("requirements.txt must list `spaces` (ZeroGPU)")
+        offered = [str(v) for v in space.space.get("zerogpu_torch") or []]
+        torch_pins = [line.split("==", 1)[1] for line in lines if line.startswith("torch==")]
+        if offered and (len(torch_pins) != 1 or torch_pins[0] not in offered):
+            problems.append(f"requirements.txt must pin torch to one version ZeroGPU offers ({', '.join(offered)}), "
+                            f"got {torch_pins or 'no torch== line'}")
+        if not any(line.startswith("torchvision==") for line in lines):
+            problems.append("requirements.txt must pin torchvision (the release built for the pinned torch)")
     return problems

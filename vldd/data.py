@@ -180,17 +180,19 @@ def _resolve_classes(wanted: list[str | int] | None, names: list[str]) -> list[i
     return sorted(set(labels))
 
 
-def load_source(config: DataConfig) -> SourceDataset:
+def load_source(config: DataConfig, stream_dir: str | Path | None = None) -> SourceDataset:
     """Opens the source split, finds the image and label columns, and indexes the selected classes.
 
     Args:
         config: what to load and which classes/images to keep.
+        stream_dir: where a streamed source's local copy is written (a new folder inside it); None = the system's
+            temporary directory.
     """
     import datasets
 
     dataset = open_dataset(config.dataset, config.split, config.config_name, config.revision, config.streaming)
     if config.streaming:
-        return _load_streamed(dataset, config)
+        return _load_streamed(dataset, config, stream_dir)
     label_column = config.label_column
     if label_column is not None and label_column in dataset.features and not isinstance(
             dataset.features[label_column], datasets.ClassLabel):
@@ -215,7 +217,7 @@ def load_source(config: DataConfig) -> SourceDataset:
                          resolved_names=resolved)
 
 
-def _load_streamed(stream, config: DataConfig) -> SourceDataset:
+def _load_streamed(stream, config: DataConfig, stream_dir: str | Path | None = None) -> SourceDataset:
     """Reads a streamed split only until every selected class has its images, into a local Arrow file.
 
     Row numbers are positions in the stream, so they match the non-streamed dataset's rows.
@@ -240,7 +242,9 @@ def _load_streamed(stream, config: DataConfig) -> SourceDataset:
                                                                              datasets.Image(decode=False))
     local = datasets.Features({image_column: datasets.Image(decode=False), label_column: features[label_column],
                                "source_row": datasets.Value("int64")})
-    path = Path(tempfile.mkdtemp(prefix="vldd-stream-")) / "data.arrow"
+    if stream_dir is not None:
+        Path(stream_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="vldd-stream-", dir=stream_dir)) / "data.arrow"
     indices: dict[int, list[int]] = {label: [] for label in classes}
     with ArrowWriter(features=local, path=str(path)) as writer:
         kept = 0

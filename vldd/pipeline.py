@@ -468,8 +468,8 @@ def _free(*models) -> None:
 
 
 def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cache_dir: str | Path | None = None,
-            progress: bool = False, captioner=None, pipeline=None, processes: Processes | None = None
-            ) -> DistillResult:
+            progress: bool = False, captioner=None, pipeline=None, processes: Processes | None = None,
+            source: SourceDataset | None = None) -> DistillResult:
     """Runs the VLCP distillation; every stage resumes from what the run directory already holds.
 
     Args:
@@ -483,6 +483,8 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
         pipeline: an already loaded img2img pipeline (else loaded from `config.generation.model`, or the model this
             run fine-tuned).
         processes: this process's share of a multi-process run (see `Processes`); None = the only process.
+        source: `load_source(config.data)`, already opened (a streamed source is read once and reused across
+            calls); None = opened here.
     """
     stages = STAGES if stages is None else tuple(stages)
     bad = [s for s in stages if s not in STAGES]
@@ -500,7 +502,7 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     # 2. Load the source dataset, derive the settings left unset, check every class has enough images for IPC, and
     #    take this process's share.
     t = time.perf_counter()
-    source = load_source(config.data)
+    source = source if source is not None else load_source(config.data)
     config, derived = config.resolve(len(source.class_names))
     plan = _classes_to_run(source, config)
     mine = source.classes[processes.index::processes.count]

@@ -1,0 +1,195 @@
+"""Uploaded zips as a hostile visitor sends them: bombs, damage, floods of entries, races (vldd.space_uploads)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import threading
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vldd import app_logic as logic
+from vldd.space_uploads import UploadError, UploadLimits, extract_upload
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMITS = UploadLimits(max_bytes=10**6, max_entries=100, max_image_pixels=40_000_000, max_side=16)
+
+
+def shapes_zip(path: Path, folder: str = "shapes", size: int = 32) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for name in ("red", "blue"):
+            for i in range(3):
+                buffer = path.with_suffix(".tmp.png")
+                Image.new("RGB", (size, size // 2), name).save(buffer)
+                z.write(buffer, f"{folder}/{name}/{i}.png")
+        z.writestr(f"{folder}/.DS_Store", b"\0")  # what file managers add: ignored
+        z.writestr("__MACOSX/shapes/._red", b"\0")
+    return path
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A grayscale PNG of width x height black pixels, built without ever holding them: ~0.2 MB for 165 Mpx."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row, parts = zlib.compressobj(9), b"\0" * (width + 1), []
+    for _ in range(height):
+        parts.append(packer.compress(row))
+    parts.append(packer.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+def test_a_zip_becomes_an_image_folder_downscaled_and_reused(tmp_path):
+    archive = shapes_zip(tmp_path / "shapes.zip")
+    folder = extract_upload(archive, tmp_path / "uploads", LIMITS)
+    assert folder.name == "shapes" and sorted(p.name for p in folder.iterdir()) == ["blue", "red"]
+    assert Image.open(folder / "red" / "0.png").size == (16, 8)  # longer side downscaled to max_side, aspect kept
+    assert extract_upload(archive, tmp_path / "uploads", LIMITS) == folder  # same content: reused
+    assert [p.name for p in (tmp_path / "uploads").iterdir()] == [folder.parent.name]  # no partial folder left
+    view = logic.dataset_overview(str(folder), classes=None, images_per_class=2, num_default=5, preview_per_class=1)
+    assert view.class_names == ["blue", "red"] and [row[:3] for row in view.counts] == [["blue", 3, 2], ["red", 3, 2]]
+
+
+def test_decompression_bomb_png_in_a_zip_is_refused_before_decoding_in_bounded_memory(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("shapes/red/bomb.png", bomb_png(12_850, 12_850))  # 165 Mpx: ~500 MB as RGB once decoded
+    assert archive.stat().st_size < 1_000_000
+    # In a fresh process, so that its peak memory is this extraction's alone.
+    script = f"""
+import json, resource, sys
+from vldd.space_uploads import UploadError, UploadLimits, extract_upload
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    extract_upload({str(archive)!r}, {str(tmp_path / "uploads")!r}, UploadLimits(max_bytes=2**30))
+    message = None
+except UploadError as err:
+    message = str(err)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"message": message, "grew_kb": after - before}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "'shapes/red/bomb.png' of 12850x12850 = 165 Mpx, more than this Space's limit of 40 Mpx" in result["message"]
+    assert result["grew_kb"] < 60_000, result  # decoding it would take > 160 MB
+    assert not any((tmp_path / "uploads").iterdir())  # nothing kept
+
+
+def test_pils_own_limit_is_lowered_by_the_app(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("app_for_pil_limit", ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    space = logic.load_space_config(ROOT / "spaces_config.yaml")
+    old = Image.MAX_IMAGE_PIXELS
+    try:
+        app.build_demo(app.AppSettings(space=space, root=tmp_path))
+        assert Image.MAX_IMAGE_PIXELS == space.limits.max_image_pixels == 40_000_000
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def test_damaged_and_malformed_zips_get_clear_messages(tmp_path):
+    whole = shapes_zip(tmp_path / "shapes.zip").read_bytes()
+    (tmp_path / "truncated.zip").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UploadError, match=r"'truncated.zip' is not a readable zip file \(File is not a zip file\); "
+                                          "upload a .zip of a folder with one sub-folder of images per class"):
+        extract_upload(tmp_path / "truncated.zip", tmp_path / "uploads", LIMITS)
+    (tmp_path / "not.zip").write_text("plain text")
+    with pytest.raises(UploadError, match="'not.zip' is not a readable zip file"):
+        extract_upload(tmp_path / "not.zip", tmp_path / "uploads", LIMITS)
+
+    def one(name: str, entries: dict) -> Path:
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w") as z:
+            for entry, data in entries.items():
+                z.writestr(entry, data)
+        return path
+
+    png = (tmp_path / "shapes.tmp.png").read_bytes()
+    cases = {
+        "text.zip": ({"d/a/x.png": png, "d/notes.txt": "hi", "d/data.csv": "1"},
+                     r"holds files that are not images \(d/notes.txt, d/data.csv\)"),
+        "fake.zip": ({"d/a/x.png": b"not a png at all"}, r"holds 'd/a/x.png', which is not a readable image"),
+        "evil.zip": ({"../outside.png": png}, "has an entry outside its folder: '../outside.png'"),
+        "empty.zip": ({"d/.DS_Store": b"\0"}, "holds no images"),
+    }
+    for name, (entries, message) in cases.items():
+        with pytest.raises(UploadError, match=message):
+            extract_upload(one(name, entries), tmp_path / "uploads", LIMITS)
+    with pytest.raises(UploadError, match=r"unpacks to 2.0 MB, more than this Space's limit of 1 MB"):
+        extract_upload(one("big.zip", {"d/a/x.png": png + b"\0" * 2 * 2**20}), tmp_path / "uploads", LIMITS)
+    # A CRC error found while reading a member (the directory itself is intact).
+    damaged = bytearray(whole)
+    at = damaged.find(b"IDAT") + 8
+    damaged[at:at + 4] = bytes(4)
+    (tmp_path / "crc.zip").write_bytes(bytes(damaged))
+    with pytest.raises(UploadError, match=r"'crc.zip' (is damaged at|holds) 'shapes/red/0.png'"):
+        extract_upload(tmp_path / "crc.zip", tmp_path / "uploads", LIMITS)
+    assert not any((tmp_path / "uploads").iterdir())  # every refusal leaves nothing behind
+
+
+def test_a_zip_with_100k_entries_is_refused_from_its_directory(tmp_path):
+    archive = tmp_path / "flood.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i in range(100_000):
+            z.writestr(zipfile.ZipInfo(f"d/c/{i}.png"), b"")
+    with pytest.raises(UploadError, match="'flood.zip' has 100000 entries, more than this Space's limit of 10000"):
+        extract_upload(archive, tmp_path / "uploads", UploadLimits())
+    assert not any((tmp_path / "uploads").iterdir())
+
+
+def test_two_events_racing_on_one_upload_see_a_complete_folder(tmp_path):
+    archive = shapes_zip(tmp_path / "shapes.zip")
+    results, errors, start = [], [], threading.Barrier(4)
+
+    def load():
+        start.wait()
+        try:
+            results.append(extract_upload(archive, tmp_path / "uploads", LIMITS))
+        except Exception as err:  # noqa: BLE001  (any error fails the test below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(results)) == 1
+    folder = results[0]
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png")) == \
+        [f"{c}/{i}.png" for c in ("blue", "red") for i in range(3)]
+    assert [p.name for p in (tmp_path / "uploads").iterdir()] == [folder.parent.name]  # no partial copies
+
+
+def test_one_session_runs_one_event_at_a_time(tmp_path):
+    import importlib.util
+    from types import SimpleNamespace
+
+    from gradio import Error
+
+    spec = importlib.util.spec_from_file_location("app_for_session_lock", ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    settings = app.AppSettings(space=logic.load_space_config(ROOT / "spaces_config.yaml"), root=tmp_path)
+    handlers = app.Handlers(settings)
+    request = SimpleNamespace(session_hash="visitor")
+    archive = shapes_zip(tmp_path / "shapes.zip")
+    with settings.sessions.lock("visitor"):  # a run of this session is in progress
+        with pytest.raises(Error, match="This session is busy with another run or upload"):
+            handlers.load_dataset("sample", None, "train", str(archive), [], 2, request=request)
+        with pytest.raises(Error, match="This session is busy"):
+            next(handlers.generate("sample", None, "train", None, ["circle"], "tiny", 1, 2, request=request))
+    assert not settings.sessions.upload_dir("visitor").exists()  # the refused upload was not extracted
+    other = SimpleNamespace(session_hash="someone-else")
+    update, *_ = handlers.load_dataset("sample", None, "train", str(archive), [], 2, request=other)
+    assert update["value"] == ["blue", "red"]  # another session is not held up

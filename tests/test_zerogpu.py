@@ -1,0 +1,225 @@
+"""The app under ZeroGPU: the real `spaces` decorator, scheduler protocol and forked worker, emulated on the CPU.
+
+The end-to-end test runs app.py in a subprocess with SPACES_ZERO_GPU=true (so it never leaks into other tests) against
+a fake scheduler (tests/zerogpu_runtime.py), and drives it with gradio_client. The planning tests check the quota
+arithmetic the app applies before any GPU call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from zerogpu_runtime import FakeScheduler
+
+from vldd import app_logic as logic
+from vldd.space_gpu import GpuQuota, LimitError, plan_gpu_calls, visitor_tier
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["circle", "square"]
+# tiny only (its models are built offline), 12 images a class; estimates sized so that 2 classes fit an anonymous
+# quota (2 x 27 s x 1.5 = 81 s <= 120 s) and 3 do not, and 30 images a class overflow one call's 30 s.
+SETTINGS = {
+    "presets": {"paper": {"zerogpu": False}, "fast-captioner": {"zerogpu": False},
+                "tiny": {"overrides": {"dtype": "fp32"}, "gpu_seconds": {"load": 20, "caption": 0.5}}},
+    "default_preset": {"gpu": "tiny", "cpu": "tiny"},
+    "defaults": {"ipc": 2, "images_per_class": 12, "steps": 10, "num_classes": 2},
+    "zerogpu": {"max_call_seconds": 30},
+}
+RUN = {"dataset": "sample", "preset": "tiny", "ipc": 2, "images_per_class": 12, "steps": 10}
+
+
+# --- planning ---------------------------------------------------------------------------------------------------------
+
+def test_calls_over_the_cap_or_the_visitors_quota_are_refused_with_what_to_shrink():
+    quota = GpuQuota(duration_factor=1.5, max_call_seconds=60, daily_seconds={"anonymous": 120, "free": 300,
+                                                                              "pro": 2400})
+    plan = plan_gpu_calls({"a": 20, "b": 20, "c": 20}, quota, "anonymous")
+    assert plan.total_seconds == 90.0
+    assert plan.describe("anonymous", quota) == (
+        "Estimated GPU time: 3 call(s), one per class, 90 s in all (requests of 20 s at most, × 1.5 as ZeroGPU counts "
+        "them); an anonymous visitor's daily ZeroGPU quota is about 120 s.")
+    with pytest.raises(LimitError, match=r"estimated at 150 s of ZeroGPU time \(4 calls × ZeroGPU's factor 1.5\); an "
+                                         r"anonymous visitor's daily quota is about 120 s\. Choose fewer classes.*; or "
+                                         r"sign in \(free account: about 300 s a day\)") as refused:
+        plan_gpu_calls({"a": 20, "b": 20, "c": 20, "d": 40}, quota, "anonymous")
+    assert refused.type is LimitError
+    plan_gpu_calls({"a": 20, "b": 20, "c": 20, "d": 40}, quota, "free")  # 150 s: fits a free account
+    with pytest.raises(LimitError, match=r"One class \('d'\) is estimated at 61 s of GPU time in one call; this Space "
+                                         r"requests at most 60 s per call\. Use fewer source images per class"):
+        plan_gpu_calls({"a": 20, "d": 61}, quota, "pro")
+    assert plan_gpu_calls({"a": 500}, quota, None).total_seconds == 500  # off ZeroGPU: no cap, no quota
+    assert [visitor_tier(p) for p in (None, {"name": "x"}, {"isPro": False}, {"isPro": True})] == \
+        ["anonymous", "free", "free", "pro"]
+
+
+def test_the_default_demo_fits_an_anonymous_visitors_quota():
+    space = logic.load_space_config(ROOT / "spaces_config.yaml")
+    preset = space.preset_for(has_gpu=True)
+    assert preset in space.offered(zero_gpu=True)
+    controls = space.controls(preset)
+    request = logic.make_request(space, dataset="sample", classes=["0", "1", "2"][:space.defaults["num_classes"]],
+                                 preset=preset)
+    assert (request.ipc, request.images_per_class, request.steps) == (controls["ipc"], 10, 25)
+    assert request.strength == 0.7 and request.guidance_scale == 10.0  # the config's defaults, written once
+    seconds = logic.class_seconds(request, logic.STAGES, space)
+    plan = plan_gpu_calls({c: seconds for c in request.classes}, space.zerogpu, "anonymous")
+    assert seconds == 20 and plan.total_seconds == 90.0 <= space.zerogpu.daily_seconds["anonymous"] == 120
+
+
+# --- end to end under the emulation -------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def zero_app(tiny_cache, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("zerogpu")
+    config = tmp / "spaces_config.yaml"
+    config.write_text(yaml.safe_dump(logic._merge(yaml.safe_load((ROOT / "spaces_config.yaml").read_text()),
+                                                  SETTINGS)))
+    scheduler = FakeScheduler()
+    port = _free_port()
+    env = {**os.environ, "SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": scheduler.url,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "VLDD_CACHE": str(tiny_cache),
+           "VLDD_APP_ROOT": str(tmp / "sessions"), "ZEROGPU_OFFLOAD_DIR": str(tmp / "offload"),
+           "VLDD_TEST_LOAD_LOG": str(tmp / "loads.jsonl"), "VLDD_TEST_FAIL_CLASS": "stripes",
+           "OMP_NUM_THREADS": "1", "HOME": str(tmp)}
+    log = open(tmp / "app.log", "w")
+    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "zerogpu_runtime.py"), "--config", str(config),
+                                "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(1)
+    if process.poll() is not None or time.time() >= deadline:
+        process.kill()
+        pytest.fail(f"the app did not start under ZeroGPU emulation:\n{(tmp / 'app.log').read_text()[-4000:]}")
+    yield type("ZeroApp", (), {"url": url, "scheduler": scheduler, "pid": process.pid, "tmp": tmp})
+    process.terminate()
+    process.wait(30)
+    log.close()
+    scheduler.close()
+
+
+def test_tiny_pipeline_runs_under_zerogpu_one_bounded_call_per_class(zero_app):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+    from spaces.zero.config import get_config
+
+    client = Client(zero_app.url, verbose=False)
+    # Preloaded at start-up in the main process, on the emulated GPU; the start-up report reached the scheduler.
+    loads = [json.loads(line) for line in (zero_app.tmp / "loads.jsonl").read_text().splitlines()]
+    assert {(x["kind"], x["pid"], x["device"]) for x in loads} == {("captioner", zero_app.pid, "cuda"),
+                                                                    ("pipeline", zero_app.pid, "cuda")}
+    assert zero_app.scheduler.requests[0][0] == "/startup-report"
+
+    update, *_ = client.predict(dataset="sample", classes=[], images_per_class=12, api_name="/load_dataset")
+    assert update["value"] == CLASSES
+    status, gallery, preview = client.predict(**RUN, classes=CLASSES, seed=0, strength=0.7, guidance_scale=10.0,
+                                              api_name="/generate")
+    assert status.startswith("Estimated GPU time: 2 call(s), one per class, 81 s in all (requests of 27 s at most, "
+                             "× 1.5 as ZeroGPU counts them); an anonymous visitor's daily ZeroGPU quota is about 120 s.")
+    assert "Distilled 4 images (2 classes × IPC 2)" in status
+    assert [item["caption"].split(" #")[0] for item in gallery] == ["circle", "circle", "square", "square"]
+
+    # One scheduled call per class, each asking for its capped estimate times the slice factor of `spaces`.
+    space = logic.load_space_config(zero_app.tmp / "spaces_config.yaml")
+    seconds = logic.class_seconds(logic.make_request(space, classes=CLASSES, **RUN), logic.STAGES, space)
+    assert seconds == 27  # 20 load + 12 x 0.5 caption + ... (the test's estimates)
+    factor = get_config()["duration_factor"]
+    assert zero_app.scheduler.durations() == [round(seconds * factor)] * 2
+    assert all(d <= space.zerogpu.max_call_seconds * space.zerogpu.duration_factor
+               for d in zero_app.scheduler.durations())
+    # The forked worker used the preloaded models: nothing was loaded outside the main process.
+    loads = [json.loads(line) for line in (zero_app.tmp / "loads.jsonl").read_text().splitlines()]
+    assert {x["pid"] for x in loads} == {zero_app.pid} and len(loads) == 2
+
+    # Resumed: both classes are done, so a second Generate schedules nothing.
+    before = len(zero_app.scheduler.durations())
+    status, gallery, _ = client.predict(**RUN, classes=CLASSES, seed=0, strength=0.7, guidance_scale=10.0,
+                                        api_name="/generate")
+    assert len(gallery) == 4 and len(zero_app.scheduler.durations()) == before
+
+    # Prototypes: every class is called again (to decode its prototypes in the worker); the images come back.
+    status, summary, clusters, images, _ = client.predict(**RUN, classes=CLASSES, api_name="/prototypes")
+    assert len(images) == 4 and [row[:2] for row in clusters["data"]][:2] == [["circle", 0], ["circle", 1]]
+    proto_seconds = logic.class_seconds(logic.make_request(space, classes=CLASSES, **RUN),
+                                        logic.STAGES_OF["prototypes"], space)
+    assert zero_app.scheduler.durations()[before:] == [round(proto_seconds * factor)] * 2
+    before += 2
+
+    # Evaluate: its real test images copied on the CPU first, then one GPU call (training in the worker).
+    summary, plot = client.predict(epochs=1, random_baseline=False, api_name="/evaluate")
+    assert "distilled" in summary and Path(plot).is_file()
+    settings = logic.eval_settings(space, 1, False)
+    run_dir = next((zero_app.tmp / "sessions").glob("*/run"))
+    eval_seconds = logic.estimate_eval_seconds(run_dir, settings, space)
+    assert eval_seconds == 11  # 10 s load + 1 epoch x (4 distilled + 2 x 50 test images) x 0.003 s
+    assert zero_app.scheduler.durations()[before:] == [round(eval_seconds * factor)]
+    before += 1
+
+    # Refused before any GPU call: over an anonymous visitor's quota (3 classes still to do), over the per-call cap
+    # (captioning 30 images: 20 + 30 x 0.5 s).
+    with pytest.raises(AppError, match=r"estimated at 122 s of ZeroGPU time \(3 calls × ZeroGPU's factor 1.5\); an "
+                                       "anonymous visitor's daily quota is about 120 s. Choose fewer classes"):
+        client.predict(**RUN, classes=["triangle", "cross", "stripes"], api_name="/generate")
+    with pytest.raises(AppError, match=r"estimated at 35 s of GPU time in one call; this Space requests at most 30 s"):
+        client.predict(**{**RUN, "images_per_class": 30}, classes=["triangle"], api_name="/caption")
+    assert len(zero_app.scheduler.durations()) == before
+
+    # A ValueError raised inside the GPU worker reaches the visitor with its message, not only its class name.
+    with pytest.raises(AppError, match=r"class 'stripes' failed inside the GPU call \(pid \d+\)") as failed:
+        client.predict(**RUN, classes=["stripes"], api_name="/caption")
+    worker = int(str(failed.value).split("(pid ")[1].split(")")[0])
+    assert worker != zero_app.pid  # it ran in the forked worker
+    assert len(zero_app.scheduler.durations()) == before + 1
+    assert zero_app.scheduler.requests[-1][0] == "/release" and zero_app.scheduler.requests[-1][1]["fail"] == "true"
+
+
+# --- a local GPU -------------------------------------------------------------------------------------------------------
+
+def test_on_a_local_gpu_the_captioner_is_evicted_before_sd_loads_unless_both_fit(monkeypatch, tmp_path):
+    import torch
+
+    from vldd import generation
+
+    free = {"bytes": 2 * 2**30}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *args: (free["bytes"], 24 * 2**30))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    loaded = []
+    monkeypatch.setattr(generation, "load_pipeline", lambda model_id, **kwargs: loaded.append(kwargs["device"]) or
+                        f"pipeline on {kwargs['device']}")
+    space = logic.load_space_config(ROOT / "spaces_config.yaml")
+    config = logic.distill_config(logic.make_request(space, dataset="sample", classes=["0"], preset="tiny"), space,
+                                  tmp_path)
+    models = logic.ModelCache(keep_both_bytes=int(space.local_gpu["pipeline_gb"] * 2**30))
+    models._models[("captioner", "llava", None, "cuda", "float16")] = "a 7B captioner"
+    assert models.pipeline(config, ("cuda", "float16")) == "pipeline on cuda"
+    assert not any(key[0] == "captioner" for key in models._models)  # 2 GB free < 6 GB: evicted first
+    free["bytes"] = 20 * 2**30
+    models._models[("captioner", "llava", None, "cuda", "float16")] = "a 7B captioner"
+    models.pipeline(config, ("cuda", "float32"))
+    assert ("captioner", "llava", None, "cuda", "float16") in models._models  # both fit: kept
+    assert logic.ModelCache().evict_captioners_unless_free(None) == []  # ZeroGPU / CPU: never evicts
+    assert loaded == ["cuda", "cuda"]
+
+
+def test_off_zerogpu_the_estimate_has_no_factor_and_no_quota():
+    plan = plan_gpu_calls({"a": 20, "b": 30}, GpuQuota(), None)
+    assert plan.describe(None, GpuQuota()) == "Estimated GPU time: 2 call(s), one per class, 50 s in all."
