@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vldd.cards import render_model_card
 from vldd.finetuning import (
     LORA_CHECKPOINT,
     LORA_WEIGHTS,
@@ -20,10 +21,9 @@ from vldd.finetuning import (
     finetune,
     finetune_config,
     latest_checkpoint,
-    push_model,
-    render_model_card,
 )
 from vldd.generation import generate_images, load_pipeline
+from vldd.hub import push_model
 
 TINY = "tiny://stable-diffusion"
 # One fixed batch of 4 pairs at 32 px (4x4 latents) and a high learning rate: the loss moves within a few dozen steps.

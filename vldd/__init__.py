@@ -19,12 +19,13 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "DistillConfig": "config", "DataConfig": "config", "CaptionConfig": "config", "PrototypeConfig": "config",
     "TextPrototypeConfig": "config", "GenerationConfig": "config", "load_config": "config",
-    "distill": "pipeline", "DistillResult": "pipeline", "Processes": "pipeline",
+    "distill": "pipeline", "DistillResult": "pipeline", "Processes": "devices",
     "plan_run": "plan", "StageEstimate": "plan",
     "evaluate": "evaluation", "EvalConfig": "evaluation", "EvalResult": "evaluation",
     "finetune": "finetuning", "finetune_config": "finetuning", "FinetuneConfig": "finetuning",
     "FinetuneResult": "finetuning",
-    "push_distilled": "hub", "push_captions": "hub", "load_published_captions": "hub", "PushResult": "hub",
+    "reproduce": "reproduce", "ReproduceResult": "reproduce",
+    "push_distilled": "hub", "push_captions": "hub", "push_model": "hub", "load_published_captions": "hub", "PushResult": "hub",
     "HubError": "hub", "HubAuthError": "hub",
     "load_captioner": "captioning", "caption_images": "captioning",
     "load_pipeline": "generation",
@@ -35,8 +36,8 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and IDEs (a test ch
     "__version__", "DistillConfig", "DataConfig", "CaptionConfig", "PrototypeConfig", "TextPrototypeConfig",
     "GenerationConfig", "load_config", "distill", "DistillResult", "Processes", "plan_run", "StageEstimate",
     "evaluate", "EvalConfig", "EvalResult", "finetune", "finetune_config", "FinetuneConfig", "FinetuneResult",
-    "push_distilled", "push_captions", "load_published_captions", "PushResult", "HubError", "HubAuthError",
-    "load_captioner", "caption_images", "load_pipeline", "build_tiny_models",
+    "reproduce", "ReproduceResult", "push_distilled", "push_captions", "push_model", "load_published_captions",
+    "PushResult", "HubError", "HubAuthError", "load_captioner", "caption_images", "load_pipeline", "build_tiny_models",
 ]
 
 if TYPE_CHECKING:
@@ -50,12 +51,22 @@ if TYPE_CHECKING:
         TextPrototypeConfig,
         load_config,
     )
+    from .devices import Processes
     from .evaluation import EvalConfig, EvalResult, evaluate
     from .finetuning import FinetuneConfig, FinetuneResult, finetune, finetune_config
     from .generation import load_pipeline
-    from .hub import HubAuthError, HubError, PushResult, load_published_captions, push_captions, push_distilled
-    from .pipeline import DistillResult, Processes, distill
+    from .hub import (
+        HubAuthError,
+        HubError,
+        PushResult,
+        load_published_captions,
+        push_captions,
+        push_distilled,
+        push_model,
+    )
+    from .pipeline import DistillResult, distill
     from .plan import StageEstimate, plan_run
+    from .reproduce import ReproduceResult, reproduce
     from .tiny import build_tiny_models
 
 

@@ -444,7 +444,7 @@ Placement = tuple[str, str]  # (device, dtype) as strings, decided in the main p
 
 def placement(config: DistillConfig) -> Placement:
     """Where a run's models go, decided once in the main process (a ZeroGPU worker reuses what it decided)."""
-    from .pipeline import resolve_device, resolve_dtype
+    from .devices import resolve_device, resolve_dtype
 
     device = resolve_device(config.device)
     return str(device), str(resolve_dtype(config.dtype, device)).removeprefix("torch.")

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import seeding
+from .provenance import resolve_revision
 from .tiny import resolve_model
 
 if TYPE_CHECKING:
@@ -49,20 +50,6 @@ class Captioner:
     revision: str | None  # the Hub commit the weights were loaded from, when known
 
 
-def _resolve_commit(source: str, revision: str | None):
-    """Pins a Hub `revision` to its commit so model and processor load the same files; local paths pass through."""
-    if Path(source).exists():
-        return revision
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    try:
-        return huggingface_hub.resolve_revision(source, revision=revision, local_files_only=constants.HF_HUB_OFFLINE)
-    except Exception as err:  # unknown repo, offline without cache...: from_pretrained below reports it better
-        logger.debug("could not resolve revision %r of %r: %s", revision, source, err)
-        return revision
-
-
 def load_captioner(
     model_id: str,
     *,
@@ -86,7 +73,7 @@ def load_captioner(
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     source = resolve_model(model_id, cache_dir=cache_dir)
-    pinned = _resolve_commit(source, revision)
+    pinned = resolve_revision(source, revision, remote=True) or revision  # model and processor load one commit
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             source, revision=pinned, dtype=dtype, device_map=str(torch.device(device)), trust_remote_code=False)
@@ -171,11 +158,6 @@ def clean_caption(text: str) -> str:
     return text.replace('"', "").replace("'s", "")
 
 
-def _batch_seed(seed: int, start: int) -> int:
-    # Independent, well-mixed streams per (seed, batch start); a batch's captions depend on nothing else.
-    return int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
-
-
 def caption_images(
     captioner: Captioner,
     images: list[Image.Image],
@@ -245,7 +227,7 @@ def caption_images(
         inputs = processor(images=batch, text=[text] * len(batch), padding=True, padding_side="left",
                            return_tensors="pt").to(model.device, dtype=model.dtype)
         with torch.random.fork_rng(devices=rng_devices, device_type=model.device.type), torch.inference_mode():
-            torch.manual_seed(_batch_seed(seed, start))
+            torch.manual_seed(seeding.derive_seed(seed, start))
             output = model.generate(**inputs, **generate_kwargs)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         decoded = [caption.strip() for caption in processor.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -245,7 +245,7 @@ def _processes(device: str):
     import torch
     from accelerate import PartialState
 
-    from .pipeline import Processes
+    from .devices import Processes
 
     # On a machine without CUDA, torchrun's processes (`accelerate launch --multi_gpu`) talk through gloo.
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())

@@ -20,6 +20,13 @@ from .config import DataConfig
 
 logger = logging.getLogger(__name__)
 
+# What "this dataset cannot be loaded" looks like: missing repos, revisions, files, splits and configs (FileNotFoundError,
+# ValueError), HTTP and auth errors (huggingface_hub's HfHubHTTPError is an OSError), offline mode (ConnectionError).
+# Anything else (a TypeError, a KeyError) is a bug and keeps its traceback.
+NOT_LOADABLE = (OSError, ValueError)
+# What a corrupt or unreadable image file raises while decoding (PIL raises SyntaxError for some broken headers).
+UNDECODABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
 
 @dataclass
 class SourceDataset:
@@ -59,7 +66,7 @@ class SourceDataset:
             try:
                 images.append(decode_image(value))
                 kept.append(row)
-            except Exception as err:  # corrupt or unreadable files are skipped and counted, never fatal
+            except UNDECODABLE as err:  # corrupt or unreadable files are skipped and counted, never fatal
                 skipped += 1
                 logger.warning("skipping undecodable image at row %d of class %r: %s", row, self.class_names[label], err)
         self.skipped[label] = skipped
@@ -114,7 +121,7 @@ def open_dataset(dataset: str, split: str = "train", config_name: str | None = N
         try:
             return datasets.load_dataset("imagefolder" if path.is_dir() else dataset, split=split, streaming=True,
                                          **kwargs)
-        except Exception as err:
+        except NOT_LOADABLE as err:
             raise ValueError(f"could not stream dataset {dataset!r} (split {split!r}) ({type(err).__name__}: {err})"
                              ) from err
     if dataset == "sample":
@@ -138,7 +145,7 @@ def open_dataset(dataset: str, split: str = "train", config_name: str | None = N
             raise ValueError(f"could not read split {split!r} of image folder {dataset!r}: {err}") from err
     try:
         return datasets.load_dataset(dataset, name=config_name, split=split, revision=revision)
-    except Exception as err:
+    except NOT_LOADABLE as err:
         raise ValueError(
             f"could not load dataset {dataset!r} (split {split!r}): it is neither an existing local path nor a "
             f"loadable Hub dataset id ({type(err).__name__}: {err})"

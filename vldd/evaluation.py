@@ -39,15 +39,16 @@ import numpy as np
 from . import __version__
 from .config import fingerprint
 from .data import _find_column, decode_image, open_dataset
+from .devices import Processes, resolve_device
 from .profiles import dataset_profile
 from .runs import atomic_path, read_json, read_manifest, update_manifest, write_json
+from .students import canonical_student
 
 # torch, torchvision and the networks are imported where used, so that building the CLI stays fast.
 
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("hard", "soft")
-STUDENTS = ("resnetap10", "convnet6", "resnet18")
 BASELINES = ("random", "full")
 DEFAULT_STUDENT = {"hard": "resnetap10", "soft": "resnet18"}
 VAL_SPLIT_FALLBACKS = ("test", "val")
@@ -57,13 +58,6 @@ REPORT_FORMAT = "vldd.evaluation/1"
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
-
-
-def canonical_student(name: str) -> str:
-    """Maps spellings such as "ResNetAP-10" or "convnet_6" to a name in `STUDENTS`."""
-    key = name.lower().replace("-", "").replace("_", "")
-    _check(key in STUDENTS, f"`student` must be one of {list(STUDENTS)} (any case, '-' allowed), got {name!r}")
-    return key
 
 
 @dataclass
@@ -500,17 +494,6 @@ def record_evaluation(run_dir: str | Path, entry: dict[str, Any]) -> list[dict[s
 # Training
 
 
-def _resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"`device` {name!r} asked for CUDA but torch sees no CUDA device")
-    return device
-
-
 def _amp_dtype(config: EvalConfig, device):
     import torch
 
@@ -648,7 +631,7 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
         config: what to evaluate and how; see `EvalConfig`.
         device: overrides `config.device` ("cpu", "cuda", a torch.device).
         progress: show a progress bar per training run.
-        processes: a `vldd.pipeline.Processes` when several processes share the work (`accelerate launch`): the
+        processes: a `vldd.devices.Processes` when several processes share the work (`accelerate launch`): the
             (training set, repeat) jobs are dealt out across them, and the main process writes the report.
 
     Returns:
@@ -661,7 +644,7 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
     from .augment import eval_transform
 
     started = time.perf_counter()
-    device = torch.device(device) if device is not None else _resolve_device(config.device)
+    device = torch.device(device) if device is not None else resolve_device(config.device)
     amp = _amp_dtype(config, device)
     workers = config.num_workers if config.num_workers is not None else (
         min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
@@ -722,8 +705,6 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
     # 5. Train every training set under the identical recipe and seeds. Each finished (training set, repeat) job is
     #    kept beside the report with a fingerprint of its inputs: a rerun reuses it (resume), and with several
     #    processes each takes its share of the jobs and the main process gathers them.
-    from .pipeline import Processes
-
     processes = processes or Processes()
     names = ["distilled", *config.baselines]
     jobs = [(name, i, r) for name in names for i in range(len(sets) if name == "distilled" else 1)
@@ -736,7 +717,7 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
             for job in jobs}
     parts = output.parent / f".{output.stem}.parts"
     done: dict[tuple[str, int, int], RepeatResult] = {}
-    for job in jobs[processes.index::processes.count]:
+    for job in processes.share(jobs):
         name, i, r = job
         part = parts / f"{name}-{i}-{r}.json"
         label = f"{name}{f' set {i}' if name == 'distilled' and len(sets) > 1 else ''} #{r + 1}"

@@ -37,15 +37,16 @@ import re
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, seeding
+from .cards import MODEL_SUMMARY, render_model_card, size_text
 from .config import TINY_DIFFUSION
+from .provenance import public_name, versions
 from .runs import read_json, write_json, write_text
 
 logger = logging.getLogger(__name__)
@@ -54,15 +55,13 @@ SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # the UNet attention projections (diffusers' LoRA recipe)
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 LORA_CHECKPOINT = "unet_lora.safetensors"  # a LoRA run's checkpoints hold the adapter only (peft's key names)
-SUMMARY = "finetune.json"
+SUMMARY = MODEL_SUMMARY
 LOSSES = "losses.jsonl"
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # Settings that may change when a run is resumed: they decide how long to train and what to do with the result, not
 # how any step is computed.
 RESUMABLE_CHANGES = {"output", "max_train_steps", "num_train_epochs", "checkpointing_steps",
                      "checkpoints_total_limit", "resume", "dataloader_num_workers", "push_to_hub", "private"}
-KNOWN_LICENSES = {SD15: "creativeml-openrail-m", "benjamin-paine/stable-diffusion-v1-5": "creativeml-openrail-m",
-                  "runwayml/stable-diffusion-v1-5": "creativeml-openrail-m"}
 
 
 def _check(ok: bool, message: str) -> None:
@@ -185,7 +184,7 @@ class FinetuneResult:
         kind = "LoRA adapter" if self.lora else "pipeline"
         lines = [f"fine-tuned {self.global_step}/{self.total_steps} steps ({self.epochs} epochs)"
                  + (f", resumed from step {self.resumed_from}" if self.resumed_from is not None else "")
-                 + f" -> {kind} in {self.output} ({_size(self.weights_bytes)} of weights)"]
+                 + f" -> {kind} in {self.output} ({size_text(self.weights_bytes)} of weights)"]
         if self.losses:
             head, tail = self.losses[: max(1, len(self.losses) // 10)], self.losses[-max(1, len(self.losses) // 10):]
             lines.append(f"loss: {np.mean(head):.4f} (first steps) -> {np.mean(tail):.4f} (last steps); per step in "
@@ -198,20 +197,7 @@ class FinetuneResult:
         return lines
 
 
-def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
-
-
 # --- data ----------------------------------------------------------------------------------------------------------
-
-def _derive(*keys: int) -> int:
-    """One 64-bit seed from a tuple of non-negative integers (independent streams per key tuple)."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0])
-
-
-def _generator(*keys: int) -> torch.Generator:
-    return torch.Generator().manual_seed(_derive(*keys))
-
 
 def epoch_batches(n: int, *, epoch: int, seed: int, batch_size: int, process_index: int = 0,
                   num_processes: int = 1) -> list[list[tuple[int, bool, float, float]]]:
@@ -220,7 +206,7 @@ def epoch_batches(n: int, *, epoch: int, seed: int, batch_size: int, process_ind
     The epoch's permutation is padded (wrapping around, as `DistributedSampler`) to a multiple of the process count
     and dealt out round-robin, so every process runs the same number of micro-batches.
     """
-    g = _generator(seed, 0, epoch)
+    g = seeding.generator(seed, seeding.FINETUNE_ORDER, epoch)
     order = torch.randperm(n, generator=g).tolist()
     flips = (torch.rand(n, generator=g) < 0.5).tolist()
     crops = torch.rand(n, 2, generator=g).tolist()
@@ -270,10 +256,11 @@ class PairDataset(torch.utils.data.Dataset):
 def _hub_manifest(repo_id: str) -> dict[str, Any]:
     """The manifest a published captions repository carries (vldd/captions/manifest.json), or {}."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
     try:
         return json.loads(Path(hf_hub_download(repo_id, "vldd/captions/manifest.json", repo_type="dataset")).read_text())
-    except Exception as err:  # not a vldd repository, offline...: the caller asks for --dataset instead
+    except EntryNotFoundError as err:  # not a vldd repository (or offline, uncached): the caller asks for --dataset
         logger.debug("no vldd manifest in %s: %s", repo_id, err)
         return {}
 
@@ -406,7 +393,7 @@ def _add_lora(unet, config: FinetuneConfig) -> None:
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
                       init_lora_weights="gaussian", target_modules=LORA_TARGETS)
     with torch.random.fork_rng(devices=[]):  # the adapter's random init is part of the seeded run
-        torch.manual_seed(_derive(config.seed, 2))
+        torch.manual_seed(seeding.derive_seed(config.seed, seeding.FINETUNE_INIT))
         unet.add_adapter(lora)
 
 
@@ -572,7 +559,7 @@ def finetune(config: FinetuneConfig, *, cache_dir: str | Path | None = None, pro
                     step_loss = 0.0
                     for k, micro in enumerate(group):
                         batch = next(loader)
-                        g = _generator(config.seed, 1, epoch, micro, accelerator.process_index)
+                        g = seeding.generator(config.seed, seeding.FINETUNE_NOISE, epoch, micro, accelerator.process_index)
                         syncing = k == len(group) - 1
                         with nullcontext() if syncing else accelerator.no_sync(unet):  # DDP all-reduces on the last only
                             loss = _micro_step(batch, vae=vae, text_encoder=text_encoder, unet=unet,
@@ -621,6 +608,8 @@ def finetune(config: FinetuneConfig, *, cache_dir: str | Path | None = None, pro
 
         # 8. Publish (main process only; the token comes from huggingface_hub's login).
         if config.push_to_hub and main:
+            from .hub import push_model
+
             result.hub_repo = push_model(output, config.push_to_hub, private=config.private)
         return result
     finally:
@@ -646,120 +635,20 @@ def _save_model(unet, config: FinetuneConfig, base_path: str, output: Path) -> i
     return sum(f.stat().st_size for f in (output / "unet").glob("*.safetensors"))
 
 
-def _public(value: str | None) -> str | None:
-    """Local paths are reduced to their last component: the card and summary must not leak machine paths."""
-    if value is None or value.startswith("tiny://"):
-        return value
-    return Path(value).name if Path(value).expanduser().exists() else value
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-    import platform
-
-    out = {"vldd": __version__, "python": platform.python_version()}
-    for name in ("torch", "diffusers", "transformers", "accelerate", "peft", "datasets"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def _summary(config, data, global_step, total_steps, epochs, records, weights_bytes) -> dict[str, Any]:
     settings = config.to_dict()
     for key in ("captions", "output", "base_model", "dataset"):
-        settings[key] = _public(settings[key])
+        settings[key] = public_name(settings[key])
     losses = [r["loss"] for r in records]
     return {
         "vldd_version": __version__, "kind": "lora" if config.lora else "full",
-        "base_model": _public(config.base_model), "base_revision": config.revision,
+        "base_model": public_name(config.base_model), "base_revision": config.revision,
         "tiny": config.base_model.startswith("tiny://"),
-        "data": {**data, "dataset": _public(data["dataset"]), "captions": _public(data["captions"])},
+        "data": {**data, "dataset": public_name(data["dataset"]), "captions": public_name(data["captions"])},
         "config": settings, "global_step": global_step, "total_steps": total_steps, "epochs": epochs,
         "final_loss": losses[-1] if losses else None,
         "mean_loss_last_10pct": float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else None,
-        "weights_bytes": weights_bytes, "versions": _versions(),
+        "weights_bytes": weights_bytes, "versions": versions(),
     }
 
 
-# --- card and Hub --------------------------------------------------------------------------------------------------
-
-def _is_hub_id(value: str | None) -> bool:
-    return bool(value) and not value.startswith("tiny://") and re.fullmatch(r"[\w.-]+/[\w.-]+", value) is not None
-
-
-def render_model_card(summary: dict[str, Any], repo_id: str | None = None) -> str:
-    """The model card (README.md) of a fine-tuned model, from `templates/model_card.md`. Pure.
-
-    Args:
-        summary: the run's `finetune.json` content.
-        repo_id: the model repository, when published (used in the usage snippets).
-    """
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from .hub import PAPER_BIBTEX
-
-    base, data, config = summary["base_model"], summary["data"], summary["config"]
-    lora = summary["kind"] == "lora"
-    tags = ["stable-diffusion", "stable-diffusion-diffusers", "text-to-image", "diffusers", "vldd",
-            "dataset-distillation"] + (["lora"] if lora else [])
-    card_data = ModelCardData(
-        license=KNOWN_LICENSES.get(base), library_name="diffusers", pipeline_tag="text-to-image", tags=tags,
-        base_model=base if _is_hub_id(base) else None,
-        datasets=[d for d in (data.get("dataset"), data.get("captions")) if _is_hub_id(d)] or None)
-    where = repo_id or summary["config"]["output"]
-    # Where the data came from is in the "Training data" section, resolved; the table holds how it was trained.
-    hidden = ("captions", "output", "push_to_hub", "private", "resume", "dataset", "config_name", "split")
-    settings = [(k, _cell(v)) for k, v in config.items() if k not in hidden]
-    card = ModelCard.from_template(
-        card_data, template_str=_template(), title=f"{'LoRA' if lora else 'Fine-tuned'} {base} on "
-        f"{data.get('dataset')} captions (vldd)", lora=lora, base=base, base_revision=summary.get("base_revision"),
-        data=data, settings=settings, summary=summary, where=where, versions=list(summary["versions"].items()),
-        bibtex=PAPER_BIBTEX, tiny=summary.get("tiny"), weights_size=_size(summary["weights_bytes"]))
-    return str(card)
-
-
-def _template() -> str:
-    return resources.files("vldd").joinpath("templates", "model_card.md").read_text(encoding="utf-8")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value).replace("|", "\\|")
-
-
-def push_model(output: str | Path, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
-    """Uploads a fine-tuned model directory (without its checkpoints) to a Hub model repository, card included.
-
-    Args:
-        output: a directory `finetune` wrote.
-        repo_id: "namespace/name", or "name" in the token owner's namespace.
-        private: create the repository private.
-        token: a write token; default `huggingface_hub`'s (HF_TOKEN, then `hf auth login`).
-
-    Returns:
-        The repository id ("namespace/name").
-    """
-    from huggingface_hub import HfApi
-
-    from .hub import resolve_token
-
-    output = Path(output)
-    summary = read_json(output / SUMMARY)
-    if summary is None:
-        raise FileNotFoundError(f"{str(output)!r} holds no finished fine-tuning ({SUMMARY} is missing)")
-    token = resolve_token(token)
-    api = HfApi(token=token, library_name="vldd", library_version=__version__)
-    if "/" not in repo_id:
-        repo_id = f"{api.whoami()['name']}/{repo_id}"
-    url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    write_text(output / "README.md", render_model_card(summary, repo_id=repo_id))
-    api.upload_folder(folder_path=str(output), repo_id=repo_id, repo_type="model",
-                      ignore_patterns=["checkpoints/**", ".*", "finetune_config.json"],
-                      commit_message=f"Upload fine-tuned model (vldd {__version__})")
-    logger.info("published %s to %s", output, url)
-    return repo_id

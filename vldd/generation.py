@@ -17,6 +17,8 @@ import logging
 import torch
 from PIL import Image
 
+from . import seeding
+
 logger = logging.getLogger(__name__)
 
 
@@ -152,7 +154,7 @@ def denoising_steps(num_inference_steps: int, strength: float) -> int:
 
 
 @torch.no_grad()
-def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: list[int], seed: int = 0,
+def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: list[int | tuple[int, ...]], seed: int = 0,
                     negative_prompt: str = "cartoon, anime, painting", strength: float = 0.7,
                     num_inference_steps: int = 50, guidance_scale: float = 10.0, eta: float = 0.0,
                     batch_size: int = 4, output_size: int | None = None, prompt_chunking: str = "official",
@@ -163,7 +165,8 @@ def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: l
         pipe: a `StableDiffusionImg2ImgPipeline` (device and dtype read from it).
         latents: (n, 4, h, w) prototypes, already multiplied by the VAE scaling factor.
         prompts: n text prototypes, paired with the latents in order.
-        seeds: n keys (e.g. cluster ids); image i's generator is seeded from (seed, seeds[i]).
+        seeds: n keys, each an int or a tuple of ints (the pipeline uses (class, cluster)); image i's generator is
+            seeded from (seed, `seeding.IMAGE`, *seeds[i]).
         seed: the run seed.
         negative_prompt, strength, num_inference_steps, guidance_scale, eta: the img2img settings.
         batch_size: prototypes per pipeline call.
@@ -173,7 +176,6 @@ def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: l
     """
     from tqdm.auto import tqdm
 
-    from .prototypes import image_generators
 
     if not (len(latents) == len(prompts) == len(seeds)):
         raise ValueError(f"got {len(latents)} latents, {len(prompts)} prompts and {len(seeds)} seeds; expected equal")
@@ -188,7 +190,7 @@ def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: l
         embeds, negative = encode_prompts(pipe, [prompts[i] for i in batch], negative_prompt, prompt_chunking)
         out = pipe(image=latents[batch].to(device, dtype), prompt_embeds=embeds, negative_prompt_embeds=negative,
                    strength=strength, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                   eta=eta, generator=image_generators(seed, [seeds[i] for i in batch], device), output_type="pil")
+                   eta=eta, generator=seeding.generators(seed, seeding.IMAGE, [seeds[i] for i in batch], device), output_type="pil")
         for i, image in zip(batch, out.images):
             images[i] = image
     if output_size is not None:

@@ -26,11 +26,12 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import __version__
+from .cards import PAPER_BIBTEX, flatten, md_cell, render_model_card, template
+from .provenance import is_local_path, public_name
 from .runs import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -42,14 +43,6 @@ RETRY_BASE_SECONDS = 2.0  # first wait after a transient failure; doubles each a
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 TOKEN_HELP = ("Log in with `hf auth login`, set the HF_TOKEN environment variable, or pass a token explicitly; "
               "create a token with write access at https://huggingface.co/settings/tokens.")
-PAPER_BIBTEX = """@inproceedings{zou2025vlcp,
-  title         = {Dataset Distillation via Vision-Language Category Prototype},
-  author        = {Zou, Yawen and Li, Guang and Su, Duo and Wang, Zi and Yu, Jun and Zhang, Chao},
-  booktitle     = {Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
-  year          = {2025},
-  eprint        = {2506.23580},
-  archivePrefix = {arXiv}
-}"""
 DISTILLED_COLUMNS = {  # column -> meaning, for the card (columns a run lacks are left out)
     "image": "the synthetic image",
     "label": "class id; `ClassLabel` with every class name of the source dataset, so ids match the source",
@@ -137,17 +130,8 @@ def _source_id(manifest: dict[str, Any]) -> str:
     return (manifest.get("source") or {}).get("dataset") or manifest["config"]["data"]["dataset"]
 
 
-def _is_local_path(value: str) -> bool:
-    return value.startswith(("/", "~", ".", "\\")) or re.match(r"^[A-Za-z]:[\\/]", value) is not None
-
-
-def _public_name(dataset: str) -> str:
-    """A Hub id as is; a local path reduced to its last component (local paths are not published)."""
-    return source_short_name(dataset) if _is_local_path(dataset) else dataset
-
-
 _PATH_FIELDS = ("config.output", "config.data.dataset", "config.caption.model", "config.caption.from_hub",
-                "config.generation.model", "config.generation.lora", "source.dataset", "models.captioner.id",
+                "config.generation.model", "config.generation.lora", "config.finetune.base_model", "source.dataset", "models.captioner.id",
                 "models.diffusion.id", "models.lora.id")
 
 
@@ -160,11 +144,11 @@ def public_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and isinstance(node.get(leaf), str):
-            node[leaf] = Path(node[leaf]).name if leaf == "output" else _public_name(node[leaf])
+            node[leaf] = public_name(node[leaf])
     for entry in out.get("evaluation") or []:
         for key, value in entry.items():
-            if isinstance(value, str) and _is_local_path(value):
-                entry[key] = source_short_name(value)
+            if isinstance(value, str) and is_local_path(value):
+                entry[key] = public_name(value)
     return out
 
 
@@ -414,11 +398,47 @@ def push_captions(run_dir: str | Path, repo_id: str | None = None, *, private: b
     return PushResult(repo_id, "default", url, commit, captions.num_rows)
 
 
-def _ensure_repo(api, repo_id: str, private: bool, token: str, retries: int) -> None:
+def push_model(output: str | Path, repo_id: str, *, private: bool = False, token: str | None = None,
+               retries: int = 3) -> str:
+    """Uploads a fine-tuned model directory (without its checkpoints) to a Hub model repository, card included.
+
+    The same path as the dataset pushes: offline check, token check (invalid, read-only), retries with backoff on
+    transient errors, and no token in any message.
+
+    Args:
+        output: a directory `vldd.finetuning.finetune` wrote.
+        repo_id: "namespace/name", or "name" in the token owner's namespace.
+        private: create the repository private.
+        token: a write token; default `huggingface_hub`'s (HF_TOKEN, then `hf auth login`).
+        retries: attempts after a transient failure.
+
+    Returns:
+        The repository id ("namespace/name").
+    """
+    from .cards import MODEL_SUMMARY
+    from .runs import read_json, write_text
+
+    output = Path(output)
+    summary = read_json(output / MODEL_SUMMARY)
+    if summary is None:
+        raise FileNotFoundError(f"{str(output)!r} holds no finished fine-tuning ({MODEL_SUMMARY} is missing)")
+    api, token, namespace = _authenticate(token, retries)
+    repo_id = _full_repo_id(repo_id, namespace)
+    _ensure_repo(api, repo_id, private, token, retries, repo_type="model")
+    write_text(output / "README.md", render_model_card(summary, repo_id=repo_id))
+    _call("upload the model", lambda: api.upload_folder(
+        folder_path=str(output), repo_id=repo_id, repo_type="model",
+        ignore_patterns=["checkpoints/**", ".*", "finetune_config.json"],
+        commit_message=f"Upload fine-tuned model (vldd {__version__})"), token=token, retries=retries, repo_id=repo_id)
+    logger.info("published %s to %s/%s", output, api.endpoint, repo_id)
+    return repo_id
+
+
+def _ensure_repo(api, repo_id: str, private: bool, token: str, retries: int, repo_type: str = "dataset") -> None:
     _call(f"create the repository {repo_id!r}", lambda: api.create_repo(
-        repo_id, repo_type="dataset", private=private, exist_ok=True), token=token, retries=retries, repo_id=repo_id)
+        repo_id, repo_type=repo_type, private=private, exist_ok=True), token=token, retries=retries, repo_id=repo_id)
     if private:
-        info = _call("read the repository", lambda: api.repo_info(repo_id, repo_type="dataset"), token=token,
+        info = _call("read the repository", lambda: api.repo_info(repo_id, repo_type=repo_type), token=token,
                      retries=retries, repo_id=repo_id)
         if not info.private:
             logger.warning("%s already exists and is public: --private applies only to new repositories", repo_id)
@@ -539,35 +559,11 @@ def _captions_card(api, repo_id, sha, cache, card, metadata, this) -> str:
 
 # --- cards (pure) ----------------------------------------------------------------------------------------------------
 
-def _template(name: str) -> str:
-    return resources.files("vldd").joinpath("templates").joinpath(name).read_text(encoding="utf-8")
 
-
-def _md(value: Any) -> str:
-    """A value as one markdown table cell."""
-    if value is None:
-        text = "—"
-    elif isinstance(value, (list, tuple)):
-        text = ", ".join(str(v) for v in value) if value else "[]"
-    elif isinstance(value, float):
-        text = f"{value:g}"
-    else:
-        text = str(value)
-    return text.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
-
-
-def _flatten(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    out = []
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            out += _flatten(value, f"{prefix}{key}.")
-        else:
-            out.append((f"{prefix}{key}", value))
-    return out
 
 
 def _hub_link(dataset: str) -> str:
-    if "/" in dataset and not _is_local_path(dataset):
+    if "/" in dataset and not is_local_path(dataset):
         return f"[`{dataset}`]({DEFAULT_ENDPOINT}/datasets/{dataset})"
     return f"`{dataset}`"
 
@@ -589,14 +585,14 @@ def _evaluation_rows(results: list[dict]) -> list[dict]:
              "results_file"}
     rows = []
     for result in results:
-        details = "; ".join(f"{k}: {_md(v)}" for k, v in result.items()
+        details = "; ".join(f"{k}: {md_cell(v)}" for k, v in result.items()
                             if k not in shown and not isinstance(v, (dict, list)))
-        common = {"protocol": _md(result.get("protocol")), "student": _md(result.get("student"))}
+        common = {"protocol": md_cell(result.get("protocol")), "student": md_cell(result.get("student"))}
         rows.append({**common, "data": "this dataset", "best": _mean_std(result, "best"),
                      "final": _mean_std(result, "final"), "details": details})
         for name, baseline in (result.get("baselines") or {}).items():
             if isinstance(baseline, dict):
-                rows.append({**common, "data": f"baseline: {_md(name)}", "best": _mean_std(baseline, "best"),
+                rows.append({**common, "data": f"baseline: {md_cell(name)}", "best": _mean_std(baseline, "best"),
                              "final": _mean_std(baseline, "final"), "details": "same recipe"})
     return rows
 
@@ -625,7 +621,7 @@ def _run_context(run: PublishedRun, default_config: str) -> dict[str, Any]:
     classes = source.get("classes") or []
     models = [(role, info.get("id"), info.get("revision")) for role, info in (m.get("models") or {}).items()
               if isinstance(info, dict)]
-    hyper = [(k, _md(v)) for k, v in _flatten(config) if k != "output"]
+    hyper = [(k, md_cell(v)) for k, v in flatten(config) if k != "output"]
     results = m.get("evaluation") or []
     return {
         "name": run.config_name, "is_default": run.config_name == default_config, "rows": run.num_rows,
@@ -634,10 +630,10 @@ def _run_context(run: PublishedRun, default_config: str) -> dict[str, Any]:
         "split": source.get("split"), "revision": source.get("revision") or source.get("fingerprint"),
         "num_classes": len(classes), "num_source_classes": len(names),
         "class_list": _class_list(names, prompt_names, classes),
-        "models": [(role, _md(mid), _md(rev or "not recorded")) for role, mid, rev in models],
-        "hyperparameters": hyper, "seeds": [(k, _md(v)) for k, v in (m.get("seeds") or {}).items()],
-        "versions": [(k, _md(v)) for k, v in (m.get("versions") or {}).items()],
-        "timings": [(k, _md(v)) for k, v in (m.get("timings") or {}).items()],
+        "models": [(role, md_cell(mid), md_cell(rev or "not recorded")) for role, mid, rev in models],
+        "hyperparameters": hyper, "seeds": [(k, md_cell(v)) for k, v in (m.get("seeds") or {}).items()],
+        "versions": [(k, md_cell(v)) for k, v in (m.get("versions") or {}).items()],
+        "timings": [(k, md_cell(v)) for k, v in (m.get("timings") or {}).items()],
         "vldd_version": m.get("vldd_version"), "preview_url": run.preview_url,
         "evaluation": _evaluation_rows(results) if results else None,
     }
@@ -669,8 +665,8 @@ def render_dataset_card(runs: Sequence[PublishedRun], repo_id: str, *, default_c
         tags=["dataset-distillation", "vldd", *(f"ipc-{n}" for n in ipcs), "synthetic"],
         **(metadata or {}))
     ordered = sorted(runs, key=lambda r: (r.config_name != default_config, r.config_name))
-    card = DatasetCard.from_template(
-        data, template_str=_template("dataset_card.md"), repo_id=repo_id, title=data.pretty_name,
+    card = DatasetCard.fromtemplate(
+        data, template_str=template("dataset_card.md"), repo_id=repo_id, title=data.pretty_name,
         sources=[_hub_link(s) for s in sources], unknown_license=unknown_license, license_name=license_,
         default_config=default_config, runs=[_run_context(r, default_config) for r in ordered],
         columns=[(c, DISTILLED_COLUMNS.get(c, "")) for c in _columns(metadata, default_config)],
@@ -708,15 +704,15 @@ def render_captions_card(manifest: dict[str, Any], repo_id: str, num_rows: int, 
         license=license_, task_categories=["image-to-text"], size_categories=[size_category(num_rows)],
         source_datasets=[source_id], pretty_name=f"{source_short_name(source_id)} captions (vldd)",
         tags=["vldd", "captions", "dataset-distillation", "synthetic"], **(metadata or {}))
-    caption_settings = [(k, _md(v)) for k, v in _flatten(config.get("caption") or {}) if k not in ("from_hub",)]
-    card = DatasetCard.from_template(
-        data, template_str=_template("captions_card.md"), repo_id=repo_id, title=data.pretty_name,
+    caption_settings = [(k, md_cell(v)) for k, v in flatten(config.get("caption") or {}) if k not in ("from_hub",)]
+    card = DatasetCard.fromtemplate(
+        data, template_str=template("captions_card.md"), repo_id=repo_id, title=data.pretty_name,
         source=_hub_link(source_id), source_id=source_id, source_config=source.get("config_name"),
         split=source.get("split"),
         revision=source.get("revision") or source.get("fingerprint"), num_rows=num_rows,
-        num_classes=len(source.get("classes") or []), captioner_id=_md(captioner.get("id")),
-        captioner_revision=_md(captioner.get("revision") or "not recorded"), caption_settings=caption_settings,
-        versions=[(k, _md(v)) for k, v in (manifest.get("versions") or {}).items()], tiny=bool(manifest.get("tiny")),
+        num_classes=len(source.get("classes") or []), captioner_id=md_cell(captioner.get("id")),
+        captioner_revision=md_cell(captioner.get("revision") or "not recorded"), caption_settings=caption_settings,
+        versions=[(k, md_cell(v)) for k, v in (manifest.get("versions") or {}).items()], tiny=bool(manifest.get("tiny")),
         unknown_license=unknown_license, license_name=license_, bibtex=PAPER_BIBTEX, vldd_version=__version__)
     return str(card)
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
-import platform
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,13 +18,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from . import __version__
+from . import __version__, seeding
 from .config import DistillConfig, fingerprint
 from .data import SourceDataset, load_source
+from .devices import Processes, resolve_device, resolve_dtype
+from .provenance import public_name, resolve_revision, versions
 from .runs import StageDir, atomic_path, read_json, update_manifest, write_json, write_text
 
 if TYPE_CHECKING:
     import datasets
+
     from .finetuning import FinetuneConfig
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ STAGES = ("caption", "finetune", "prototypes", "text", "generate")
 NOT_FINETUNED = "not fine-tuned (D4M-style)"
 TINY_NOTE = ("tiny preset: random-weight models built from configs; the images are noise and the captions "
              "gibberish. It exercises the whole product offline in seconds; it is not a distilled dataset.")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -59,71 +59,6 @@ class DistillResult:
         else:
             lines.append(f"stages done: {', '.join(self.manifest.get('stages_done', []))} in {self.run_dir}")
         return lines
-
-
-@dataclass
-class Processes:
-    """This process's place among the processes sharing a run (one per GPU under `accelerate launch`).
-
-    Classes are dealt out round-robin (`classes[index::count]`); every seed depends on the class, never on the
-    process, so the result is the same whatever the process count.
-    """
-
-    index: int = 0  # this process's rank
-    count: int = 1  # number of processes
-    wait: Callable[[], None] = lambda: None  # barrier: returns once every process has reached it
-
-    @property
-    def is_main(self) -> bool:
-        return self.index == 0
-
-    @classmethod
-    def from_accelerate(cls, state) -> Processes:
-        """From an `accelerate.PartialState`."""
-        return cls(state.process_index, state.num_processes, state.wait_for_everyone)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return DTYPES[dtype]
-
-
-def resolve_revision(model_id: str, revision: str | None, repo_type: str = "model") -> str | None:
-    """The commit a Hub id resolved to, read from the local Hub cache (no network); None for local paths."""
-    import re
-
-    from huggingface_hub import constants
-    from huggingface_hub.file_download import repo_folder_name
-
-    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
-        return revision
-    if model_id.startswith("tiny://") or Path(model_id).exists():
-        return None
-    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model_id, repo_type=repo_type) / "refs" / (
-        revision or "main")
-    return ref.read_text().strip() if ref.is_file() else revision
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"vldd": __version__, "python": platform.python_version()}
-    for name in ("torch", "diffusers", "transformers", "datasets", "huggingface_hub", "accelerate", "scikit-learn",
-                 "numpy", "nltk"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def _classes_to_run(source: SourceDataset, config: DistillConfig) -> dict[int, int]:
@@ -178,7 +113,7 @@ def caption_stage(source: SourceDataset, config: DistillConfig, stage: StageDir,
             c = config.caption
             captions = caption_images(captioner, images, class_name, prompt_template=c.prompt, do_sample=c.do_sample,
                                       temperature=c.temperature, max_new_tokens=c.max_new_tokens,
-                                      batch_size=c.batch_size, seed=config.seed * 1_000_003 + label,
+                                      batch_size=c.batch_size, seed=seeding.derive_seed(config.seed, seeding.CAPTION, label),
                                       conversation=c.conversation, pad_to_square=c.pad_to_square,
                                       clean=c.clean_captions)
         write_json(stage.file(label, ".json"), {"rows": rows, "captions": captions, "prompt": prompt,
@@ -281,7 +216,7 @@ def vae_fingerprint(model_id: str, revision: str | None = None, cache_dir: str |
         try:
             path = Path(snapshot_download(model_id, revision=revision, allow_patterns=[
                 "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]))
-        except Exception as err:
+        except (OSError, ValueError) as err:  # unknown repo or revision, offline and uncached, HTTP/auth errors
             raise ValueError(f"could not read the VAE of Stable Diffusion model {model_id!r}: {err}") from err
     vae = path / "vae"
     if not (vae / "config.json").is_file():
@@ -330,7 +265,8 @@ def prototype_stage(source: SourceDataset, config: DistillConfig, stage: StageDi
                                 batch_size=p.encode_batch_size)
         device = vae.device if vae is not None else "cpu"  # LOF and k-means run where the VAE runs (GPU)
         protos = build_prototypes(latents.to(device), k, contamination=p.contamination, n_neighbors=p.lof_neighbors,
-                                  n_init=p.n_init, max_iter=p.max_iter, tol=p.tol, seed=config.seed)
+                                  n_init=p.n_init, max_iter=p.max_iter, tol=p.tol,
+                                  seed=seeding.derive_seed(config.seed, seeding.KMEANS, label))
         flat, centers = latents.flatten(1), protos.centers.flatten(1)
         nearest = []
         for c in range(k):
@@ -387,7 +323,7 @@ def generate_stage(source: SourceDataset, config: DistillConfig, stage: StageDir
             continue
         protos = torch.load(prototypes.file(label, ".pt"), weights_only=True)
         prompts = [t["prompt"] for t in read_json(text.file(label, ".json"))]
-        keys = [label * 100_000 + c for c in range(len(prompts))]
+        keys = [(label, cluster) for cluster in range(len(prompts))]
         images = generate_images(pipe, protos["centers"], prompts, seeds=keys, seed=config.seed,
                                  negative_prompt=g.negative_prompt, strength=g.strength,
                                  num_inference_steps=g.num_inference_steps, guidance_scale=g.guidance_scale,
@@ -505,7 +441,7 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     source = source if source is not None else load_source(config.data)
     config, derived = config.resolve(len(source.class_names))
     plan = _classes_to_run(source, config)
-    mine = source.classes[processes.index::processes.count]
+    mine = processes.share(source.classes)
     timings["load"] = time.perf_counter() - t
 
     # 3. Name each stage's inputs: a changed setting recomputes that stage and what depends on it, nothing else.
@@ -658,7 +594,7 @@ def _source_record(config: DistillConfig, source: SourceDataset) -> dict[str, An
 
 def _finetune_record(config: DistillConfig, tune: FinetuneConfig | None, dirs: dict[str, StageDir]) -> dict[str, Any]:
     """Whether and which fine-tuned model generated the images, for the manifest (and, through it, the card)."""
-    from .finetuning import SUMMARY, _public
+    from .finetuning import SUMMARY
 
     if tune is None:  # notes name no model: a local path must not reach a published card
         note = NOT_FINETUNED if not config.finetune.enabled else (
@@ -669,10 +605,10 @@ def _finetune_record(config: DistillConfig, tune: FinetuneConfig | None, dirs: d
         return {"used": False, "note": "not fine-tuned yet (the fine-tuning stage has not finished)"}
     model = f"finetune/seed{config.seed}"
     kind = "LoRA adapter on" if tune.lora else "full fine-tune of"
-    return {"used": True, "model": model, "kind": summary["kind"], "base_model": _public(tune.base_model),
+    return {"used": True, "model": model, "kind": summary["kind"], "base_model": public_name(tune.base_model),
             "base_revision": resolve_revision(tune.base_model, tune.revision), "seed": tune.seed,
             "resolution": tune.resolution, "global_step": summary["global_step"], "epochs": summary["epochs"],
-            "final_loss": summary["final_loss"], "note": f"{model} ({kind} {_public(tune.base_model)}, "
+            "final_loss": summary["final_loss"], "note": f"{model} ({kind} {public_name(tune.base_model)}, "
             f"{summary['global_step']} steps at {tune.resolution} px, seed {tune.seed})"}
 
 
@@ -709,9 +645,10 @@ def _manifest(run_dir, config, derived, tune, source, stages, timings, dirs, dty
         finetune=finetuned,
         tiny=config.is_tiny,
         note=TINY_NOTE if config.is_tiny else None,
-        versions=_versions(),
-        seeds={"run": config.seed, "image_generator": "seed * 1000003 + (label * 100000 + cluster)",
-               "vae_sample": "seed * 1000003 + source row"},
+        versions=versions(),
+        seeds={"run": config.seed, "scheme": "vldd.seeding.derive_seed(seed, stream, *keys)",
+               "streams": {"caption": "(CAPTION, class) then the batch's first image", "vae_sample": "(VAE_SAMPLE, row)",
+                           "kmeans": "(KMEANS, class)", "image": "(IMAGE, class, cluster)"}},
         device=str(device), dtype=str(dtype).replace("torch.", ""), processes=n_processes,
         timings={**previous.get("timings", {}), **{k: round(v, 3) for k, v in timings.items()}},
         counts=counts,

@@ -19,10 +19,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-
-def image_generators(seed: int, keys: list[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
-    """One generator per item, seeded from (seed, key): results do not depend on batching or process sharding."""
-    return [torch.Generator(device).manual_seed(seed * 1_000_003 + key) for key in keys]
+from . import seeding
 
 
 def preprocess(images: list[Image.Image], resolution: int) -> torch.Tensor:
@@ -55,7 +52,7 @@ def encode_images(vae, images: list[Image.Image], *, resolution: int, seeds: lis
     out = []
     for start in range(0, len(images), batch_size):
         pixels = preprocess(images[start:start + batch_size], resolution).to(vae.device, vae.dtype)
-        generators = image_generators(seed, keys[start:start + batch_size], vae.device)
+        generators = seeding.generators(seed, seeding.VAE_SAMPLE, keys[start:start + batch_size], vae.device)
         dist = vae.encode(pixels).latent_dist
         out.append((dist.sample(generator=generators) * vae.config.scaling_factor).float().cpu())
     return torch.cat(out) if out else torch.empty(0)

@@ -126,14 +126,15 @@ def reproduce(cell: str | PublishedCell, output: str | Path, *, seeds: tuple[int
             changing the recipe, such as `epochs`, makes the result not comparable with the paper).
         cache_dir: where the tiny preset's models are built.
         progress: progress bars.
-        processes: a `vldd.pipeline.Processes` when several processes share the work (`accelerate launch`).
+        processes: a `vldd.devices.Processes` when several processes share the work (`accelerate launch`).
 
     Returns:
         A `ReproduceResult`; its summary is also written to `OUTPUT/reproduce.json` by the main process.
     """
     from .config import load_config
+    from .devices import Processes
     from .evaluation import EvalConfig, evaluate
-    from .pipeline import Processes, distill
+    from .pipeline import distill
 
     cell = resolve_cell(cell)
     distill_overrides, eval_overrides = dict(distill_overrides or {}), dict(eval_overrides or {})

@@ -19,12 +19,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .evaluation import STUDENTS, canonical_student  # noqa: F401 (re-exported: the student names)
-
 logger = logging.getLogger(__name__)
 
+STUDENTS = ("resnetap10", "convnet6", "resnet18")
 CHECKPOINT_FORMAT = "vldd.classifier"
 CHECKPOINT_VERSION = 1
+
+
+def canonical_student(name: str) -> str:
+    """Maps spellings such as "ResNetAP-10" or "convnet_6" to a name in `STUDENTS`."""
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in STUDENTS:
+        raise ValueError(f"`student` must be one of {list(STUDENTS)} (any case, '-' allowed), got {name!r}")
+    return key
 
 
 def _instance_norm(channels: int) -> nn.Module:
