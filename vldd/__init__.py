@@ -24,7 +24,6 @@ _EXPORTS = {
     "evaluate": "evaluation", "EvalConfig": "evaluation", "EvalResult": "evaluation",
     "finetune": "finetuning", "finetune_config": "finetuning", "FinetuneConfig": "finetuning",
     "FinetuneResult": "finetuning",
-    "reproduce": "reproduce", "ReproduceResult": "reproduce",
     "push_distilled": "hub", "push_captions": "hub", "push_model": "hub", "load_published_captions": "hub", "PushResult": "hub",
     "HubError": "hub", "HubAuthError": "hub",
     "load_captioner": "captioning", "caption_images": "captioning",
@@ -36,7 +35,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and IDEs (a test ch
     "__version__", "DistillConfig", "DataConfig", "CaptionConfig", "PrototypeConfig", "TextPrototypeConfig",
     "GenerationConfig", "load_config", "distill", "DistillResult", "Processes", "plan_run", "StageEstimate",
     "evaluate", "EvalConfig", "EvalResult", "finetune", "finetune_config", "FinetuneConfig", "FinetuneResult",
-    "reproduce", "ReproduceResult", "push_distilled", "push_captions", "push_model", "load_published_captions",
+    "push_distilled", "push_captions", "push_model", "load_published_captions",
     "PushResult", "HubError", "HubAuthError", "load_captioner", "caption_images", "load_pipeline", "build_tiny_models",
 ]
 
@@ -66,7 +65,6 @@ if TYPE_CHECKING:
     )
     from .pipeline import DistillResult, distill
     from .plan import StageEstimate, plan_run
-    from .reproduce import ReproduceResult, reproduce
     from .tiny import build_tiny_models
 
 

@@ -665,7 +665,7 @@ def render_dataset_card(runs: Sequence[PublishedRun], repo_id: str, *, default_c
         tags=["dataset-distillation", "vldd", *(f"ipc-{n}" for n in ipcs), "synthetic"],
         **(metadata or {}))
     ordered = sorted(runs, key=lambda r: (r.config_name != default_config, r.config_name))
-    card = DatasetCard.fromtemplate(
+    card = DatasetCard.from_template(
         data, template_str=template("dataset_card.md"), repo_id=repo_id, title=data.pretty_name,
         sources=[_hub_link(s) for s in sources], unknown_license=unknown_license, license_name=license_,
         default_config=default_config, runs=[_run_context(r, default_config) for r in ordered],
@@ -705,7 +705,7 @@ def render_captions_card(manifest: dict[str, Any], repo_id: str, num_rows: int, 
         source_datasets=[source_id], pretty_name=f"{source_short_name(source_id)} captions (vldd)",
         tags=["vldd", "captions", "dataset-distillation", "synthetic"], **(metadata or {}))
     caption_settings = [(k, md_cell(v)) for k, v in flatten(config.get("caption") or {}) if k not in ("from_hub",)]
-    card = DatasetCard.fromtemplate(
+    card = DatasetCard.from_template(
         data, template_str=template("captions_card.md"), repo_id=repo_id, title=data.pretty_name,
         source=_hub_link(source_id), source_id=source_id, source_config=source.get("config_name"),
         split=source.get("split"),

@@ -53,8 +53,7 @@ def resolve_revision(repo_id: str, revision: str | None = None, repo_type: str =
     try:
         return huggingface_hub.resolve_revision(repo_id, repo_type=repo_type, revision=revision,
                                                 local_files_only=not remote).resolved
-    except (errors.HfHubHTTPError, errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError,
-            errors.HFValidationError, OSError):  # unknown, gated, offline and uncached: the loader reports it better
+    except (errors.RevisionResolutionError, errors.HFValidationError, OSError):  # unknown, gated, offline and uncached: the loader reports it better
         return revision
 
 
