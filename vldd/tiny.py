@@ -187,12 +187,19 @@ def _is_current(path: Path, version: str) -> bool:
 
 
 def _ensure(model_id: str, cache_dir: str | Path | None) -> Path:
-    from filelock import FileLock
-
     name, build = _BUILDERS[model_id]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / "tiny" / name
-    version = _builder_version()
+    return build_once(root / "tiny" / name, build, model_id, _builder_version())
+
+
+def build_once(target: Path, build: Callable[[Path], None], model_id: str, version: str) -> Path:
+    """Runs `build(dir)` once into `target`: in a temporary directory moved into place, under a file lock.
+
+    A finished build holds a marker naming `version`; a marker with another version triggers a rebuild.
+    """
+    from filelock import FileLock
+
+    name = target.name
     if _is_current(target, version):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -234,12 +241,18 @@ def build_tiny_models(cache_dir: str | Path | None = None) -> dict[str, Path]:
 
 
 def resolve_model(model_id: str, cache_dir: str | Path | None = None) -> str:
-    """Turns a `tiny://` id into the directory of the built model (building it if needed); other ids pass unchanged.
+    """Turns a `tiny://` or `shapes://` id into the directory of the built model (building it if needed); other ids
+    pass unchanged.
 
     Args:
-        model_id: a `tiny://` id, a Hub id or a local directory.
+        model_id: a `tiny://` id, a `shapes://` id (the paper's architectures with random weights, `vldd.shapes`), a
+            Hub id or a local directory.
         cache_dir: where the tiny models are kept; defaults to `~/.cache/vldd`.
     """
+    if model_id.startswith("shapes://"):  # the paper's architectures with random weights (vldd.shapes)
+        from .shapes import resolve_shapes
+
+        return resolve_shapes(model_id, cache_dir)
     if not model_id.startswith("tiny://"):
         return model_id
     if model_id not in _BUILDERS:
