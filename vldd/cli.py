@@ -209,10 +209,10 @@ def _add_evaluate(sub):
 
 
 def _plan(args) -> int:
-    from .plan import format_plan, plan_run
+    from .plan import finetune_recipe, format_plan, plan_run
 
     config = config_from_args(args)
-    estimates = plan_run(config, cache_dir=args.cache_dir, processes=args.processes)
+    estimates = plan_run(config, cache_dir=args.cache_dir, processes=args.processes, finetune=finetune_recipe(config))
     for line in format_plan(estimates, args.processes):
         print(line)
     if config.is_tiny:
