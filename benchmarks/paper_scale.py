@@ -7,9 +7,10 @@ weights. Each stage is timed, then the wall time of ImageNette IPC 10 and ImageN
     python benchmarks/paper_scale.py --device cpu --quick     # a few minutes on 2 cores; extrapolated, see labels
     python benchmarks/paper_scale.py --device cuda            # fp16, full depth, the full 1024-token budget
 
-On CPU (fp32) LLaVA is measured at 1 and 2 of its 32 decoder layers (vision tower whole) and extrapolated linearly
-per layer; decoding is timed over a few tokens and extrapolated to 1024; generation is timed at 2 and 3 UNet calls
-and extrapolated per call; fine-tuning at a small micro-batch, scaled per image. Every extrapolation is labelled in
+On CPU (fp32) LLaVA runs with 2 of its 32 decoder layers (vision tower whole): every forward call is timed with
+hooks, and the time spent in the decoder layers is scaled by 16 (identical layers); decoding is timed over a few
+tokens and extrapolated to 1024; generation is timed per UNet call on a short run and scaled to the 36 calls of the
+paper's settings; fine-tuning runs a small micro-batch, scaled per image. Every extrapolation is labelled in
 the table and the JSON. The same functions time `vldd plan` (vldd.plan).
 """
 
@@ -31,7 +32,8 @@ from vldd.captioning import load_captioner
 from vldd.config import load_config
 from vldd.finetuning import finetune_config
 from vldd.generation import load_pipeline
-from vldd.plan import PeakMemory, caption_cost, finetune_cost, generation_cost, linear_in_depth, timed, unet_calls
+from vldd.plan import (PeakMemory, caption_cost, decoder_layer_bytes, finetune_cost, generation_cost, timed,
+                       unet_calls)
 from vldd.prototypes import build_prototypes, encode_images
 from vldd.shapes import LLAVA_TEXT, SHAPES_CAPTIONER, SHAPES_DIFFUSION
 
@@ -48,41 +50,36 @@ def photos(n: int, seed: int = 0) -> list[Image.Image]:
 
 
 def captioning(args, device, dtype) -> dict:
-    """Prefill and decode rates at each batch size; on CPU per layer at depths 1 and 2, extrapolated to 32."""
+    """Prefill and decode rates at each batch size; on CPU with 2 of the 32 decoder layers, their time scaled."""
     layers = LLAVA_TEXT["num_hidden_layers"]
-    depths = [1, 2] if args.per_layer else [layers]
+    present = 2 if args.per_layer else layers
+    model_id = SHAPES_CAPTIONER + (f"?layers={present}" if present != layers else "")
     c = PAPER.caption
     rows = {}
     for batch in args.caption_batches:
         images = photos(batch)
-        measured = []
-        for depth in depths:
-            model_id = SHAPES_CAPTIONER + (f"?layers={depth}" if depth != layers else "")
-            with PeakMemory(device) as peak:
-                captioner = load_captioner(model_id, device=device, dtype=dtype, cache_dir=args.cache_dir)
-                prompt = len(captioner.processor(images=images[:1], text=[_prompt(captioner, c)]).input_ids[0])
-                prefill, decode = caption_cost(captioner, images, "tench, Tinca tinca", c,
-                                               decode_tokens=args.decode_tokens)
-                del captioner
-                gc.collect()
-            measured.append((prefill, decode, peak.gb))
-        if args.per_layer:
-            prefill, decode, gb = (linear_in_depth(a, b, layers) for a, b in zip(*measured))
-        else:
-            prefill, decode, gb = measured[0]
+        with PeakMemory(device) as peak:
+            captioner = load_captioner(model_id, device=device, dtype=dtype, cache_dir=args.cache_dir)
+            prompt = len(captioner.processor(images=images[:1], text=[_prompt(captioner, c)]).input_ids[0])
+            prefill, decode = caption_cost(captioner, images, "tench, Tinca tinca", c,
+                                           decode_tokens=args.decode_tokens, full_layers=layers)
+            layer_gb = decoder_layer_bytes(captioner) / 2**30
+            del captioner
+            gc.collect()
+        gb = peak.gb + (layers - present) * layer_gb
         seconds = prefill + (c.max_new_tokens - 1) * decode
         rows[batch] = {"batch": batch, "prompt_tokens": prompt, "prefill_s": prefill, "decode_s_per_token": decode,
                        "prefill_tokens_per_s": batch * prompt / prefill, "decode_tokens_per_s": batch / decode,
-                       "images_per_s": batch / seconds, "peak_gb": gb,
-                       "measured": [{"layers": d, "prefill_s": m[0], "decode_s_per_token": m[1], "peak_gb": m[2]}
-                                    for d, m in zip(depths, measured)]}
+                       "images_per_s": batch / seconds, "peak_gb": gb, "measured_peak_gb": peak.gb,
+                       "model": model_id}
         print(f"  caption batch {batch}: {rows[batch]['images_per_s']:.4g} images/s", flush=True)
-    notes = [f"{c.max_new_tokens} new tokens forced (min_new_tokens); decode rate from {args.decode_tokens} tokens"]
+    notes = [f"{c.max_new_tokens} new tokens forced (min_new_tokens); per-call timing of {args.decode_tokens} tokens"]
     if args.decode_tokens < c.max_new_tokens:
         notes.append(f"decode extrapolated from {args.decode_tokens} to {c.max_new_tokens} tokens at the "
                      "short-context rate (attention over the growing cache not included)")
     if args.per_layer:
-        notes.append(f"measured at 1 and 2 of {layers} decoder layers (vision tower whole), extrapolated per layer")
+        notes.append(f"{model_id}: time in the {present} decoder layers scaled to {layers} (same run, per call); "
+                     f"peak = measured + {layers - present} layers' weights")
     return _best(rows, "caption", notes)
 
 
@@ -134,7 +131,7 @@ def generation(args, pipe, device) -> dict:
         rows[batch] = {"batch": batch, "seconds": s, "images_per_s": batch / s, "peak_gb": peak.gb}
         print(f"  generate batch {batch}: {batch / s:.4g} images/s", flush=True)
     return _best(rows, "generate", [f"{calls} UNet calls ({g.num_inference_steps} steps x {g.strength}, PNDM), CFG "
-                                    f"{g.guidance_scale}, 512 px; timed at 2 and 3 calls, extrapolated per call"])
+                                    f"{g.guidance_scale}, 512 px; UNet calls timed one by one on a 2-call run, scaled to {calls}"])
 
 
 def finetuning(args, pipe, device) -> dict:

@@ -14,15 +14,16 @@ from vldd.cli import main
 from vldd.config import load_config
 from vldd.finetuning import finetune_config
 from vldd.generation import generate_images, load_pipeline
-from vldd.plan import PeakMemory, caption_cost, generation_cost, linear_in_depth, plan_run, stand_in, unet_calls
+from vldd.plan import PeakMemory, caption_cost, generation_cost, plan_run, stand_in, unet_calls
 
 
 class ForwardClock:
-    """A clock that advances by one second per forward call of `module`: timings become call counts."""
+    """A clock that advances by one second per forward call of the modules: timings become call counts."""
 
-    def __init__(self, module):
+    def __init__(self, *modules):
         self.now = 0.0
-        module.register_forward_pre_hook(lambda *_: setattr(self, "now", self.now + 1.0))
+        for module in modules:
+            module.register_forward_hook(lambda *_: setattr(self, "now", self.now + 1.0))
 
     def perf_counter(self) -> float:
         return self.now
@@ -68,12 +69,22 @@ def test_caption_cost_forces_the_token_budget(tiny_cache, monkeypatch):
     assert captioner.model.generation_config.min_new_tokens is None  # restored
 
 
+def test_caption_cost_scales_the_decoder_layers_to_full_depth(tiny_cache, monkeypatch):
+    captioner = load_captioner("tiny://llava", cache_dir=tiny_cache)
+    layers = captioner.model.model.language_model.layers
+    assert len(layers) == 2
+    monkeypatch.setattr(plan, "time", ForwardClock(*layers))  # one second per decoder layer, nothing else costs
+    c = load_config(overrides={"preset": "tiny"}).caption
+    # Each call spends 2 s in its 2 layers; at 32 layers that is 32 s, for the prefill and every decoding step.
+    assert caption_cost(captioner, [Image.new("RGB", (32, 32))], "dog", c, decode_tokens=3, full_layers=32) == (
+        32.0, 32.0)
+
+
 def test_stand_ins_replace_uncached_paper_models_only():
     assert stand_in("llava-hf/llava-1.5-7b-hf") == "shapes://llava-1.5-7b"  # offline, nothing cached
     assert stand_in("stable-diffusion-v1-5/stable-diffusion-v1-5") == "shapes://sd15"
     assert stand_in("someone/other-model") == "someone/other-model"
     assert stand_in("tiny://llava") == "tiny://llava"
-    assert linear_in_depth(2.0, 2.5, 32) == 17.5
 
 
 def test_plan_counts_the_work_and_measures_each_stage(tiny_cache, tmp_path):

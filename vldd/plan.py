@@ -8,7 +8,7 @@ memory on CUDA, the process's resident memory sampled while the stage runs on CP
 
 When the paper's models are not in the local Hub cache, their real-shape stand-ins (`vldd.shapes`: the same
 architectures with random weights, which cost the same) are measured instead; on a CPU the 7B captioner is measured
-at 1 and 2 of its 32 decoder layers and extrapolated linearly (every layer has the same shape).
+with 2 of its 32 decoder layers, the time spent in them scaled by 16 (every layer has the same shape).
 
 Example:
     >>> for row in plan_run(load_config(overrides={"preset": "tiny"})):
@@ -125,38 +125,85 @@ def stand_in(model_id: str) -> str:
     return model_id if isinstance(cached, str) else REAL_SHAPES[model_id]
 
 
-def linear_in_depth(one: float, two: float, depth: int) -> float:
-    """A cost measured at depth 1 and 2 of a stack of identical layers, extrapolated to `depth` layers."""
-    return one + (depth - 1) * (two - one)
+# --- per-call timing ----------------------------------------------------------------------------------------------
+
+class CallTimer:
+    """Times every forward call of `module` with hooks, and, within each, the time spent in `layers` (a stack of
+    identical layers, e.g. a decoder's), so a depth-reduced model's cost can be scaled to the full depth from the
+    same run. Use as a context manager; `calls` holds `(seconds, seconds in layers)` per call."""
+
+    def __init__(self, module: torch.nn.Module, layers: torch.nn.ModuleList | None = None):
+        self.calls: list[tuple[float, float]] = []
+        self._handles = []
+        self._start = self._layer_start = 0.0
+        self._in_layers = 0.0
+        self._hook(module, self._enter, self._exit)
+        for layer in layers or []:
+            self._hook(layer, self._enter_layer, self._exit_layer)
+
+    def _hook(self, module, pre, post) -> None:
+        self._handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+    def _enter(self, *_) -> None:
+        self._in_layers, self._start = 0.0, time.perf_counter()
+
+    def _exit(self, *_) -> None:
+        self.calls.append((time.perf_counter() - self._start, self._in_layers))
+
+    def _enter_layer(self, *_) -> None:
+        self._layer_start = time.perf_counter()
+
+    def _exit_layer(self, *_) -> None:
+        self._in_layers += time.perf_counter() - self._layer_start
+
+    def scaled(self, index: int, factor: float = 1.0) -> float:
+        """Call `index`'s seconds with its time in `layers` multiplied by `factor` (full depth / present depth)."""
+        total, in_layers = self.calls[index]
+        return total + (factor - 1.0) * in_layers
+
+    def __enter__(self) -> CallTimer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 # --- captioning -------------------------------------------------------------------------------------------------------
 
-def caption_cost(captioner: Captioner, images: list, class_name: str, c: CaptionConfig, *, decode_tokens: int = 4
-                 ) -> tuple[float, float]:
+def caption_cost(captioner: Captioner, images: list, class_name: str, c: CaptionConfig, *, decode_tokens: int = 4,
+                 full_layers: int | None = None) -> tuple[float, float]:
     """Seconds of one `caption_images` batch of `images`: (prefill, one decoding step).
 
-    Generation is forced to run its whole budget (`min_new_tokens`), so a random-weight model that would stop early,
-    or never stop, costs what a real caption of that length costs. Prefill = a call with 1 new token; a decoding
-    step = the extra time of `decode_tokens` tokens over 1, per token.
+    Generation is forced to run `decode_tokens` tokens (`min_new_tokens`), so a random-weight model that would stop
+    early, or never stop, costs what a real caption costs. Each forward call is timed: prefill = the first call plus
+    everything outside the model (processor, sampling, decoding), a decoding step = the mean of the other calls.
+    With `full_layers`, the time in the decoder layers is scaled from the model's depth to that many layers.
     """
     from .captioning import caption_images
 
-    device = captioner.model.device
-    config = captioner.model.generation_config
+    model, device = captioner.model, captioner.model.device
+    layers = model.model.language_model.layers if full_layers else None
+    factor = full_layers / len(layers) if full_layers else 1.0
+    config = model.generation_config
     saved = config.min_new_tokens
 
-    def run(tokens: int) -> None:
-        config.min_new_tokens = tokens
+    def run() -> None:
         caption_images(captioner, images, class_name, prompt_template=c.prompt, do_sample=c.do_sample,
-                       temperature=c.temperature, max_new_tokens=tokens, batch_size=len(images))
+                       temperature=c.temperature, max_new_tokens=decode_tokens, batch_size=len(images))
 
+    config.min_new_tokens = decode_tokens
     try:
-        prefill = timed(lambda: run(1), device)
-        decode = (timed(lambda: run(decode_tokens), device, warmup=False) - prefill) / (decode_tokens - 1)
+        run()  # warm-up: kernels, caches, lazy imports
+        with CallTimer(model, layers) as timer:
+            total = timed(run, device, warmup=False)
     finally:
         config.min_new_tokens = saved
-    return prefill, max(decode, 0.0)
+    if len(timer.calls) != decode_tokens:
+        raise RuntimeError(f"expected {decode_tokens} forward calls of the captioner, timed {len(timer.calls)}")
+    outside = total - sum(t for t, _ in timer.calls)
+    decode = [timer.scaled(i, factor) for i in range(1, decode_tokens)]
+    return timer.scaled(0, factor) + outside, sum(decode) / len(decode) if decode else 0.0
 
 
 def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype, cache_dir
@@ -165,24 +212,28 @@ def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype,
     from .captioning import load_captioner
 
     model_id = stand_in(c.model)
-    per_layer = model_id.startswith("shapes://llava") and device.type == "cpu" and "?" not in model_id
-    depths = [f"{model_id}?layers=1", f"{model_id}?layers=2"] if per_layer else [model_id]
-    costs = []
-    for source in depths:
-        with PeakMemory(device) as peak:
-            captioner = load_captioner(source, revision=None if source != c.model else c.revision, device=device,
-                                       dtype=dtype, cache_dir=cache_dir)
-            prefill, decode = caption_cost(captioner, images, class_name, c)
-            del captioner
-            gc.collect()
-        costs.append((prefill + (c.max_new_tokens - 1) * decode, peak.gb))
+    full = None
+    if model_id == SHAPES_CAPTIONER and device.type == "cpu":  # 7B in fp32 does not fit: 2 layers, scaled
+        full, model_id = parse_shape_id(model_id)[1]["layers"], f"{model_id}?layers=2"
+    with PeakMemory(device) as peak:
+        captioner = load_captioner(model_id, revision=None if model_id != c.model else c.revision, device=device,
+                                   dtype=dtype, cache_dir=cache_dir)
+        prefill, decode = caption_cost(captioner, images, class_name, c, full_layers=full)
+        layer_gb = decoder_layer_bytes(captioner) / 2**30
+        del captioner
+        gc.collect()
     note = f"full budget of {c.max_new_tokens} new tokens, decode rate from 4"
-    if per_layer:
-        layers = parse_shape_id(model_id)[1]["layers"]
-        (t1, m1), (t2, m2) = costs
-        costs = [(linear_in_depth(t1, t2, layers), linear_in_depth(m1, m2, layers))]
-        note += f"; measured at 1 and 2 of {layers} decoder layers, extrapolated"
-    return costs[0][0] / len(images), costs[0][1], model_id, note
+    gb = peak.gb
+    if full:
+        gb += (full - 2) * layer_gb
+        note += f"; decoder layers timed at 2 of {full}, scaled; peak + {full - 2} layers' weights"
+    return (prefill + (c.max_new_tokens - 1) * decode) / len(images), gb, model_id, note
+
+
+def decoder_layer_bytes(captioner: Captioner) -> int:
+    """Bytes of one decoder layer's weights (what each extra layer adds to a LLaVA-style captioner's memory)."""
+    layer = captioner.model.model.language_model.layers[0]
+    return sum(p.numel() * p.element_size() for p in layer.parameters())
 
 
 # --- generation ---------------------------------------------------------------------------------------------------------
@@ -198,26 +249,24 @@ def unet_calls(pipe, num_inference_steps: int, strength: float) -> int:
 
 
 def generation_cost(pipe, latents: torch.Tensor, g: GenerationConfig) -> float:
-    """Seconds to generate the images of `latents` in one batch with `g`'s settings, measured at the two smallest
-    step counts that make UNet calls and extrapolated per call (each call has the same shape)."""
+    """Seconds to generate the images of `latents` in one batch with `g`'s settings: a run with few steps is timed
+    call by call; the time outside the UNet (prompt encoding, VAE decoding...) plus the mean UNet call times the
+    number of calls `g` makes."""
     from .generation import generate_images
 
     n = len(latents)
-    first = next(s for s in range(1, 1000) if unet_calls(pipe, s, g.strength) >= 1)
-    steps = [first, next(s for s in range(first, 1000) if unet_calls(pipe, s, g.strength) > unet_calls(
-        pipe, first, g.strength))]
+    steps = next(s for s in range(1, 1000) if unet_calls(pipe, s, g.strength) >= 2)
 
-    def run(s: int) -> None:
+    def run() -> None:
         generate_images(pipe, latents, ["a photo"] * n, seeds=list(range(n)), negative_prompt=g.negative_prompt,
-                        strength=g.strength, num_inference_steps=s, guidance_scale=g.guidance_scale, eta=g.eta,
+                        strength=g.strength, num_inference_steps=steps, guidance_scale=g.guidance_scale, eta=g.eta,
                         batch_size=n)
 
-    t = [timed(lambda s=s: run(s), pipe.device, warmup=i == 0) for i, s in enumerate(steps)]
-    c = [unet_calls(pipe, s, g.strength) for s in steps]
-    if c[1] == c[0]:
-        raise ValueError(f"cannot time generation per UNet call: {steps} steps both make {c[0]} calls")
-    per_call = max((t[1] - t[0]) / (c[1] - c[0]), 0.0)
-    return t[0] + (unet_calls(pipe, g.num_inference_steps, g.strength) - c[0]) * per_call
+    run()  # warm-up
+    with CallTimer(pipe.unet) as timer:
+        total = timed(run, pipe.device, warmup=False)
+    per_call = sum(t for t, _ in timer.calls) / len(timer.calls)
+    return total - per_call * len(timer.calls) + per_call * unet_calls(pipe, g.num_inference_steps, g.strength)
 
 
 # --- fine-tuning --------------------------------------------------------------------------------------------------------
@@ -341,7 +390,7 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
         per_output = generation_cost(pipe, latents[:batch], g) / batch
     calls = unet_calls(pipe, g.num_inference_steps, g.strength)
     rows.append(("generate", n_outputs, "image", per_output, peak.gb, model_id,
-                 f"{calls} UNet calls, extrapolated per call"))
+                 f"{calls} UNet calls, timed per call"))
     return [StageEstimate(stage, items, unit, per, items * per / processes, peak, model, note)
             for stage, items, unit, per, peak, model, note in rows]
 
