@@ -178,10 +178,10 @@ def speed_settings(args, pipe, device) -> dict:
     unet.set_attn_processor(AttnProcessor2_0())
     out["sdpa"] = {"classic_over_sdpa": r, "ratios": all_, "max_abs_diff": (classic - reference).abs().max().item()}
     print(f"  UNet call, classic attention / SDPA: {r:.3g}x", flush=True)
+    unet.to(memory_format=torch.channels_last)
+    last = call()  # also the warm-up of the channels-last path
     r, all_ = ratio(lambda: unet.to(memory_format=torch.contiguous_format) and call(),
                     lambda: unet.to(memory_format=torch.channels_last) and call(), args.repeats, device)
-    unet.to(memory_format=torch.channels_last)
-    last = call()
     unet.to(memory_format=torch.contiguous_format)
     out["channels_last"] = {"channels_last_over_contiguous": r, "ratios": all_,
                             "max_abs_diff": (last - reference).abs().max().item()}
