@@ -32,8 +32,7 @@ from vldd.captioning import load_captioner
 from vldd.config import load_config
 from vldd.finetuning import finetune_config
 from vldd.generation import load_pipeline
-from vldd.plan import (PeakMemory, caption_cost, decoder_layer_bytes, finetune_cost, generation_cost, timed,
-                       unet_calls)
+from vldd.plan import PeakMemory, caption_cost, decoder_layer_bytes, finetune_cost, generation_cost, timed, unet_calls
 from vldd.prototypes import build_prototypes, encode_images
 from vldd.shapes import LLAVA_TEXT, SHAPES_CAPTIONER, SHAPES_DIFFUSION
 
@@ -100,7 +99,8 @@ def encoding(args, pipe, device) -> dict:
     for batch in args.encode_batches:
         images = photos(batch)
         with PeakMemory(device) as peak:
-            s = timed(lambda: encode_images(pipe.vae, images, resolution=r, batch_size=batch), device)
+            s = timed(lambda images=images: encode_images(pipe.vae, images, resolution=r, batch_size=len(images)),
+                      device)
         rows[batch] = {"batch": batch, "seconds": s, "images_per_s": batch / s, "peak_gb": peak.gb}
         print(f"  encode batch {batch}: {batch / s:.4g} images/s", flush=True)
     return _best(rows, "encode", [f"{r} px"])
@@ -112,8 +112,9 @@ def prototypes(args, device) -> dict:
     out = {}
     for ipc in (10, 50):
         with PeakMemory(device) as peak:
-            s = timed(lambda: build_prototypes(latents, ipc, contamination=p.contamination, n_neighbors=p.lof_neighbors,
-                                               n_init=p.n_init, max_iter=p.max_iter, tol=p.tol), device, warmup=False)
+            s = timed(lambda k=ipc: build_prototypes(latents, k, contamination=p.contamination, n_neighbors=p.lof_neighbors,
+                                                     n_init=p.n_init, max_iter=p.max_iter, tol=p.tol),
+                      device, warmup=False)
         out[ipc] = {"ipc": ipc, "seconds_per_class": s, "peak_gb": peak.gb}
         print(f"  prototypes IPC {ipc}: {s:.3g} s/class", flush=True)
     return {"stage": "prototypes", "rows": list(out.values()), "notes": ["1300 x 16,384 random latents per class"]}

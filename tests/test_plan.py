@@ -1,7 +1,6 @@
 """`vldd plan`: measured per-item costs scaled by the run's counts."""
 
 import resource
-from types import SimpleNamespace
 
 import pytest
 import torch
