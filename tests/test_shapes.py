@@ -65,3 +65,24 @@ def test_reduced_llava_loads_like_the_real_one_and_runs(tmp_path):
         logits = model(**inputs).logits
     assert logits.shape == (1, inputs["input_ids"].shape[1], 32_064) and logits.isfinite().all()
     assert resolve_model(REDUCED, cache_dir=tmp_path) == path  # reused, not rebuilt
+
+
+def test_loaders_keep_sdpa_attention_which_changes_no_output(tiny_cache):
+    # The speed default measured by benchmarks/paper_scale.py: both libraries' loaders pick SDPA; the classic
+    # attention gives the same UNet output (to float rounding) more slowly.
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from vldd.generation import load_pipeline
+
+    captioner = load_captioner("tiny://llava", cache_dir=tiny_cache)
+    assert captioner.model.config.text_config._attn_implementation == "sdpa"
+    assert captioner.model.config.vision_config._attn_implementation == "sdpa"
+    pipe = load_pipeline("tiny://stable-diffusion", cache_dir=tiny_cache)
+    assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)
+    with torch.inference_mode():
+        sdpa = pipe.unet(x, 500, text).sample
+        pipe.unet.set_attn_processor(AttnProcessor())
+        classic = pipe.unet(x, 500, text).sample
+    torch.testing.assert_close(classic, sdpa, rtol=1e-5, atol=1e-5)
