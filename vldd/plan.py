@@ -130,9 +130,12 @@ def stand_in(model_id: str) -> str:
 class CallTimer:
     """Times every forward call of `module` with hooks, and, within each, the time spent in `layers` (a stack of
     identical layers, e.g. a decoder's), so a depth-reduced model's cost can be scaled to the full depth from the
-    same run. Use as a context manager; `calls` holds `(seconds, seconds in layers)` per call."""
+    same run. Use as a context manager; `calls` holds `(seconds, seconds in layers)` per call. On CUDA every hook
+    synchronizes the device, so the times are the kernels' and not their launches'."""
 
     def __init__(self, module: torch.nn.Module, layers: torch.nn.ModuleList | None = None):
+        device = next(module.parameters()).device
+        self._sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         self.calls: list[tuple[float, float]] = []
         self._handles = []
         self._start = self._layer_start = 0.0
@@ -144,17 +147,21 @@ class CallTimer:
     def _hook(self, module, pre, post) -> None:
         self._handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
+    def _now(self) -> float:
+        self._sync()
+        return time.perf_counter()
+
     def _enter(self, *_) -> None:
-        self._in_layers, self._start = 0.0, time.perf_counter()
+        self._in_layers, self._start = 0.0, self._now()
 
     def _exit(self, *_) -> None:
-        self.calls.append((time.perf_counter() - self._start, self._in_layers))
+        self.calls.append((self._now() - self._start, self._in_layers))
 
     def _enter_layer(self, *_) -> None:
-        self._layer_start = time.perf_counter()
+        self._layer_start = self._now()
 
     def _exit_layer(self, *_) -> None:
-        self._in_layers += time.perf_counter() - self._layer_start
+        self._in_layers += self._now() - self._layer_start
 
     def scaled(self, index: int, factor: float = 1.0) -> float:
         """Call `index`'s seconds with its time in `layers` multiplied by `factor` (full depth / present depth)."""
