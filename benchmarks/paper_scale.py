@@ -61,7 +61,8 @@ def captioning(args, device, dtype) -> dict:
             captioner = load_captioner(model_id, device=device, dtype=dtype, cache_dir=args.cache_dir)
             prompt = len(captioner.processor(images=images[:1], text=[_prompt(captioner, c)]).input_ids[0])
             prefill, decode = caption_cost(captioner, images, "tench, Tinca tinca", c,
-                                           decode_tokens=args.decode_tokens, full_layers=layers)
+                                           decode_tokens=args.decode_tokens,
+                                           full_layers=layers if args.per_layer else None)
             layer_gb = decoder_layer_bytes(captioner) / 2**30
             del captioner
             gc.collect()
