@@ -138,7 +138,7 @@ def test_a_few_dozen_steps_lower_the_training_loss(full):
 
 
 def test_ema_weights_differ_from_the_raw_weights(full, tiny_cache):
-    from vldd.tiny import resolve_model
+    from vldd.builtin import resolve_model
 
     raw = load_file(full.output / "checkpoints" / "checkpoint-30" / "model.safetensors")  # the raw UNet at step 30
     ema = load_file(full.output / "unet" / "diffusion_pytorch_model.safetensors")  # what the output holds

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vldd"
 # Bottom to top. The package itself ("vldd": __version__ and lazy re-exports) is at the bottom.
 LAYERS = [
     {"vldd", "config", "profiles", "runs", "devices", "seeding", "provenance", "cards"},  # no model code
-    {"classnames", "data", "sample", "tiny", "prototypes", "text_prototypes", "captioning", "generation", "students", "augment"},
+    {"classnames", "data", "sample", "tiny", "shapes", "builtin", "prototypes", "text_prototypes", "captioning", "generation", "students", "augment"},
     {"evaluation", "finetuning", "hub", "plan"},  # jobs built from the stages
     {"pipeline", "reproduce"},  # the distillation orchestrator, and the recipe that runs it per seed then evaluates
     {"cli", "app_logic", "space_gpu", "space_uploads", "__main__"},  # entry points and the app's own code
@@ -21,7 +21,6 @@ LAYERS = [
 
 # (importer, imported): why it is there today. Phase B of issue 12 moves the code and removes the entries.
 ALLOWED = {
-    ("plan", "pipeline"): "plan uses the orchestrator's resolve_device/resolve_dtype and _classes_to_run",
 }
 
 

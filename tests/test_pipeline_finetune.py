@@ -16,10 +16,10 @@ import yaml
 from conftest import tiny_overrides
 from PIL import Image
 
+from vldd.builtin import resolve_model
 from vldd.cli import build_parser, config_from_args, main
 from vldd.config import load_config
 from vldd.pipeline import NOT_FINETUNED, distill
-from vldd.tiny import resolve_model
 
 # Three optimizer steps (one epoch of 24 pairs in batches of 8), a resumable checkpoint after each.
 TUNE = {"enabled": True, "max_train_steps": 3, "checkpointing_steps": 1}
@@ -284,7 +284,7 @@ def test_dataset_card_names_the_fine_tuned_model_or_says_none_was(tuned, untuned
 
 
 def test_finetune_settings_take_the_recipe_the_source_and_the_dtype(tmp_path):
-    from vldd.pipeline import finetune_settings
+    from vldd.finetuning import finetune_settings
 
     def settings(dtype=torch.float16, **overrides):
         config, _ = load_config(overrides={"output": str(tmp_path), **overrides}).resolve(10)

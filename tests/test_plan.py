@@ -1,23 +1,108 @@
 """`vldd plan`: measured per-item costs scaled by the run's counts."""
 
-import pytest
-from conftest import tiny_overrides
+import resource
 
+import pytest
+import torch
+from conftest import tiny_overrides
+from PIL import Image
+
+from vldd import plan
+from vldd.captioning import load_captioner
 from vldd.cli import main
 from vldd.config import load_config
-from vldd.plan import plan_run
+from vldd.finetuning import finetune_config
+from vldd.generation import generate_images, load_pipeline
+from vldd.plan import PeakMemory, caption_cost, generation_cost, plan_run, stand_in, unet_calls
+
+
+class ForwardClock:
+    """A clock that advances by one second per forward call of the modules: timings become call counts."""
+
+    def __init__(self, *modules):
+        self.now = 0.0
+        for module in modules:
+            module.register_forward_hook(lambda *_: setattr(self, "now", self.now + 1.0))
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_peak_memory_is_the_blocks_own_on_cpu():
+    cpu = torch.device("cpu")
+    with PeakMemory(cpu) as idle:
+        pass
+    with PeakMemory(cpu) as busy:
+        x = torch.ones(2**28)  # 1 GiB
+        x.add_(1)
+        del x
+    assert busy.gb - idle.gb == pytest.approx(1.0, abs=0.15)
+    with PeakMemory(cpu) as after:  # the freed GiB is not counted again: not the process's lifetime peak
+        pass
+    assert after.gb == pytest.approx(idle.gb, abs=0.15)
+
+
+def test_unet_calls_count_what_the_pipeline_calls(tiny_cache):
+    pipe = load_pipeline("tiny://stable-diffusion", cache_dir=tiny_cache)
+    clock = ForwardClock(pipe.unet)
+    for steps, strength in [(50, 0.7), (3, 0.7), (10, 1.0)]:
+        start = clock.now
+        generate_images(pipe, torch.zeros(1, 4, 8, 8), ["a"], seeds=[0], num_inference_steps=steps, strength=strength)
+        assert clock.now - start == unet_calls(pipe, steps, strength)
+    assert unet_calls(pipe, 50, 0.7) == 36  # 35 denoising steps + PNDM's repeated first PLMS step
+
+
+def test_generation_cost_is_extrapolated_per_unet_call(tiny_cache, monkeypatch):
+    pipe = load_pipeline("tiny://stable-diffusion", cache_dir=tiny_cache)
+    monkeypatch.setattr(plan, "time", ForwardClock(pipe.unet))  # one second per UNet call, nothing else costs
+    g = load_config(overrides={"preset": "tiny"}).generation
+    assert generation_cost(pipe, torch.zeros(2, 4, 8, 8), g) == unet_calls(pipe, g.num_inference_steps, g.strength)
+
+
+def test_caption_cost_forces_the_token_budget(tiny_cache, monkeypatch):
+    captioner = load_captioner("tiny://llava", cache_dir=tiny_cache)
+    monkeypatch.setattr(plan, "time", ForwardClock(captioner.model))  # one second per forward = per new token
+    c = load_config(overrides={"preset": "tiny"}).caption
+    images = [Image.new("RGB", (32, 32))] * 2
+    assert caption_cost(captioner, images, "dog", c, decode_tokens=5) == (1.0, 1.0)
+    assert captioner.model.generation_config.min_new_tokens is None  # restored
+
+
+def test_caption_cost_scales_the_decoder_layers_to_full_depth(tiny_cache, monkeypatch):
+    captioner = load_captioner("tiny://llava", cache_dir=tiny_cache)
+    layers = captioner.model.model.language_model.layers
+    assert len(layers) == 2
+    monkeypatch.setattr(plan, "time", ForwardClock(*layers))  # one second per decoder layer, nothing else costs
+    c = load_config(overrides={"preset": "tiny"}).caption
+    # Each call spends 2 s in its 2 layers; at 32 layers that is 32 s, for the prefill and every decoding step.
+    assert caption_cost(captioner, [Image.new("RGB", (32, 32))], "dog", c, decode_tokens=3, full_layers=32) == (
+        32.0, 32.0)
+
+
+def test_stand_ins_replace_uncached_paper_models_only():
+    assert stand_in("llava-hf/llava-1.5-7b-hf") == "shapes://llava-1.5-7b"  # offline, nothing cached
+    assert stand_in("stable-diffusion-v1-5/stable-diffusion-v1-5") == "shapes://sd15"
+    assert stand_in("someone/other-model") == "someone/other-model"
+    assert stand_in("tiny://llava") == "tiny://llava"
 
 
 def test_plan_counts_the_work_and_measures_each_stage(tiny_cache, tmp_path):
     config = load_config(overrides=tiny_overrides(tmp_path, ipc=3))
-    one = {e.stage: e for e in plan_run(config, cache_dir=tiny_cache, sample_items=2)}
-    assert [*one] == ["caption", "encode", "cluster", "generate"]
+    tune = finetune_config("tiny", captions=str(tmp_path))
+    x = torch.ones(2**29)  # 2 GiB held and freed before planning: a stage's peak must not include it
+    x.add_(1)
+    del x
+    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    one = {e.stage: e for e in plan_run(config, cache_dir=tiny_cache, sample_items=2, finetune=tune)}
+    assert [*one] == ["caption", "encode", "finetune", "cluster", "generate"]
     assert one["caption"].items == one["encode"].items == 2 * 12  # 2 classes x 12 images
+    assert one["finetune"].items == 2 * 12 * tune.num_train_epochs
     assert one["cluster"].items == 2 and one["generate"].items == 2 * 3
     for e in one.values():
-        assert e.seconds_per_item > 0 and e.peak_memory_gb > 0
+        assert 0.3 < e.peak_memory_gb < lifetime - 1.5, e
         assert e.seconds == pytest.approx(e.items * e.seconds_per_item)
     four = {e.stage: e for e in plan_run(config, cache_dir=tiny_cache, sample_items=2, processes=4)}
+    assert "finetune" not in four
     assert four["generate"].seconds == pytest.approx(four["generate"].items * four["generate"].seconds_per_item / 4)
     assert not (tmp_path / "dataset").exists()  # planning runs nothing
 
@@ -27,3 +112,4 @@ def test_plan_cli_prints_a_table(tiny_cache, tmp_path, capsys):
                  "--classes", "circle", "--ipc", "2", "--max-images-per-class", "6"]) == 0
     out = capsys.readouterr().out
     assert "caption" in out and "generate" in out and "total" in out and "tiny preset" in out
+    assert "36 UNet calls" in out

@@ -24,8 +24,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import seeding
+from .builtin import resolve_model
 from .provenance import resolve_revision
-from .tiny import resolve_model
 
 if TYPE_CHECKING:
     import datasets

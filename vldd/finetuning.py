@@ -38,7 +38,7 @@ import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ import torch
 from . import __version__, seeding
 from .cards import MODEL_SUMMARY, render_model_card, size_text
 from .config import TINY_DIFFUSION
+
+if TYPE_CHECKING:
+    from .config import DistillConfig
 from .provenance import public_name, versions
 from .runs import read_json, write_json, write_text
 
@@ -444,6 +447,41 @@ def _micro_step(batch, *, vae, text_encoder, unet, noise_scheduler, generator, w
     return F.mse_loss(prediction.float(), target.float(), reduction="mean")
 
 
+def finetune_settings(config: DistillConfig, run_dir: str | Path, dtype: torch.dtype) -> FinetuneConfig | None:
+    """The `vldd.finetuning.FinetuneConfig` of this run's fine-tuning stage, or None when the run does not fine-tune.
+
+    A run fine-tunes when `finetune.enabled` is set and `generation.model` is still the preset's model: a model given
+    explicitly (`--diffusion-model`, or a `--lora`) is used as is. Settings left None take the recipe's values
+    (`vldd.finetuning.PRESETS`, by the same preset name); the mixed precision follows the run's dtype.
+
+    Args:
+        config: a `vldd distill` run, resolved (`DistillConfig.resolve`).
+        run_dir: the run directory; the model goes to RUN_DIR/finetune/seed<S>.
+        dtype: the run's resolved dtype.
+    """
+    f, g = config.finetune, config.generation
+    if not f.enabled or _model_given(config):
+        return None
+    names = ("resolution", "num_train_epochs", "max_train_steps", "train_batch_size", "gradient_accumulation_steps",
+             "learning_rate", "checkpointing_steps")
+    values = {name: getattr(f, name) for name in names if getattr(f, name) is not None}
+    mixed = f.mixed_precision or {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
+    return finetune_config(config.preset if config.preset in PRESETS else "paper", **values,
+                           captions=str(run_dir), output=str(Path(run_dir) / "finetune" / f"seed{config.seed}"),
+                           base_model=f.base_model or g.model, revision=None if f.base_model else g.revision,
+                           seed=config.seed, lora=f.lora, mixed_precision=mixed)
+
+
+def _model_given(config: DistillConfig) -> bool:
+    """Whether the user chose the diffusion model (not the preset's): then it is used as given, not fine-tuned."""
+    from .config import PRESETS as RUN_PRESETS
+    from .config import GenerationConfig
+
+    preset_model = RUN_PRESETS[config.preset].get("generation", {}).get("model", GenerationConfig.model)
+    return config.generation.model != preset_model or config.generation.lora is not None
+
+
+
 def finetune(config: FinetuneConfig, *, cache_dir: str | Path | None = None, progress: bool = False) -> FinetuneResult:
     """Fine-tunes Stable Diffusion on captioned images (full or LoRA), resuming from the output's latest checkpoint.
 
@@ -460,7 +498,7 @@ def finetune(config: FinetuneConfig, *, cache_dir: str | Path | None = None, pro
     from diffusers.training_utils import EMAModel, cast_training_params
     from tqdm.auto import tqdm
 
-    from .tiny import resolve_model
+    from .builtin import resolve_model
 
     output = Path(config.output)
     base_path = resolve_model(config.base_model, cache_dir)

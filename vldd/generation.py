@@ -38,7 +38,7 @@ def load_pipeline(model_id: str, *, revision: str | None = None, device: str | t
     import diffusers
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    from .tiny import resolve_model
+    from .builtin import resolve_model
 
     path = resolve_model(model_id, cache_dir)
     try:

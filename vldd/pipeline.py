@@ -22,6 +22,8 @@ from . import __version__, seeding
 from .config import DistillConfig, fingerprint
 from .data import SourceDataset, load_source
 from .devices import Processes, resolve_device, resolve_dtype
+from .finetuning import finetune_settings
+from .prototypes import clusters_per_class
 from .provenance import public_name, resolve_revision, versions
 from .runs import StageDir, atomic_path, read_json, update_manifest, write_json, write_text
 
@@ -59,30 +61,6 @@ class DistillResult:
         else:
             lines.append(f"stages done: {', '.join(self.manifest.get('stages_done', []))} in {self.run_dir}")
         return lines
-
-
-def _classes_to_run(source: SourceDataset, config: DistillConfig) -> dict[int, int]:
-    """Number of prototypes per class; raises (or reduces, as configured) when a class has too few images."""
-    from .prototypes import count_inliers
-
-    config, _ = config.resolve(len(source.class_names))  # the derived contamination, when left unset
-    plan, short = {}, []
-    for label, n in source.counts().items():
-        usable = count_inliers(n, config.prototypes.contamination)
-        if usable >= config.ipc:
-            plan[label] = config.ipc
-        else:
-            short.append(f"{source.class_names[label]!r} ({n} images, {usable} after outlier removal)")
-            plan[label] = usable
-    if short and config.data.too_few_images == "error":
-        raise ValueError(f"IPC {config.ipc} needs at least {config.ipc} inlier images per class; too few in: "
-                         f"{', '.join(short)}. Lower --ipc, add images, or set data.too_few_images=reduce")
-    for line in short:
-        logger.warning("class %s: fewer clusters than IPC %d", line, config.ipc)
-    empty = [source.class_names[label] for label, k in plan.items() if k < 1]
-    if empty:
-        raise ValueError(f"classes {empty} have no usable image")
-    return plan
 
 
 # --- stage 1: captions -------------------------------------------------------------------------------------------
@@ -140,42 +118,6 @@ def write_captions_dataset(source: SourceDataset, config: DistillConfig, stage: 
 
 # --- stage 2: fine-tuning ------------------------------------------------------------------------------------------
 
-def finetune_settings(config: DistillConfig, run_dir: Path, dtype: torch.dtype) -> FinetuneConfig | None:
-    """The `vldd.finetuning.FinetuneConfig` of this run's fine-tuning stage, or None when the run does not fine-tune.
-
-    A run fine-tunes when `finetune.enabled` is set and `generation.model` is still the preset's model: a model given
-    explicitly (`--diffusion-model`, or a `--lora`) is used as is. Settings left None take the recipe's values
-    (`vldd.finetuning.PRESETS`, by the same preset name); the mixed precision follows the run's dtype.
-
-    Args:
-        config: the run, resolved (`DistillConfig.resolve`).
-        run_dir: the run directory; the model goes to RUN_DIR/finetune/seed<S>.
-        dtype: the run's resolved dtype.
-    """
-    from .finetuning import PRESETS as RECIPES
-    from .finetuning import finetune_config
-
-    f, g = config.finetune, config.generation
-    if not f.enabled or _model_given(config):
-        return None
-    names = ("resolution", "num_train_epochs", "max_train_steps", "train_batch_size", "gradient_accumulation_steps",
-             "learning_rate", "checkpointing_steps")
-    values = {name: getattr(f, name) for name in names if getattr(f, name) is not None}
-    mixed = f.mixed_precision or {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
-    return finetune_config(config.preset if config.preset in RECIPES else "paper", **values,
-                           captions=str(run_dir), output=str(run_dir / "finetune" / f"seed{config.seed}"),
-                           base_model=f.base_model or g.model, revision=None if f.base_model else g.revision,
-                           seed=config.seed, lora=f.lora, mixed_precision=mixed)
-
-
-def _model_given(config: DistillConfig) -> bool:
-    """Whether the user chose the diffusion model (not the preset's): then it is used as given, not fine-tuned."""
-    from .config import PRESETS, GenerationConfig
-
-    preset_model = PRESETS[config.preset].get("generation", {}).get("model", GenerationConfig.model)
-    return config.generation.model != preset_model or config.generation.lora is not None
-
-
 def finetune_stage(config: DistillConfig, tune: FinetuneConfig, stage: StageDir, source: SourceDataset, run_dir: Path,
                    processes: Processes, cache_dir, progress: bool) -> None:
     """Fine-tunes (or resumes fine-tuning) into `stage.path` unless a finished model is there; every process joins."""
@@ -207,7 +149,7 @@ def vae_fingerprint(model_id: str, revision: str | None = None, cache_dir: str |
     import hashlib
     import json
 
-    from .tiny import resolve_model
+    from .builtin import resolve_model
 
     path = Path(resolve_model(model_id, cache_dir))
     if not path.is_dir():
@@ -440,7 +382,8 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     t = time.perf_counter()
     source = source if source is not None else load_source(config.data)
     config, derived = config.resolve(len(source.class_names))
-    plan = _classes_to_run(source, config)
+    plan = clusters_per_class(source.counts(), source.class_names, ipc=config.ipc,
+                              contamination=config.prototypes.contamination, too_few=config.data.too_few_images)
     mine = processes.share(source.classes)
     timings["load"] = time.perf_counter() - t
 

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ import torch
 from PIL import Image
 
 from . import seeding
+
+logger = logging.getLogger(__name__)
 
 
 def preprocess(images: list[Image.Image], resolution: int) -> torch.Tensor:
@@ -334,6 +337,33 @@ def build_prototypes(latents: torch.Tensor, ipc: int, *, contamination: float = 
     sizes = torch.bincount(result.labels.cpu(), minlength=ipc).tolist()
     centers = result.centers.reshape(ipc, *latents.shape[1:]).cpu()
     return ClassPrototypes(centers, assignment, sizes, result.inertia)
+
+
+def clusters_per_class(counts: dict[int, int], class_names: list[str], *, ipc: int, contamination: float,
+                       too_few: str = "error") -> dict[int, int]:
+    """How many prototypes each class gets: IPC, or (with `too_few="reduce"`) what its LOF inliers allow.
+
+    Args:
+        counts: images per label.
+        class_names: every label's name, for messages.
+        ipc, contamination: the run's images per class and LOF contamination.
+        too_few: "error" raises, naming every class with fewer inliers than IPC; "reduce" gives them fewer clusters.
+    """
+    plan, short = {}, []
+    for label, n in counts.items():
+        usable = count_inliers(n, contamination)
+        plan[label] = min(ipc, usable)
+        if usable < ipc:
+            short.append(f"{class_names[label]!r} ({n} images, {usable} after outlier removal)")
+    if short and too_few == "error":
+        raise ValueError(f"IPC {ipc} needs at least {ipc} inlier images per class; too few in: {', '.join(short)}. "
+                         "Lower --ipc, add images, or set data.too_few_images=reduce")
+    for line in short:
+        logger.warning("class %s: fewer clusters than IPC %d", line, ipc)
+    empty = [class_names[label] for label, k in plan.items() if k < 1]
+    if empty:
+        raise ValueError(f"classes {empty} have no usable image")
+    return plan
 
 
 def count_inliers(n_images: int, contamination: float) -> int:

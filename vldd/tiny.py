@@ -5,11 +5,9 @@ Both are saved with `save_pretrained` and load through the very code paths the r
 runs end to end on a CPU in seconds. Their outputs are meaningless (random weights); the plumbing is real.
 
 Example:
-    >>> from vldd.tiny import resolve_model
+    >>> from vldd.builtin import resolve_model
     >>> path = resolve_model("tiny://stable-diffusion")  # built once, then cached in ~/.cache/vldd/tiny/
     >>> pipe = StableDiffusionImg2ImgPipeline.from_pretrained(path)
-    >>> resolve_model("llava-hf/llava-1.5-7b-hf")  # any other id is returned unchanged
-    'llava-hf/llava-1.5-7b-hf'
 """
 
 from __future__ import annotations
@@ -187,12 +185,19 @@ def _is_current(path: Path, version: str) -> bool:
 
 
 def _ensure(model_id: str, cache_dir: str | Path | None) -> Path:
-    from filelock import FileLock
-
     name, build = _BUILDERS[model_id]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / "tiny" / name
-    version = _builder_version()
+    return build_once(root / "tiny" / name, build, model_id, _builder_version())
+
+
+def build_once(target: Path, build: Callable[[Path], None], model_id: str, version: str) -> Path:
+    """Runs `build(dir)` once into `target`: in a temporary directory moved into place, under a file lock.
+
+    A finished build holds a marker naming `version`; a marker with another version triggers a rebuild.
+    """
+    from filelock import FileLock
+
+    name = target.name
     if _is_current(target, version):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -233,15 +238,8 @@ def build_tiny_models(cache_dir: str | Path | None = None) -> dict[str, Path]:
     return {model_id: _ensure(model_id, cache_dir) for model_id in _BUILDERS}
 
 
-def resolve_model(model_id: str, cache_dir: str | Path | None = None) -> str:
-    """Turns a `tiny://` id into the directory of the built model (building it if needed); other ids pass unchanged.
-
-    Args:
-        model_id: a `tiny://` id, a Hub id or a local directory.
-        cache_dir: where the tiny models are kept; defaults to `~/.cache/vldd`.
-    """
-    if not model_id.startswith("tiny://"):
-        return model_id
+def build_model(model_id: str, cache_dir: str | Path | None = None) -> Path:
+    """The directory of the tiny model `model_id` ("tiny://..."), built on first use."""
     if model_id not in _BUILDERS:
         raise ValueError(f"unknown tiny model {model_id!r}; valid tiny ids are {sorted(_BUILDERS)}")
-    return str(_ensure(model_id, cache_dir))
+    return _ensure(model_id, cache_dir)
