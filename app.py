@@ -179,7 +179,7 @@ class Handlers:
         try:
             # 1. Everything that can be checked on the CPU: limits, the dataset, classes, IPC vs images.
             run = self._request(values, session)
-            stages = logic.STAGES_OF[stage]
+            stages = logic.stages_of(stage)
             config = logic.distill_config(run, s.space, s.sessions.run_dir(session))
             source = logic.open_source(config, stream_dir=s.sessions.path(session) / "stream")
             # 2. The GPU calls, planned against the cap and the visitor's likely quota before the first one.

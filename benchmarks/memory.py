@@ -86,8 +86,8 @@ def worker(args) -> None:
     import torch
 
     from vldd.config import load_config
+    from vldd.distillation import distill
     from vldd.generation import load_pipeline
-    from vldd.pipeline import distill
 
     torch.set_num_threads(args.threads)
     config = load_config(overrides={

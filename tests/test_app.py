@@ -225,7 +225,7 @@ def test_gpu_estimate_follows_classes_ipc_and_steps(space):
     def seconds(**changes):
         values = {"dataset": "sample", "classes": CLASSES, "preset": "paper", "ipc": 10, "images_per_class": 30,
                   "steps": 50, **changes}
-        return logic.estimate_run_seconds(logic.make_request(space, **values), logic.STAGES, space)
+        return logic.estimate_run_seconds(logic.make_request(space, **values), logic.stages_of("generate"), space)
 
     base = seconds()
     assert seconds(classes=CLASSES * 2) > base and seconds(ipc=5) < base and seconds(steps=100) > base
@@ -235,7 +235,7 @@ def test_gpu_estimate_follows_classes_ipc_and_steps(space):
         captions_from="user/captions"), ("generate",), space)
     assert generate_only == int(s["load"] + 2 * 10 * 35 * s["step"] + 0.999)
     one = logic.class_seconds(logic.make_request(space, dataset="sample", classes=CLASSES, preset="paper", ipc=10,
-                                                 images_per_class=30, steps=50), logic.STAGES, space)
+                                                 images_per_class=30, steps=50), logic.stages_of("generate"), space)
     assert one == int(s["load"] + 30 * s["caption"] + (30 + 10) * s["encode"] + 10 * 35 * s["step"] + 0.999)
 
 

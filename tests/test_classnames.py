@@ -141,7 +141,7 @@ def test_distill_prompts_and_filters_with_the_full_imagenet_names(tiny_cache, tm
     """
     from vldd.captioning import captions_dataset
     from vldd.config import load_config
-    from vldd.pipeline import distill
+    from vldd.distillation import distill
 
     wnids = ["n01440764", "n03417042"]
     folder = _folder(tmp_path / "train", wnids, per_class=8)

@@ -35,6 +35,7 @@ from vldd.evaluation import (
     resolve_recipe,
     soft_batch_size,
 )
+from vldd.reports import evaluation_lines
 from vldd.runs import read_manifest
 from vldd.sample import SAMPLE_CLASSES, load_sample
 from vldd.students import build_student, save_classifier
@@ -328,7 +329,7 @@ def test_run_stats_over_repeats():
 def test_full_real_train_beats_chance_and_random_baseline_shares_the_recipe(hard_run):
     _, result = hard_run
     full, random, distilled = result.runs["full"], result.runs["random"], result.runs["distilled"]
-    logging.getLogger(__name__).info("\n".join(result.summary_lines()))
+    logging.getLogger(__name__).info("\n".join(evaluation_lines(result)))
     assert full.repeats[0].train_images == 30 * len(CLASSES)
     assert full.stats()["best_mean"] >= CHANCE + 35  # 4 classes: chance is 25 %
     assert full.stats()["final_mean"] >= CHANCE + 25
@@ -396,7 +397,7 @@ def test_soft_protocol_with_a_trained_teacher_beats_chance(tmp_path):
     config = EvalConfig(distilled=str(run), protocol="soft", teacher=str(teacher), student="resnetap10", epochs=40,
                         batch_size=4, shuffle_factor=1, **TINY)
     result = evaluate(config)
-    logging.getLogger(__name__).info("\n".join(result.summary_lines()))
+    logging.getLogger(__name__).info("\n".join(evaluation_lines(result)))
     repeat = result.runs["distilled"].repeats[0]
     assert repeat.epochs == [40]  # tested every 10 epochs in the last 20 %
     assert repeat.best >= CHANCE + 20

@@ -326,7 +326,7 @@ def test_dropped_connections_are_retried_and_a_rerun_completes(hub_server, run_f
 
 def test_tiny_distill_push_load_and_reuse_captions(hub_server, tiny_cache, tmp_path):
     from vldd.config import load_config
-    from vldd.pipeline import distill
+    from vldd.distillation import distill
 
     overrides = {"preset": "tiny", "output": str(tmp_path / "run"), "ipc": 2, "generation": {"num_inference_steps": 4},
                  "caption": {"max_new_tokens": 4}, "data": {"classes": [0, 1], "max_images_per_class": 6}}

@@ -15,8 +15,8 @@ LAYERS = [
     {"vldd", "config", "profiles", "runs", "devices", "seeding", "provenance", "cards"},  # no model code
     {"classnames", "data", "sample", "tiny", "shapes", "builtin", "prototypes", "text_prototypes", "captioning", "generation", "students", "augment"},
     {"evaluation", "finetuning", "hub", "plan"},  # jobs built from the stages
-    {"pipeline", "reproduce"},  # the distillation orchestrator, and the recipe that runs it per seed then evaluates
-    {"cli", "app_logic", "space_gpu", "space_uploads", "__main__"},  # entry points and the app's own code
+    {"distillation", "reproduce"},  # the distillation orchestrator, and the recipe that runs it per seed then evaluates
+    {"cli", "reports", "app_logic", "space_gpu", "space_uploads", "__main__"},  # entry points and the app's own code
 ]
 
 # (importer, imported): why it is there today. Phase B of issue 12 moves the code and removes the entries.

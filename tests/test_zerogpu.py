@@ -69,7 +69,7 @@ def test_the_default_demo_fits_an_anonymous_visitors_quota():
                                  preset=preset)
     assert (request.ipc, request.images_per_class, request.steps) == (controls["ipc"], 10, 25)
     assert request.strength == 0.7 and request.guidance_scale == 10.0  # the config's defaults, written once
-    seconds = logic.class_seconds(request, logic.STAGES, space)
+    seconds = logic.class_seconds(request, logic.stages_of("generate"), space)
     plan = plan_gpu_calls({c: seconds for c in request.classes}, space.zerogpu, "anonymous")
     assert seconds == 20 and plan.total_seconds == 90.0 <= space.zerogpu.daily_seconds["anonymous"] == 120
 
@@ -139,7 +139,7 @@ def test_tiny_pipeline_runs_under_zerogpu_one_bounded_call_per_class(zero_app):
 
     # One scheduled call per class, each asking for its capped estimate times the slice factor of `spaces`.
     space = logic.load_space_config(zero_app.tmp / "spaces_config.yaml")
-    seconds = logic.class_seconds(logic.make_request(space, classes=CLASSES, **RUN), logic.STAGES, space)
+    seconds = logic.class_seconds(logic.make_request(space, classes=CLASSES, **RUN), logic.stages_of("generate"), space)
     assert seconds == 27  # 20 load + 12 x 0.5 caption + ... (the test's estimates)
     factor = get_config()["duration_factor"]
     assert zero_app.scheduler.durations() == [round(seconds * factor)] * 2
@@ -159,7 +159,7 @@ def test_tiny_pipeline_runs_under_zerogpu_one_bounded_call_per_class(zero_app):
     status, summary, clusters, images, _ = client.predict(**RUN, classes=CLASSES, api_name="/prototypes")
     assert len(images) == 4 and [row[:2] for row in clusters["data"]][:2] == [["circle", 0], ["circle", 1]]
     proto_seconds = logic.class_seconds(logic.make_request(space, classes=CLASSES, **RUN),
-                                        logic.STAGES_OF["prototypes"], space)
+                                        logic.stages_of("prototypes"), space)
     assert zero_app.scheduler.durations()[before:] == [round(proto_seconds * factor)] * 2
     before += 2
 

@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "DistillConfig": "config", "DataConfig": "config", "CaptionConfig": "config", "PrototypeConfig": "config",
     "TextPrototypeConfig": "config", "GenerationConfig": "config", "load_config": "config",
-    "distill": "pipeline", "DistillResult": "pipeline", "Processes": "devices",
+    "distill": "distillation", "DistillResult": "distillation", "Processes": "devices",
     "plan_run": "plan", "StageEstimate": "plan",
     "evaluate": "evaluation", "EvalConfig": "evaluation", "EvalResult": "evaluation",
     "finetune": "finetuning", "finetune_config": "finetuning", "FinetuneConfig": "finetuning",
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         load_config,
     )
     from .devices import Processes
+    from .distillation import DistillResult, distill
     from .evaluation import EvalConfig, EvalResult, evaluate
     from .finetuning import FinetuneConfig, FinetuneResult, finetune, finetune_config
     from .generation import load_pipeline
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
         push_distilled,
         push_model,
     )
-    from .pipeline import DistillResult, distill
     from .plan import StageEstimate, plan_run
     from .tiny import build_tiny_models
 

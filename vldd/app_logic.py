@@ -38,12 +38,6 @@ from .space_uploads import UploadError, UploadLimits, extract_upload  # noqa: F4
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("caption", "prototypes", "text", "generate")
-STAGES_OF = {  # what each tab's button runs; later stages resume from what earlier ones left on disk
-    "caption": ("caption",),
-    "prototypes": ("caption", "prototypes", "text"),
-    "generate": STAGES,
-}
 GRADIO_MOCK_TOKEN = "mock-oauth-token-for-local-dev"  # what Gradio's mocked (off-Space) login hands to handlers
 
 
@@ -53,6 +47,13 @@ def _check(ok: bool, message: str) -> None:
 
 
 # --- the Space's settings (spaces_config.yaml) -----------------------------------------------------------------------
+
+def stages_of(button: str) -> tuple[str, ...]:
+    """The stages a tab's button runs, as the CLI's command of that name (the app never fine-tunes: skipped)."""
+    from .distillation import STAGE_COMMANDS
+
+    return STAGE_COMMANDS[button]
+
 
 @dataclass
 class PresetSpec:
@@ -564,7 +565,7 @@ def open_source(config: DistillConfig, stream_dir: str | Path | None = None):
 
 def run_class(job: ClassJob, models: ModelCache) -> ClassResult:
     """One GPU call's work: `job.stages` on one class, with the process's models at the main process's placement."""
-    from .pipeline import distill
+    from .distillation import distill
 
     config = job.config
     label = job.source.classes[0]
@@ -588,7 +589,7 @@ def run_class(job: ClassJob, models: ModelCache) -> ClassResult:
 def finish_run(config: DistillConfig, source, stages: tuple[str, ...]) -> str:
     """After every class's GPU call: writes the run's combined outputs (captions, dataset, preview, manifest) on the
     CPU, loading no model, and returns the summary shown to the visitor."""
-    from .pipeline import distill
+    from .distillation import distill
 
     result = distill(config, stages=stages, source=source)
     what = " → ".join(dict.fromkeys("text prototypes" if s == "text" else s for s in stages))
@@ -596,7 +597,7 @@ def finish_run(config: DistillConfig, source, stages: tuple[str, ...]) -> str:
 
 
 def _summary(result, what: str) -> str:
-    from .pipeline import TINY_NOTE
+    from .config import TINY_NOTE
 
     lines = [f"**Note**: {TINY_NOTE}"] if result.manifest.get("tiny") else []
     if result.dataset is not None:
@@ -829,7 +830,9 @@ def quick_evaluate(run_dir: str | Path, settings: dict[str, Any]) -> EvalView:
 
     run_dir = Path(run_dir)
     result = evaluate(EvalConfig(distilled=str(run_dir), **settings), progress=True)
-    lines = [line for line in result.summary_lines() if not line.startswith("results:")]
+    from .reports import evaluation_lines
+
+    lines = [line for line in evaluation_lines(result) if not line.startswith("results:")]
     return EvalView(result.plot_path, f"{lines[0]}\n```\n" + "\n".join(line.strip() for line in lines[1:]) + "\n```")
 
 

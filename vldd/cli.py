@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfg
+from . import reports
 from .runs import RunDirBusyError, check_output_dir, run_dir_lock
 
 # Nothing here imports torch, diffusers, transformers or datasets at module level: `vldd --help` and
@@ -216,6 +217,11 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
                        "--finetune.enabled false")
 
 
+def _print(lines: list[str]) -> None:
+    for line in lines:
+        print(line)
+
+
 def _nested(args: argparse.Namespace, dest: str) -> dict:
     """The flags given under `dest` (`"<dest>:a.b"`) as nested overrides ({"a": {"b": value}})."""
     overrides: dict = {}
@@ -270,26 +276,28 @@ def _run_stages(stages):
     def run(args):
         config = config_from_args(args)
         with run_dir_lock(config.output, launch=_launch_key()):
-            from .pipeline import distill
+            from .distillation import distill
 
             processes, device = _processes(config.device)
             config.device = device
             result = distill(config, stages=stages, cache_dir=args.cache_dir, progress=not args.quiet,
                              processes=processes)
         if processes is None or processes.is_main:
-            for line in result.summary_lines():
-                print(line)
+            _print(reports.distill_lines(result))
         return 0
 
     return run
 
 
 def _add_stage_commands(sub):
+    stages_of = module_constants("distillation")["STAGE_COMMANDS"]
     entries = {
-        "distill": (None, "run every stage: caption, prototypes, text prototypes, generate, write the dataset"),
-        "caption": (("caption",), "caption the source images (stage 1)"),
-        "prototypes": (("caption", "prototypes", "text"), "build image and text prototypes (stages 2-3)"),
-        "generate": (None, "generate the distilled images from the run's prototypes (stage 4 and output)"),
+        "distill": (None, "run every stage: caption, fine-tune, prototypes, text prototypes, generate, write the "
+                          "dataset"),
+        "caption": (stages_of["caption"], "caption the source images (stage 1)"),
+        "prototypes": (stages_of["prototypes"], "build image and text prototypes (stages 3-4; captions first)"),
+        "generate": (None, "generate the distilled images from the run's prototypes (stage 5 and output; resumes "
+                           "every earlier stage)"),
     }
     for name, (stages, help_text) in entries.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -345,8 +353,7 @@ def _evaluate(args) -> int:
     processes, device = _processes(config.device)
     result = evaluate(config, device=device if processes else None, progress=not args.quiet, processes=processes)
     if processes is None or processes.is_main:
-        for line in result.summary_lines():
-            print(line)
+        _print(reports.evaluation_lines(result))
     return 0
 
 
@@ -365,12 +372,11 @@ def _add_evaluate(sub):
 
 
 def _plan(args) -> int:
-    from .plan import format_plan, plan_run
+    from .plan import plan_run
 
     config = config_from_args(args)
     estimates = plan_run(config, cache_dir=args.cache_dir, processes=args.processes)
-    for line in format_plan(estimates, args.processes):
-        print(line)
+    _print(reports.plan_lines(estimates, args.processes))
     if config.is_tiny:
         print("NOTE: tiny preset: the figures are for the random-weight test models, not real ones")
     return 0
@@ -399,8 +405,7 @@ def _finetune(args) -> int:
     check_output_dir(config.output, "output directory")
     result = finetune(config, cache_dir=args.cache_dir, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, only the main process reports
-        for line in result.summary_lines():
-            print(line)
+        _print(reports.finetune_lines(result))
     return 0
 
 
@@ -473,20 +478,7 @@ def _reproduce(args) -> int:
                        eval_overrides=eval_overrides, cache_dir=args.cache_dir, progress=not args.quiet,
                        processes=processes)
     if processes is None or processes.is_main:
-        e = result.evaluation
-        print(f"{result.cell.name}: {e.config.protocol}-label protocol, {e.recipe.student}, {e.recipe.epochs} epochs, "
-              f"{len(result.run_dirs)} sets (seeds {', '.join(map(str, result.seeds))}) x {e.config.repeats} repeats"
-              f" — top-1 %, mean ± std")
-        print(f"  {'':12s} {'paper':>6s}   {'best':>13s}   {'final':>13s}   {'best - paper':>12s}")
-        for row in result.rows:
-            paper = "—" if row.published is None else f"{row.published:.1f}"
-            diff = "" if row.difference is None else f"{row.difference:+.1f}"
-            print(f"  {row.name:12s} {paper:>6s}   {row.best_mean:6.1f} ± {row.best_std:4.1f}   "
-                  f"{row.final_mean:6.1f} ± {row.final_std:4.1f}   {diff:>12s}")
-        print("  comparable with the paper" if result.comparable else "  NOT comparable with the paper:")
-        for note in result.notes:
-            print(f"    - {note}")
-        print(f"report: {result.report_path}")
+        _print(reports.reproduce_lines(result))
     return 0
 
 

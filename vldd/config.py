@@ -25,6 +25,8 @@ PAPER_PROMPT = (
 
 TINY_DIFFUSION = "tiny://stable-diffusion"
 TINY_CAPTIONER = "tiny://llava"
+TINY_NOTE = ("tiny preset: random-weight models built from configs; the images are noise and the captions "
+             "gibberish. It exercises the whole product offline in seconds; it is not a distilled dataset.")
 
 
 def _check(ok: bool, message: str) -> None:

@@ -19,7 +19,7 @@ trainings are kept beside the results file, so an interrupted evaluation resumes
 Example:
     >>> result = evaluate(EvalConfig(distilled=["runs/nette/seed0", "runs/nette/seed1", "runs/nette/seed2"],
     ...                              real="frgfm/imagenette", protocol="hard", baselines=["random"]))
-    >>> print("\\n".join(result.summary_lines()))
+    >>> print(result.runs["distilled"].stats())
 """
 
 from __future__ import annotations
@@ -436,26 +436,6 @@ class EvalResult:
     results_path: Path | None = None
     plot_path: Path | None = None
     sets: list[RunResult] = field(default_factory=list)  # each distilled set alone, named by its source
-
-    def summary_lines(self) -> list[str]:
-        over = (f"{len(self.sets)} sets x {self.config.repeats} repeats" if len(self.sets) > 1
-                else f"{self.config.repeats}")
-        lines = [f"{self.config.protocol}-label protocol, {self.recipe.student}, {self.recipe.image_size} px, "
-                 f"{self.recipe.epochs} epochs, {len(self.classes)} classes, IPC {self.ipc} "
-                 f"(top-1 %, mean ± std over {over})"]
-
-        def line(name: str, run: RunResult) -> str:
-            s = run.stats()
-            return (f"  {name:9s} best {s['best_mean']:5.1f} ± {s['best_std']:.1f}   "
-                    f"final {s['final_mean']:5.1f} ± {s['final_std']:.1f}   ({run.repeats[0].train_images} images)")
-
-        for name, run in self.runs.items():
-            lines.append(line(name, run))
-            if name == "distilled" and len(self.sets) > 1:
-                lines += ["  " + line(f"set {i}", s) + f"  {s.name}" for i, s in enumerate(self.sets)]
-        if self.results_path is not None:
-            lines.append(f"results: {self.results_path}")
-        return lines
 
 
 def plot_curves(runs: dict[str, RunResult], path: str | Path, title: str) -> Path:

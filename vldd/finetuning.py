@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from . import __version__, seeding
-from .cards import MODEL_SUMMARY, render_model_card, size_text
+from .cards import MODEL_SUMMARY, render_model_card
 from .config import TINY_DIFFUSION
 
 if TYPE_CHECKING:
@@ -182,22 +182,6 @@ class FinetuneResult:
     losses: list[float] = field(default_factory=list)  # per-step training loss of every step, from step 1
     weights_bytes: int = 0  # size of the saved weights (the UNet, or the LoRA adapter)
     hub_repo: str | None = None  # the model repository it was pushed to
-
-    def summary_lines(self) -> list[str]:
-        kind = "LoRA adapter" if self.lora else "pipeline"
-        lines = [f"fine-tuned {self.global_step}/{self.total_steps} steps ({self.epochs} epochs)"
-                 + (f", resumed from step {self.resumed_from}" if self.resumed_from is not None else "")
-                 + f" -> {kind} in {self.output} ({size_text(self.weights_bytes)} of weights)"]
-        if self.losses:
-            head, tail = self.losses[: max(1, len(self.losses) // 10)], self.losses[-max(1, len(self.losses) // 10):]
-            lines.append(f"loss: {np.mean(head):.4f} (first steps) -> {np.mean(tail):.4f} (last steps); per step in "
-                         f"{self.output / LOSSES}")
-        model = self.hub_repo or self.output
-        flags = f"--diffusion-model {self.base_model} --lora {model}" if self.lora else f"--diffusion-model {model}"
-        lines.append(f"generate with it: vldd generate --output RUN_DIR {flags}")
-        if self.hub_repo:
-            lines.append(f"published to the Hub model repository {self.hub_repo}")
-        return lines
 
 
 # --- data ----------------------------------------------------------------------------------------------------------
@@ -479,7 +463,6 @@ def _model_given(config: DistillConfig) -> bool:
 
     preset_model = RUN_PRESETS[config.preset].get("generation", {}).get("model", GenerationConfig.model)
     return config.generation.model != preset_model or config.generation.lora is not None
-
 
 
 def finetune(config: FinetuneConfig, *, cache_dir: str | Path | None = None, progress: bool = False) -> FinetuneResult:

@@ -394,25 +394,3 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
                  f"{calls} UNet calls, timed per call"))
     return [StageEstimate(stage, items, unit, per, items * per / processes, peak, model, note)
             for stage, items, unit, per, peak, model, note in rows]
-
-
-def format_plan(estimates: list[StageEstimate], processes: int = 1) -> list[str]:
-    """A small table for the terminal."""
-    lines = [f"{'stage':<9} {'items':>10} {'s/item':>9} {'time':>10} {'peak mem':>9}   (with {processes} process(es))"]
-    for e in estimates:
-        lines.append(f"{e.stage:<9} {e.items:>8} {e.unit[:2]:<1} {e.seconds_per_item:>9.3f} "
-                     f"{_duration(e.seconds):>10} {e.peak_memory_gb:>7.2f}GB")
-    lines.append(f"{'total':<9} {'':>10} {'':>9} {_duration(sum(e.seconds for e in estimates)):>10}")
-    for e in estimates:
-        if e.model.startswith("shapes://") or e.note:
-            model = f"{e.model} (real shapes, random weights)" if e.model.startswith("shapes://") else e.model
-            lines.append(f"  {e.stage}: " + "; ".join(x for x in (model, e.note) if x))
-    return lines
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}min"
-    return f"{seconds / 3600:.1f}h"

@@ -133,8 +133,8 @@ def reproduce(cell: str | PublishedCell, output: str | Path, *, seeds: tuple[int
     """
     from .config import load_config
     from .devices import Processes
+    from .distillation import distill
     from .evaluation import EvalConfig, evaluate
-    from .pipeline import distill
 
     cell = resolve_cell(cell)
     distill_overrides, eval_overrides = dict(distill_overrides or {}), dict(eval_overrides or {})

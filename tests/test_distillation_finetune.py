@@ -19,7 +19,7 @@ from PIL import Image
 from vldd.builtin import resolve_model
 from vldd.cli import build_parser, config_from_args, main
 from vldd.config import load_config
-from vldd.pipeline import NOT_FINETUNED, distill
+from vldd.distillation import NOT_FINETUNED, distill
 
 # Three optimizer steps (one epoch of 24 pairs in batches of 8), a resumable checkpoint after each.
 TUNE = {"enabled": True, "max_train_steps": 3, "checkpointing_steps": 1}
@@ -234,7 +234,7 @@ def test_a_cifar_named_source_distills_with_the_cifar_settings(tiny_cache, tmp_p
 def test_vae_fingerprint_follows_the_weights_not_the_id(tuned, tiny_cache, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from vldd.pipeline import vae_fingerprint
+    from vldd.distillation import vae_fingerprint
 
     base = vae_fingerprint("tiny://stable-diffusion", cache_dir=tiny_cache)
     tuned_model = tuned.run_dir / "finetune" / "seed0"

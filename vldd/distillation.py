@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from . import __version__, seeding
-from .config import DistillConfig, fingerprint
+from .config import TINY_NOTE, DistillConfig, fingerprint
 from .data import SourceDataset, load_source
 from .devices import Processes, resolve_device, resolve_dtype
 from .finetuning import finetune_settings
@@ -35,9 +35,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STAGES = ("caption", "finetune", "prototypes", "text", "generate")
+# The stage commands (`vldd caption|prototypes|generate`, the app's buttons) and the stages each runs; later stages
+# resume from what earlier ones left on disk. Literal, so the CLI reads it without importing this module.
+STAGE_COMMANDS = {"caption": ("caption",), "prototypes": ("caption", "prototypes", "text"),
+                  "generate": ("caption", "finetune", "prototypes", "text", "generate")}
 NOT_FINETUNED = "not fine-tuned (D4M-style)"
-TINY_NOTE = ("tiny preset: random-weight models built from configs; the images are noise and the captions "
-             "gibberish. It exercises the whole product offline in seconds; it is not a distilled dataset.")
 
 
 @dataclass
@@ -47,20 +49,6 @@ class DistillResult:
     run_dir: Path
     dataset: datasets.Dataset | None = None  # the distilled set, when the generate stage ran
     manifest: dict = field(default_factory=dict)
-
-    def summary_lines(self) -> list[str]:
-        lines = []
-        if self.manifest.get("tiny"):
-            lines.append(f"NOTE: {TINY_NOTE}")
-        if self.dataset is not None:
-            lines.append(f"distilled {self.dataset.num_rows} images ({len(self.manifest['source']['classes'])} "
-                         f"classes x IPC {self.manifest['config']['ipc']}) -> {self.run_dir / 'dataset'}")
-            lines.append(f"preview: {self.run_dir / 'preview.png'}; manifest: {self.run_dir / 'manifest.json'}")
-            if "finetune" in self.manifest:
-                lines.append(f"diffusion model: {self.manifest['finetune']['note']}")
-        else:
-            lines.append(f"stages done: {', '.join(self.manifest.get('stages_done', []))} in {self.run_dir}")
-        return lines
 
 
 # --- stage 1: captions -------------------------------------------------------------------------------------------
@@ -407,7 +395,7 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
         captioner = None
         processes.wait()
         if processes.is_main:
-            _require(source, dirs["caption"], ".json", "captions", "vldd caption", source.classes)
+            _require(source, dirs["caption"], ".json", "captions", "caption", source.classes)
             write_captions_dataset(source, config, dirs["caption"], run_dir)
         processes.wait()
         timings["caption"] = time.perf_counter() - t
@@ -442,13 +430,13 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
         timings["prototypes"] = time.perf_counter() - t
     if "text" in stages:
         t = time.perf_counter()
-        _require(source, dirs["caption"], ".json", "captions", "vldd caption", mine)
-        _require(source, dirs["prototypes"], ".pt", "image prototypes", "vldd prototypes", mine)
+        _require(source, dirs["caption"], ".json", "captions", "caption", mine)
+        _require(source, dirs["prototypes"], ".pt", "image prototypes", "prototypes", mine)
         text_stage(source, config, dirs["text"], dirs["caption"], dirs["prototypes"], mine)
         timings["text"] = time.perf_counter() - t
     if "generate" in stages:
         t = time.perf_counter()
-        _require(source, dirs["text"], ".json", "text prototypes", "vldd prototypes", mine)
+        _require(source, dirs["text"], ".json", "text prototypes", "text", mine)
         generate_stage(source, config, dirs["generate"], dirs["text"], dirs["prototypes"], pipeline, mine, progress)
         timings["generate"] = time.perf_counter() - t
 
@@ -457,7 +445,7 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     if processes.is_main:
         t = time.perf_counter()
         if "generate" in stages:
-            _require(source, dirs["generate"], "", "generated images", "vldd generate", source.classes)
+            _require(source, dirs["generate"], "", "generated images", "generate", source.classes)
             assemble_dataset(source, config, dirs, run_dir)
         timings["output"] = time.perf_counter() - t
         _manifest(run_dir, config, derived, tune, source, stages, timings, dirs, dtype, device,
@@ -516,11 +504,13 @@ def _stage_dirs(run_dir: Path, config: DistillConfig, source: SourceDataset, pro
     return dirs or {name: StageDir(run_dir, name, fp[name], paths.get(name)) for name in fp}
 
 
-def _require(source: SourceDataset, stage: StageDir, suffix: str, what: str, command: str, classes: list[int]
-             ) -> None:
+def _require(source: SourceDataset, stage: StageDir, suffix: str, what: str, name: str, classes: list[int]) -> None:
+    """Raises when stage `name` has no result for some of `classes`, naming the command that makes them."""
     missing = [source.class_names[c] for c in classes if not stage.has(c, suffix)]
     if missing:
-        raise ValueError(f"{what} are missing for classes {missing[:10]}; run `{command}` on this run directory first")
+        command = next(c for c, stages in STAGE_COMMANDS.items() if name in stages)
+        raise ValueError(f"{what} are missing for classes {missing[:10]}; run `vldd {command}` on this run directory "
+                         "first")
 
 
 def _source_record(config: DistillConfig, source: SourceDataset) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from vldd.cli import main
 from vldd.config import load_config
-from vldd.pipeline import distill
+from vldd.distillation import distill
 
 
 def _images(dataset):

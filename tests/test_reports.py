@@ -1,0 +1,39 @@
+"""What the CLI prints about results: the numbers and paths it must show, from hand-made results."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from vldd import reports
+from vldd.config import TINY_NOTE
+from vldd.plan import StageEstimate
+
+
+def test_distill_lines_name_counts_paths_and_the_tiny_note():
+    dataset = SimpleNamespace(num_rows=6)
+    manifest = {"tiny": True, "source": {"classes": [0, 1]}, "config": {"ipc": 3},
+                "finetune": {"note": "not fine-tuned (D4M-style)"}}
+    lines = reports.distill_lines(SimpleNamespace(run_dir=Path("runs/x"), dataset=dataset, manifest=manifest))
+    assert lines == [f"NOTE: {TINY_NOTE}", "distilled 6 images (2 classes x IPC 3) -> runs/x/dataset",
+                     "preview: runs/x/preview.png; manifest: runs/x/manifest.json",
+                     "diffusion model: not fine-tuned (D4M-style)"]
+    partial = SimpleNamespace(run_dir=Path("runs/x"), dataset=None, manifest={"stages_done": ["caption"]})
+    assert reports.distill_lines(partial) == ["stages done: caption in runs/x"]
+
+
+def test_finetune_lines_give_the_loss_trend_and_the_generate_command():
+    result = SimpleNamespace(global_step=20, total_steps=20, epochs=2, resumed_from=10, lora=True, output=Path("m"),
+                             weights_bytes=3 * 2**20, losses=[4.0] * 2 + [1.0] * 16 + [0.5] * 2, hub_repo=None,
+                             base_model="sd")
+    lines = reports.finetune_lines(result)
+    assert lines[0] == "fine-tuned 20/20 steps (2 epochs), resumed from step 10 -> LoRA adapter in m (3.0 MiB of weights)"
+    assert lines[1].startswith("loss: 4.0000 (first steps) -> 0.5000 (last steps)")
+    assert lines[2] == "generate with it: vldd generate --output RUN_DIR --diffusion-model sd --lora m"
+
+
+def test_plan_lines_total_the_stages_and_name_stand_ins():
+    estimates = [StageEstimate("caption", 100, "image", 2.0, 200.0, 1.5, "shapes://llava-1.5-7b?layers=2", "x32"),
+                 StageEstimate("generate", 10, "image", 30.0, 300.0, 2.25)]
+    lines = reports.plan_lines(estimates, processes=2)
+    assert "(with 2 process(es))" in lines[0]
+    assert lines[3].split() == ["total", "8.3min"]  # 500 s
+    assert lines[4] == "  caption: shapes://llava-1.5-7b?layers=2 (real shapes, random weights); x32"

@@ -1,0 +1,119 @@
+"""What the CLI (and the app) print about a result: text for people, kept out of the library's result types.
+
+Example:
+    >>> for line in distill_lines(distill(config)):
+    ...     print(line)
+"""
+
+from __future__ import annotations
+
+from statistics import fmean
+from typing import TYPE_CHECKING
+
+from .cards import size_text
+from .config import TINY_NOTE
+
+if TYPE_CHECKING:
+    from .distillation import DistillResult
+    from .evaluation import EvalResult, RunResult
+    from .finetuning import FinetuneResult
+    from .plan import StageEstimate
+    from .reproduce import ReproduceResult
+
+def distill_lines(result: DistillResult) -> list[str]:
+    """What a distillation made and where it is (or which stages are done)."""
+    lines = []
+    if result.manifest.get("tiny"):
+        lines.append(f"NOTE: {TINY_NOTE}")
+    if result.dataset is not None:
+        lines.append(f"distilled {result.dataset.num_rows} images ({len(result.manifest['source']['classes'])} "
+                     f"classes x IPC {result.manifest['config']['ipc']}) -> {result.run_dir / 'dataset'}")
+        lines.append(f"preview: {result.run_dir / 'preview.png'}; manifest: {result.run_dir / 'manifest.json'}")
+        if "finetune" in result.manifest:
+            lines.append(f"diffusion model: {result.manifest['finetune']['note']}")
+    else:
+        lines.append(f"stages done: {', '.join(result.manifest.get('stages_done', []))} in {result.run_dir}")
+    return lines
+
+
+def finetune_lines(result: FinetuneResult) -> list[str]:
+    """Steps, loss trend, where the model is, and the command that generates with it."""
+    kind = "LoRA adapter" if result.lora else "pipeline"
+    lines = [f"fine-tuned {result.global_step}/{result.total_steps} steps ({result.epochs} epochs)"
+             + (f", resumed from step {result.resumed_from}" if result.resumed_from is not None else "")
+             + f" -> {kind} in {result.output} ({size_text(result.weights_bytes)} of weights)"]
+    if result.losses:
+        head, tail = result.losses[: max(1, len(result.losses) // 10)], result.losses[-max(1, len(result.losses) // 10):]
+        lines.append(f"loss: {fmean(head):.4f} (first steps) -> {fmean(tail):.4f} (last steps); per step in "
+                     f"{result.output / 'losses.jsonl'}")
+    model = result.hub_repo or result.output
+    flags = f"--diffusion-model {result.base_model} --lora {model}" if result.lora else f"--diffusion-model {model}"
+    lines.append(f"generate with it: vldd generate --output RUN_DIR {flags}")
+    if result.hub_repo:
+        lines.append(f"published to the Hub model repository {result.hub_repo}")
+    return lines
+
+
+def evaluation_lines(result: EvalResult) -> list[str]:
+    """The recipe in one line, then best and final top-1 (mean ± std) per training set."""
+    over = (f"{len(result.sets)} sets x {result.config.repeats} repeats" if len(result.sets) > 1
+            else f"{result.config.repeats}")
+    lines = [f"{result.config.protocol}-label protocol, {result.recipe.student}, {result.recipe.image_size} px, "
+             f"{result.recipe.epochs} epochs, {len(result.classes)} classes, IPC {result.ipc} "
+             f"(top-1 %, mean ± std over {over})"]
+
+    def line(name: str, run: RunResult) -> str:
+        s = run.stats()
+        return (f"  {name:9s} best {s['best_mean']:5.1f} ± {s['best_std']:.1f}   "
+                f"final {s['final_mean']:5.1f} ± {s['final_std']:.1f}   ({run.repeats[0].train_images} images)")
+
+    for name, run in result.runs.items():
+        lines.append(line(name, run))
+        if name == "distilled" and len(result.sets) > 1:
+            lines += ["  " + line(f"set {i}", s) + f"  {s.name}" for i, s in enumerate(result.sets)]
+    if result.results_path is not None:
+        lines.append(f"results: {result.results_path}")
+    return lines
+
+
+def reproduce_lines(result: ReproduceResult) -> list[str]:
+    """The reproduction table: each training set's best and final top-1 beside the published number."""
+    lines: list[str] = []
+    e = result.evaluation
+    seeds = ", ".join(map(str, result.seeds))
+    lines.append(f"{result.cell.name}: {e.config.protocol}-label protocol, {e.recipe.student}, {e.recipe.epochs} "
+                 f"epochs, {len(result.run_dirs)} sets (seeds {seeds}) x {e.config.repeats} repeats — top-1 %, "
+                 "mean ± std")
+    lines.append(f"  {'':12s} {'paper':>6s}   {'best':>13s}   {'final':>13s}   {'best - paper':>12s}")
+    for row in result.rows:
+        paper = "—" if row.published is None else f"{row.published:.1f}"
+        diff = "" if row.difference is None else f"{row.difference:+.1f}"
+        lines.append(f"  {row.name:12s} {paper:>6s}   {row.best_mean:6.1f} ± {row.best_std:4.1f}   "
+                     f"{row.final_mean:6.1f} ± {row.final_std:4.1f}   {diff:>12s}")
+    lines.append("  comparable with the paper" if result.comparable else "  NOT comparable with the paper:")
+    for note in result.notes:
+        lines.append(f"    - {note}")
+    lines.append(f"report: {result.report_path}")
+    return lines
+
+
+def plan_lines(estimates: list[StageEstimate], processes: int = 1) -> list[str]:
+    """Per-stage estimates as a small table for the terminal."""
+    lines = [f"{'stage':<9} {'items':>10} {'s/item':>9} {'time':>10} {'peak mem':>9}   (with {processes} process(es))"]
+    for e in estimates:
+        lines.append(f"{e.stage:<9} {e.items:>8} {e.unit[:2]:<1} {e.seconds_per_item:>9.3f} "
+                     f"{_duration(e.seconds):>10} {e.peak_memory_gb:>7.2f}GB")
+    lines.append(f"{'total':<9} {'':>10} {'':>9} {_duration(sum(e.seconds for e in estimates)):>10}")
+    for e in estimates:
+        if e.model.startswith("shapes://") or e.note:
+            model = f"{e.model} (real shapes, random weights)" if e.model.startswith("shapes://") else e.model
+            lines.append(f"  {e.stage}: " + "; ".join(x for x in (model, e.note) if x))
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}min"
+    return f"{seconds / 3600:.1f}h"
