@@ -108,6 +108,7 @@ def _wait_for(path_glob, root, process, timeout=300):
     return False
 
 
+@pytest.mark.slow  # a subprocess run of the CLI
 def test_sigkill_and_resume_gives_the_same_dataset(reference_run, tiny_cache, tmp_path):
     out = tmp_path / "killed"
     config = tmp_path / "run.yaml"
@@ -168,6 +169,7 @@ def test_single_stage_commands_need_their_inputs(tiny_cache, tmp_path):
         distill(load_config(overrides=overrides), stages=("text",), cache_dir=tiny_cache)
 
 
+@pytest.mark.slow  # a subprocess run of the CLI
 def test_two_processes_under_accelerate_give_the_single_process_dataset(reference_run, tiny_cache, tmp_path):
     out = tmp_path / "sharded"
     config = tmp_path / "run.yaml"

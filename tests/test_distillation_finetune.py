@@ -128,6 +128,7 @@ def _wait_for(path, process, timeout=300):
     return False
 
 
+@pytest.mark.slow  # a subprocess run of the CLI
 def test_sigkill_during_finetuning_then_rerun_gives_the_same_dataset(tuned, tiny_cache, tmp_path):
     out = tmp_path / "killed"
     config = tmp_path / "run.yaml"

@@ -438,6 +438,7 @@ def test_cli_evaluate(tmp_path, capsys):
     assert "`epochs` must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess run of the CLI
 def test_two_processes_under_accelerate_give_the_single_process_results(tmp_path):
     """Jobs (training set, repeat) are dealt out across processes; every number equals the one-process run's."""
     import os

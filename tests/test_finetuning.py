@@ -160,6 +160,7 @@ def _cli(argv: list[str]) -> None:
     os._exit(main(argv))
 
 
+@pytest.mark.slow  # a subprocess run of the CLI
 def test_a_killed_run_resumes_at_its_checkpoint_with_identical_losses(full, run_dir, tiny_cache, tmp_path):
     out = tmp_path / "killed"
     # The same run as `full`, asked for 1000 steps through the CLI in a child process that is killed (SIGKILL) once a

@@ -116,6 +116,7 @@ def zero_app(tiny_cache, tmp_path_factory):
     scheduler.close()
 
 
+@pytest.mark.slow  # the app runs in a subprocess under the spaces emulation
 def test_tiny_pipeline_runs_under_zerogpu_one_bounded_call_per_class(zero_app):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
