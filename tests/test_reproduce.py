@@ -13,7 +13,9 @@ from vldd.runs import read_manifest
 
 # The tiny preset on 2 sample classes; students at 1/8 width on 24 px for 2 epochs.
 DISTILL_FLAGS = ["--preset", "tiny", "--data.dataset", "sample", "--data.classes", "circle,stripes", "--data.max_images_per_class", "12",
-                 "--generation.num_inference_steps", "4"]
+                 "--generation.num_inference_steps", "4",
+                 # VLCP's step 2 on, briefly: each seed fine-tunes its own tiny SD for 2 steps
+                 "--finetune.enabled", "true", "--finetune.max_train_steps", "2", "--finetune.train_batch_size", "4"]
 EVAL_FLAGS = ["--eval.epochs", "2", "--eval.image_size", "24", "--eval.student_width", "0.125",
               "--eval.repeats", "1", "--eval.batch_size", "8", "--eval.device", "cpu"]
 
@@ -50,9 +52,12 @@ def test_cli_reproduces_a_cell_end_to_end_on_the_tiny_preset(reproduced, capsys)
         assert manifest["config"]["seed"] == seed and manifest["config"]["ipc"] == 10
         assert manifest["config"]["preset"] == "tiny" and manifest["source"]["dataset"] == "sample"
         assert manifest["source"]["config_name"] is None  # the cell's "full_size" belongs to frgfm/imagenette
+        assert manifest["finetune"]["used"] and manifest["finetune"]["model"] == f"finetune/seed{seed}"
+        assert (out / f"seed{seed}" / "finetune" / f"seed{seed}" / "finetune.json").is_file()
     report = json.loads((out / "reproduce.json").read_text())
     assert report["cell"]["name"] == "imagenette-ipc10" and report["seeds"] == [0, 1, 2]
     assert report["comparable"] is False and any("preset 'tiny'" in n for n in report["notes"])
+    assert report["finetuned"] == [True, True, True] and not any("fine-tuned" in n for n in report["notes"])
     assert any("recipe changed" in n for n in report["notes"])
     scores = json.loads((out / "evaluation" / "hard-resnetap10.json").read_text())
     assert [s["source"] for s in scores["sets"]] == [str(out / f"seed{s}") for s in (0, 1, 2)]
@@ -78,7 +83,8 @@ def test_rerun_resumes_without_training_again(reproduced, tiny_cache, monkeypatc
     result = reproduce("imagenette-ipc10", out, cache_dir=tiny_cache,
                        distill_overrides={"preset": "tiny", "data": {"dataset": "sample", "classes": ["circle", "stripes"],
                                                                      "max_images_per_class": 12},
-                                          "generation": {"num_inference_steps": 4}},
+                                          "generation": {"num_inference_steps": 4},
+                                          "finetune": {"enabled": True, "max_train_steps": 2, "train_batch_size": 4}},
                        eval_overrides={"epochs": 2, "image_size": 24, "student_width": 0.125, "repeats": 1,
                                        "batch_size": 8, "device": "cpu"})
     assert [r.best_mean for r in result.rows] == [r["best_mean"] for r in before["rows"]]

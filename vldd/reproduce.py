@@ -106,8 +106,9 @@ def resolve_cell(cell: str | PublishedCell) -> PublishedCell:
 
 
 def _finetuned(manifest: dict[str, Any]) -> bool | None:
-    finetune = (manifest.get("config") or {}).get("finetune")
-    return finetune.get("enabled") if isinstance(finetune, dict) else None
+    """Whether the run's images came from its own fine-tuned model (the manifest's `finetune.used`)."""
+    record = manifest.get("finetune")
+    return bool(record["used"]) if isinstance(record, dict) and "used" in record else None
 
 
 def reproduce(cell: str | PublishedCell, output: str | Path, *, seeds: tuple[int, ...] = (0, 1, 2),
