@@ -44,3 +44,30 @@ def tiny_overrides(output, **extra):
         else:
             values[key] = value
     return values
+
+
+def wait_for(ready, process, timeout: float = 300) -> bool:
+    """Polls `ready()` until it is true (True), the subprocess ended (False) or `timeout` seconds passed (False)."""
+    import time
+
+    start = time.time()
+    while time.time() - start < timeout:
+        if ready():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def image_folder(root, names, size: int = 16, per_class: int = 6):
+    """An image folder of `names` classes, `per_class` flat-colour PNGs each (colour by class and index)."""
+    import numpy as np
+    from PIL import Image
+
+    for c, name in enumerate(names):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((size, size, 3), 40 * c + 5 * i, np.uint8)).save(folder / f"{i}.png")
+    return root

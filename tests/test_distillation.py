@@ -5,13 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import datasets
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_overrides
+from conftest import image_folder, tiny_overrides, wait_for
 from PIL import Image
 
 from vldd.cli import main
@@ -97,17 +96,6 @@ def test_changed_setting_recomputes_only_what_depends_on_it(reference_run, tiny_
         assert before[stage] and all(p.stat().st_mtime_ns != t for p, t in before[stage].items()), stage
 
 
-def _wait_for(path_glob, root, process, timeout=300):
-    start = time.time()
-    while time.time() - start < timeout:
-        if list(root.glob(path_glob)):
-            return True
-        if process.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.slow  # a subprocess run of the CLI
 def test_sigkill_and_resume_gives_the_same_dataset(reference_run, tiny_cache, tmp_path):
     out = tmp_path / "killed"
@@ -118,7 +106,7 @@ def test_sigkill_and_resume_gives_the_same_dataset(reference_run, tiny_cache, tm
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for stage_file in ("work/caption/000000.json", "work/generate/000000"):  # kill mid-captions, then mid-generation
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        reached = _wait_for(stage_file, out, process)
+        reached = wait_for(lambda pattern=stage_file: any(out.glob(pattern)), process)
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert reached, f"the run ended before {stage_file} appeared"
@@ -141,11 +129,7 @@ def test_too_few_images_is_an_error_or_fewer_clusters(tiny_cache, tmp_path):
 
 
 def test_corrupt_image_in_a_folder_is_skipped_and_counted(tiny_cache, tmp_path):
-    for c, name in enumerate(["apple", "pear"]):
-        folder = tmp_path / "folder" / name
-        folder.mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(np.full((16, 16, 3), 40 * c + 5 * i, np.uint8)).save(folder / f"{i}.png")
+    image_folder(tmp_path / "folder", ["apple", "pear"])
     (tmp_path / "folder" / "pear" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     overrides = tiny_overrides(tmp_path / "run", ipc=2, data={"dataset": str(tmp_path / "folder"), "classes": None,
                                                               "max_images_per_class": None})

@@ -6,15 +6,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import datasets
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_overrides
-from PIL import Image
+from conftest import image_folder, tiny_overrides, wait_for
 
 from vldd.builtin import resolve_model
 from vldd.cli import build_parser, config_from_args, main
@@ -117,17 +115,6 @@ def test_more_finetune_steps_regenerate_images_but_keep_latents(tuned, tiny_cach
     assert not any(np.array_equal(a, b) for a, b in zip(_images(tuned.dataset), _images(result.dataset)))
 
 
-def _wait_for(path, process, timeout=300):
-    start = time.time()
-    while time.time() - start < timeout:
-        if path.exists():
-            return True
-        if process.poll() is not None:
-            return False
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.slow  # a subprocess run of the CLI
 def test_sigkill_during_finetuning_then_rerun_gives_the_same_dataset(tuned, tiny_cache, tmp_path):
     out = tmp_path / "killed"
@@ -138,7 +125,7 @@ def test_sigkill_during_finetuning_then_rerun_gives_the_same_dataset(tuned, tiny
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread, as here: CPU training is then bitwise reproducible
     model = out / "finetune" / "seed0"
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    reached = _wait_for(model / "checkpoints" / "checkpoint-1", process)
+    reached = wait_for((model / "checkpoints" / "checkpoint-1").exists, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert reached, "the run ended before the first fine-tuning checkpoint appeared"
@@ -211,11 +198,7 @@ def test_explicit_values_win_over_derived_ones():
 
 
 def test_a_cifar_named_source_distills_with_the_cifar_settings(tiny_cache, tmp_path):
-    for c, name in enumerate(["cat", "dog"]):
-        folder = tmp_path / "my_cifar10" / name
-        folder.mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(np.full((32, 32, 3), 40 * c + 5 * i, np.uint8)).save(folder / f"{i}.png")
+    image_folder(tmp_path / "my_cifar10", ["cat", "dog"], size=32)
     overrides = tiny_overrides(tmp_path / "run", ipc=6, data={"dataset": str(tmp_path / "my_cifar10"), "classes": None,
                                                               "max_images_per_class": None},
                                generation={"output_size": None}, text={"common_threshold": None})
