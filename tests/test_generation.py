@@ -173,3 +173,15 @@ def test_seeds_reproduce_per_image_whatever_the_batching(pipe):
 def test_mismatched_inputs_are_named(pipe):
     with pytest.raises(ValueError, match="2 latents, 1 prompts and 2 seeds"):
         generate_images(pipe, torch.randn(2, 4, 8, 8), ["a"], seeds=[0, 1])
+
+
+@pytest.mark.slow  # compiling the tiny UNet takes tens of seconds on a CPU
+def test_compiled_unet_is_opt_in_and_gives_the_same_images(tiny_cache, pipe):
+    compiled = load_pipeline("tiny://stable-diffusion", cache_dir=tiny_cache, compile_unet=True)
+    assert isinstance(compiled.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert not isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule)  # eager unless asked
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    kwargs = {"prompts": ["a red circle", "blue stripes"], "seeds": [(0, 0), (0, 1)], "num_inference_steps": 4}
+    eager = [np.asarray(im, np.int16) for im in generate_images(pipe, latents, **kwargs)]
+    fused = [np.asarray(im, np.int16) for im in generate_images(compiled, latents, **kwargs)]
+    assert all(np.abs(a - b).max() <= 2 for a, b in zip(eager, fused))  # same images, up to rounding of fused kernels

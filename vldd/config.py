@@ -133,6 +133,7 @@ class GenerationConfig:
     strength: float = 0.7  # fraction of the schedule denoised from the noised prototype (0.7 of 50 = 35 steps)
     guidance_scale: float = 10.0  # classifier-free guidance (D4M: 8)
     eta: float = 0.0  # DDIM eta
+    compile: bool = False  # torch.compile the UNet: opt-in (minutes of compiling first; kernels may change last bits)
     negative_prompt: str = "cartoon, anime, painting"  # what guidance steers every image away from
     prompt_chunking: str = "official"  # long prompts: "official" slices token ids every 77 (the paper's code); "windows" wraps 75-token windows in BOS/EOS, padded to 77
     batch_size: int = 4  # prototypes per pipeline call

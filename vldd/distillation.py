@@ -422,7 +422,7 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
         g = config.generation
         model, revision, lora = _diffusion_model(config, tune, dirs, for_generation=needs_generate)
         pipeline = load_pipeline(model, revision=revision, device=device, dtype=dtype, scheduler=g.scheduler,
-                                 lora=lora, cache_dir=cache_dir)
+                                 lora=lora, cache_dir=cache_dir, compile_unet=g.compile and needs_generate)
     if "prototypes" in stages:
         t = time.perf_counter()
         prototype_stage(source, config, dirs["prototypes"], pipeline.vae if needs_pipe else None, plan, mine,

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def load_pipeline(model_id: str, *, revision: str | None = None, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, scheduler: str | None = None, lora: str | None = None,
-                  cache_dir=None):
+                  cache_dir=None, compile_unet: bool = False):
     """Loads a Stable Diffusion checkpoint (Hub id or directory) as a stock img2img pipeline.
 
     Args:
@@ -34,6 +34,8 @@ def load_pipeline(model_id: str, *, revision: str | None = None, device: str | t
         scheduler: a diffusers scheduler class name compatible with the checkpoint; None keeps the checkpoint's.
         lora: LoRA adapter (id or directory) loaded into the UNet.
         cache_dir: where tiny models are built.
+        compile_unet: wrap the UNet in `torch.compile` (opt-in: the first call compiles, for minutes at SD's size;
+            fused kernels may change an image's last bits, so it is part of the generate stage's fingerprint).
     """
     import diffusers
     from diffusers import StableDiffusionImg2ImgPipeline
@@ -54,7 +56,10 @@ def load_pipeline(model_id: str, *, revision: str | None = None, device: str | t
     if lora is not None:
         pipe.load_lora_weights(resolve_model(lora, cache_dir))
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    pipe = pipe.to(device)
+    if compile_unet:
+        pipe.unet = torch.compile(pipe.unet)
+    return pipe
 
 
 def window_token_ids(tokenizer, text: str, n_windows: int | None = None) -> torch.Tensor:
