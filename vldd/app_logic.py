@@ -550,12 +550,9 @@ def open_source(config: DistillConfig, stream_dir: str | Path | None = None):
         ValueError: an unknown class, a class with too few images, unusable captions (the message says which).
     """
     from .data import load_source
-    from .prototypes import clusters_per_class
 
     source = load_source(config.data, stream_dir=stream_dir)
-    resolved, _ = config.resolve(len(source.class_names))
-    clusters_per_class(source.counts(), source.class_names, ipc=resolved.ipc,
-                       contamination=resolved.prototypes.contamination, too_few=resolved.data.too_few_images)
+    source.clusters(config)
     if config.caption.from_hub:  # published captions: present, well-formed, and named like the source's classes
         from .hub import load_published_captions
 

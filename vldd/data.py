@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .classnames import ClassNames, resolve_class_names
-from .config import DataConfig
+from .config import DataConfig, DistillConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,15 @@ class SourceDataset:
 
     def counts(self) -> dict[int, int]:
         return {label: len(rows) for label, rows in self.indices.items()}
+
+    def clusters(self, config: DistillConfig) -> dict[int, int]:
+        """Prototypes per selected class under `config` (contamination derived from this source when unset); raises
+        (or reduces, as `data.too_few_images` says) when a class has fewer inlier images than IPC."""
+        from .prototypes import clusters_per_class
+
+        config, _ = config.resolve(len(self.class_names))
+        return clusters_per_class(self.counts(), self.class_names, ipc=config.ipc,
+                                  contamination=config.prototypes.contamination, too_few=config.data.too_few_images)
 
     def load_class(self, label: int) -> tuple[list[Image.Image], list[int], int]:
         """Decodes one class's images as RGB.

@@ -23,7 +23,6 @@ from .config import TINY_NOTE, DistillConfig, fingerprint
 from .data import SourceDataset, load_source
 from .devices import Processes, resolve_device, resolve_dtype
 from .finetuning import finetune_settings
-from .prototypes import clusters_per_class
 from .provenance import public_name, resolve_revision, versions
 from .runs import StageDir, atomic_path, read_json, update_manifest, write_json, write_text
 
@@ -370,8 +369,7 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     t = time.perf_counter()
     source = source if source is not None else load_source(config.data)
     config, derived = config.resolve(len(source.class_names))
-    plan = clusters_per_class(source.counts(), source.class_names, ipc=config.ipc,
-                              contamination=config.prototypes.contamination, too_few=config.data.too_few_images)
+    plan = source.clusters(config)
     mine = processes.share(source.classes)
     timings["load"] = time.perf_counter() - t
 

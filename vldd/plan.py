@@ -334,15 +334,14 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
     from .devices import resolve_device, resolve_dtype
     from .finetuning import finetune_settings
     from .generation import load_pipeline
-    from .prototypes import build_prototypes, clusters_per_class, encode_images
+    from .prototypes import build_prototypes, encode_images
 
     if processes < 1:
         raise ValueError(f"`processes` must be >= 1, got {processes}")
     # 1. Count the work.
     source = load_source(config.data)
     config, _ = config.resolve(len(source.class_names))  # settings derived from the source, as distill does
-    plan = clusters_per_class(source.counts(), source.class_names, ipc=config.ipc,
-                              contamination=config.prototypes.contamination, too_few=config.data.too_few_images)
+    plan = source.clusters(config)
     n_images = sum(source.counts().values())
     n_outputs = sum(plan.values())
     largest = max(source.counts().values())
