@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -46,6 +48,91 @@ def bomb_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
 
 
+def png_chunk(kind: bytes, data: bytes, length: int | None = None) -> bytes:
+    """A PNG chunk; `length` overrides the declared data length (a lie)."""
+    declared = len(data) if length is None else length
+    return struct.pack(">I", declared) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def two_class_zip(path: Path, entries: dict[str, bytes]) -> Path:
+    """A zip of `entries`, plus one small image in a second class folder so that the layout is valid."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "blue").save(buffer, format="PNG")
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in {**entries, "d/other/0.png": buffer.getvalue()}.items():
+            z.writestr(name, data)
+    return path
+
+
+def forged_zip(path: Path, entries: list[tuple[str, bytes, int, int, int]], *, count: int | None = None,
+               zip64: bool = False) -> Path:
+    """A zip written field by field, so its headers can lie. Entries: (name, stored bytes (raw deflate for method 8),
+    method, declared uncompressed size, declared CRC). `count` overrides the entry count of the end record."""
+    body, directory = bytearray(), bytearray()
+    for name, payload, method, size, crc in entries:
+        encoded = name.encode()
+        directory += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0, crc, len(payload), size,
+                                 len(encoded), 0, 0, 0, 0, 0, len(body)) + encoded
+        body += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0, crc, len(payload), size, len(encoded),
+                            0) + encoded + payload
+    return finish_zip(path, bytes(body), bytes(directory), len(entries) if count is None else count, zip64)
+
+
+def finish_zip(path: Path, body: bytes, directory: bytes, count: int, zip64: bool) -> Path:
+    with open(path, "wb") as f:
+        f.write(body)
+        f.write(directory)
+        if zip64:  # the zip64 end record and its locator, then an end record that defers to them
+            at = len(body) + len(directory)
+            f.write(struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, len(directory),
+                                len(body)))
+            f.write(struct.pack("<4sLQL", b"PK\x06\x07", 0, at, 1))
+            f.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0))
+        else:
+            f.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(directory), len(body), 0))
+    return path
+
+
+def flood_zip(path: Path, entries: int = 1_000_000) -> Path:
+    """A zip whose central directory lists `entries` empty images (all pointing at one local header): ~61 MB."""
+    first = b"d/c/0000000.png"
+    body = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, len(first), 0) + first
+    record = struct.Struct("<4s6H3L5H2L")
+    directory = b"".join(record.pack(b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, 15, 0, 0, 0, 0, 0, 0)
+                         + b"d/c/%07d.png" % i for i in range(entries))
+    return finish_zip(path, body, directory, entries, zip64=entries > 0xFFFF)
+
+
+def understated_bomb(path: Path, declared: int = 2**20, inflated: int = 2**31) -> Path:
+    """The hostile zip of issue 18: one entry declares `declared` bytes and inflates to `inflated` (~1000:1, so the
+    file is ~inflated/1000 bytes); the PNG in it is 64x64 and declares an IDAT of `inflated` bytes (after its image
+    data, zeros). Its CRC is that of the declared part, so `zipfile` would hand the declared bytes over without
+    complaint. Built without ever holding the inflated bytes: blocks of zeros deflated once and repeated."""
+    image = zlib.compress(b"\0" * 65 * 64)  # 64 rows of a filter byte and 64 black pixels
+    head = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0)) + \
+        struct.pack(">I", inflated - 100) + b"IDAT" + image
+    block = 2**20
+    blocks = (inflated - len(head)) // block
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = packer.compress(head) + packer.flush(zlib.Z_FULL_FLUSH)
+    zeros = packer.compress(bytes(block)) + packer.flush(zlib.Z_FULL_FLUSH)  # the same bytes for every block
+    assert packer.compress(bytes(block)) + packer.flush(zlib.Z_FULL_FLUSH) == zeros
+    stream = first + zeros * (blocks - 1) + packer.flush()
+    crc = zlib.crc32(bytes(declared - len(head)), zlib.crc32(head))
+    return forged_zip(path, [("d/a/bomb.png", stream, 8, declared, crc),
+                             ("d/b/fine.png", *stored(png_image("blue")))])
+
+
+def png_image(color: str, size: tuple[int, int] = (8, 8), **save) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG", **save)
+    return buffer.getvalue()
+
+
+def stored(data: bytes) -> tuple[bytes, int, int, int]:
+    return data, 0, len(data), zlib.crc32(data)
+
+
 def test_a_zip_becomes_an_image_folder_downscaled_and_reused(tmp_path):
     archive = shapes_zip(tmp_path / "shapes.zip")
     folder = extract_upload(archive, tmp_path / "uploads", LIMITS)
@@ -61,6 +148,7 @@ def test_decompression_bomb_png_in_a_zip_is_refused_before_decoding_in_bounded_m
     archive = tmp_path / "bomb.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("shapes/red/bomb.png", bomb_png(12_850, 12_850))  # 165 Mpx: ~500 MB as RGB once decoded
+        z.writestr("shapes/blue/fine.png", png_image("blue"))
     assert archive.stat().st_size < 1_000_000
     # In a fresh process, so that its peak memory is this extraction's alone.
     script = f"""
@@ -101,7 +189,7 @@ def test_pils_own_limit_is_lowered_by_the_app(tmp_path):
 def test_damaged_and_malformed_zips_get_clear_messages(tmp_path):
     whole = shapes_zip(tmp_path / "shapes.zip").read_bytes()
     (tmp_path / "truncated.zip").write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(UploadError, match=r"'truncated.zip' is not a readable zip file \(File is not a zip file\); "
+    with pytest.raises(UploadError, match=r"'truncated.zip' is not a readable zip file \(no end of central directory record\); "
                                           "upload a .zip of a folder with one sub-folder of images per class"):
         extract_upload(tmp_path / "truncated.zip", tmp_path / "uploads", LIMITS)
     (tmp_path / "not.zip").write_text("plain text")
@@ -119,7 +207,8 @@ def test_damaged_and_malformed_zips_get_clear_messages(tmp_path):
     cases = {
         "text.zip": ({"d/a/x.png": png, "d/notes.txt": "hi", "d/data.csv": "1"},
                      r"holds files that are not images \(d/notes.txt, d/data.csv\)"),
-        "fake.zip": ({"d/a/x.png": b"not a png at all"}, r"holds 'd/a/x.png', which is not a readable image"),
+        "fake.zip": ({"d/a/x.png": b"not a png at all", "d/b/y.png": png},
+                     r"holds 'd/a/x.png', which is not an image in a format this Space reads"),
         "evil.zip": ({"../outside.png": png}, "has an entry outside its folder: '../outside.png'"),
         "empty.zip": ({"d/.DS_Store": b"\0"}, "holds no images"),
     }
@@ -127,13 +216,15 @@ def test_damaged_and_malformed_zips_get_clear_messages(tmp_path):
         with pytest.raises(UploadError, match=message):
             extract_upload(one(name, entries), tmp_path / "uploads", LIMITS)
     with pytest.raises(UploadError, match=r"unpacks to 2.0 MB, more than this Space's limit of 1 MB"):
-        extract_upload(one("big.zip", {"d/a/x.png": png + b"\0" * 2 * 2**20}), tmp_path / "uploads", LIMITS)
+        extract_upload(one("big.zip", {"d/a/x.png": png + b"\0" * 2 * 2**20, "d/b/y.png": png}), tmp_path / "uploads",
+                       UploadLimits(max_bytes=10**6, max_image_bytes=4 * 2**20))
     # A CRC error found while reading a member (the directory itself is intact).
     damaged = bytearray(whole)
     at = damaged.find(b"IDAT") + 8
     damaged[at:at + 4] = bytes(4)
     (tmp_path / "crc.zip").write_bytes(bytes(damaged))
-    with pytest.raises(UploadError, match=r"'crc.zip' (is damaged at|holds) 'shapes/red/0.png'"):
+    with pytest.raises(UploadError, match=r"'crc.zip' is damaged or forged at 'shapes/red/0.png' \(its checksum does "
+                                          r"not match\)"):
         extract_upload(tmp_path / "crc.zip", tmp_path / "uploads", LIMITS)
     assert not any((tmp_path / "uploads").iterdir())  # every refusal leaves nothing behind
 
