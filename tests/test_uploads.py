@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from vldd import app_logic as logic
-from vldd.space_uploads import UploadError, UploadLimits, extract_upload
+from vldd.space_uploads import HOW, UploadError, UploadLimits, extract_upload
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = UploadLimits(max_bytes=10**6, max_entries=100, max_image_pixels=40_000_000, max_side=16)
@@ -153,7 +154,7 @@ def test_decompression_bomb_png_in_a_zip_is_refused_before_decoding_in_bounded_m
     # In a fresh process, so that its peak memory is this extraction's alone.
     script = f"""
 import json, resource, sys
-from vldd.space_uploads import UploadError, UploadLimits, extract_upload
+from vldd.space_uploads import HOW, UploadError, UploadLimits, extract_upload
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     extract_upload({str(archive)!r}, {str(tmp_path / "uploads")!r}, UploadLimits(max_bytes=2**30))
@@ -284,3 +285,221 @@ def test_one_session_runs_one_event_at_a_time(tmp_path):
     other = SimpleNamespace(session_hash="someone-else")
     update, *_ = handlers.load_dataset("sample", None, "train", str(archive), [], 2, request=other)
     assert update["value"] == ["blue", "red"]  # another session is not held up
+
+
+# --- sizes the zip declares are not trusted ----------------------------------------------------------------------
+
+def run_isolated(code: str) -> dict:
+    """Runs `code` (which sets `result`) in a fresh Python, so that its peak memory is its own; adds `grew_mb`."""
+    script = f"""
+import json, resource
+from vldd.space_uploads import HOW, UploadError, UploadLimits, extract_upload
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+{code}
+result["grew_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps(result))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_an_entry_that_inflates_past_its_declared_size_is_refused_in_bounded_memory(tmp_path):
+    archive = understated_bomb(tmp_path / "bomb.zip")  # 1 MB declared, 2 GB inflated, CRC of the declared part
+    assert archive.stat().st_size < 3 * 2**20
+    with zipfile.ZipFile(archive) as z:  # what Python's zipfile would hand over: the declared part, checksum fine
+        with z.open("d/a/bomb.png") as f:
+            assert len(f.read(2**16)) == 2**16 and z.getinfo("d/a/bomb.png").file_size == 2**20
+    result = run_isolated(f"""
+try:
+    extract_upload({str(archive)!r}, {str(tmp_path / "uploads")!r}, UploadLimits())
+    result = {{"message": None}}
+except UploadError as err:
+    result = {{"message": str(err)}}
+""")
+    assert result["message"] == ("'bomb.zip' is damaged or forged at 'd/a/bomb.png' (it unpacks to more than the "
+                                 f"1048576 bytes its header declares); {HOW}")
+    assert result["grew_mb"] < 50, result  # the old path inflated all 2 GB
+    assert not any((tmp_path / "uploads").iterdir())
+
+
+def test_a_png_declaring_a_huge_chunk_reads_only_the_bytes_there(tmp_path):
+    """PIL reads the rest of a declared IDAT in one call after decoding: the entry's bytes are all it gets."""
+    image = zlib.compress(b"\0" * 65 * 64)
+    png = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0)) + \
+        struct.pack(">I", 2**31 - 1) + b"IDAT" + image + bytes(3 * 2**20)  # 3 MB of the 2 GB declared are there
+    archive = two_class_zip(tmp_path / "idat.zip", {"d/a/x.png": png})
+    result = run_isolated(f"""
+folder = extract_upload({str(archive)!r}, {str(tmp_path / "uploads")!r}, UploadLimits())
+from PIL import Image
+result = {{"size": Image.open(folder / "a" / "x.png").size}}
+""")
+    assert result["size"] == [64, 64] and result["grew_mb"] < 50, result
+
+
+def test_overstated_and_oversized_entries(tmp_path):
+    payload = png_image("red")
+    short = forged_zip(tmp_path / "short.zip", [("d/a/x.png", payload, 0, len(payload) + 10, zlib.crc32(payload)),
+                                                ("d/b/y.png", *stored(payload))])
+    with pytest.raises(UploadError, match=r"'short.zip' is damaged or forged at 'd/a/x.png' \(the file ends inside it"
+                                          r"|'short.zip' is damaged or forged at 'd/a/x.png' \(it unpacks to"):
+        extract_upload(short, tmp_path / "uploads", LIMITS)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflated = packer.compress(payload) + packer.flush()
+    longer = forged_zip(tmp_path / "long.zip", [("d/a/x.png", deflated, 8, len(payload) + 10, zlib.crc32(payload)),
+                                                ("d/b/y.png", *stored(payload))])
+    with pytest.raises(UploadError, match=rf"'long.zip' is damaged or forged at 'd/a/x.png' \(it unpacks to "
+                                          rf"{len(payload)} bytes, not the {len(payload) + 10} its header declares\)"):
+        extract_upload(longer, tmp_path / "uploads", LIMITS)
+    honest = forged_zip(tmp_path / "big.zip", [("d/a/x.png", b"", 8, 5 * 2**20, 0), ("d/b/y.png", *stored(payload))])
+    with pytest.raises(UploadError, match=r"'big.zip' holds 'd/a/x.png' of 5.0 MB, more than this Space's limit of "
+                                          r"4.0 MB per image"):
+        extract_upload(honest, tmp_path / "uploads", UploadLimits(max_image_bytes=4 * 2**20))
+    assert not any((tmp_path / "uploads").iterdir())
+
+
+def test_entries_and_directory_size_come_from_the_end_record_before_the_directory_is_parsed(tmp_path, monkeypatch):
+    parsed = []
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", lambda self: parsed.append(self))  # must not be reached
+    flood = flood_zip(tmp_path / "flood.zip", 70_000)  # over 65535 entries: a zip64 end record
+    with pytest.raises(UploadError, match=f"^'flood.zip' has 70000 entries, more than this Space's limit of 10000; "
+                                          f"{HOW}$"):
+        extract_upload(flood, tmp_path / "uploads", UploadLimits())
+    # The end record understates the count: the directory's size still refuses it (512 bytes an entry on average).
+    data = bytearray(flood.read_bytes())
+    struct.pack_into("<2Q", data, data.rfind(b"PK\x06\x06") + 24, 5, 5)  # the zip64 record now says 5 entries
+    lying = tmp_path / "lying.zip"
+    lying.write_bytes(bytes(data))
+    directory = 70_000 * (46 + 15)
+    with pytest.raises(UploadError, match=rf"'lying.zip' has a directory of {directory / 2**20:.1f} MB for 5 entries, "
+                                          r"more than this Space's limit of 0.5 MB \(are its names very long\?\)"):
+        extract_upload(lying, tmp_path / "uploads", UploadLimits(max_entries=1000))
+    assert not parsed and not any((tmp_path / "uploads").iterdir())
+
+
+def test_the_end_record_is_found_behind_a_comment_and_in_zipfiles_own_zip64(tmp_path):
+    archive = shapes_zip(tmp_path / "shapes.zip")
+    with zipfile.ZipFile(archive, "a") as z:
+        z.comment = b"a comment after the end record, " + b"x" * 1000
+    folder = extract_upload(archive, tmp_path / "uploads", LIMITS)
+    assert sorted(p.name for p in folder.iterdir()) == ["blue", "red"]
+    with zipfile.ZipFile(archive) as z:
+        z.getinfo("shapes/red/0.png")
+
+
+# --- through gradio_client against the app, in its own process so that its memory is its own -----------------------
+
+MEMORY_BOUND = 300 * 2**20  # what one upload may add to the idle app's peak memory (README, App)
+
+
+@pytest.fixture(scope="module")
+def app_process(tmp_path_factory):
+    import socket
+    import time
+
+    tmp = tmp_path_factory.mktemp("upload-app")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLDD_APP_ROOT": str(tmp / "sessions"),
+           "GRADIO_TEMP_DIR": str(tmp / "gradio"), "OMP_NUM_THREADS": "1", "HOME": str(tmp)}
+    log = open(tmp / "app.log", "w")
+    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], env=env, stdout=log,
+                               stderr=subprocess.STDOUT, cwd=tmp)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    if process.poll() is not None or time.time() >= deadline:
+        process.kill()
+        pytest.fail(f"the app did not start:\n{(tmp / 'app.log').read_text()[-4000:]}")
+    yield type("App", (), {"url": f"http://127.0.0.1:{port}/", "pid": process.pid, "tmp": tmp,
+                           "cache": tmp / "gradio"})
+    process.terminate()
+    process.wait(30)
+    log.close()
+
+
+def peak_growth(pid: int, action):
+    """(action's result or error, bytes the process's peak resident memory grew by while it ran): the peak is reset
+    to the current resident size first (writing 5 to clear_refs), then read back (VmHWM)."""
+    def status(key: str) -> int:
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith(key + ":"))
+        return int(line.split()[1]) * 1024
+
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = status("VmRSS")
+    assert status("VmHWM") <= before + 2**20  # the reset took
+    try:
+        outcome = action()
+    except Exception as err:  # noqa: BLE001  (the refusal is the outcome)
+        outcome = err
+    return outcome, status("VmHWM") - before
+
+
+def cached_zips(app) -> list[Path]:
+    return sorted(app.cache.rglob("*.zip")) if app.cache.exists() else []
+
+
+@pytest.mark.slow  # the app runs in a subprocess; the zips are ~3 MB and ~61 MB
+def test_hostile_zips_are_refused_by_the_app_within_the_memory_bound(app_process, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(app_process.url, verbose=False)
+    update, *_ = client.predict(upload=handle_file(shapes_zip(tmp_path / "shapes.zip")), classes=[],
+                                images_per_class=3, api_name="/load_dataset")  # the first load imports `datasets`
+    assert update["value"] == ["blue", "red"]
+    # The largest honest image: 40 Mpx, decoded whole (160 MB as RGB), which the measurement sees.
+    honest = two_class_zip(tmp_path / "honest.zip", {"d/a/big.png": png_image("red", (8000, 5000))})
+    (update, *_), grew = peak_growth(app_process.pid, lambda: client.predict(
+        upload=handle_file(honest), classes=[], images_per_class=3, api_name="/load_dataset"))
+    print(f"honest.zip (one 40 Mpx image): peak memory +{grew / 2**20:.0f} MB")
+    assert update["value"] == ["a", "other"] and 150 * 2**20 < grew < MEMORY_BOUND
+    assert cached_zips(app_process) == []  # extracted, then removed from Gradio's cache
+    cases = {
+        "bomb.zip": (understated_bomb(tmp_path / "bomb.zip"),  # 1 MB declared, 2 GB inflated: +3.8 GB before
+                     "'bomb.zip' is damaged or forged at 'd/a/bomb.png' (it unpacks to more than the 1048576 bytes "
+                     "its header declares)"),
+        "flood.zip": (flood_zip(tmp_path / "flood.zip"),  # 1,000,000 entries in a 61 MB directory: +407 MB before
+                      "'flood.zip' has 1000000 entries, more than this Space's limit of 10000"),
+    }
+    for name, (archive, message) in cases.items():
+        error, grew = peak_growth(app_process.pid, lambda archive=archive: client.predict(
+            upload=handle_file(archive), classes=[], images_per_class=3, api_name="/load_dataset"))
+        assert isinstance(error, AppError) and message in str(error), error
+        assert str(tmp_path) not in str(error) and str(app_process.tmp) not in str(error)  # no server paths
+        print(f"{name}: {archive.stat().st_size / 2**20:.1f} MB, peak memory +{grew / 2**20:.0f} MB")
+        assert grew < MEMORY_BOUND, (name, grew / 2**20)
+        assert cached_zips(app_process) == []  # the refused upload is gone from Gradio's cache
+
+
+@pytest.mark.slow
+def test_upload_messages_through_the_app(app_process, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(app_process.url, verbose=False)
+    red = png_image("red")
+    cases = {
+        "one.zip": ({"mine/cat/0.png": red, "mine/cat/1.png": red},
+                    "'one.zip' has images of one class only ('cat'); a zip needs at least two class folders"),
+        "clash.zip": ({"d/a/b.png": red, "d/a/b.png/c.png": red},
+                      "'clash.zip' has 'd/a/b.png' both as a file and as a folder"),
+        "long.zip": ({f"d/{'x' * 300}/0.png": red, "d/y/0.png": red},
+                     "'long.zip' has a name of 300 characters ('xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'...), more "
+                     "than the 255 a folder or file name may have; rename it"),
+    }
+    for name, (entries, message) in cases.items():
+        archive = tmp_path / name
+        with zipfile.ZipFile(archive, "w") as z:
+            for entry, data in entries.items():
+                z.writestr(entry, data)
+        with pytest.raises(AppError, match=re.escape(message)) as caught:
+            client.predict(upload=handle_file(archive), classes=[], images_per_class=3, api_name="/load_dataset")
+        assert str(app_process.tmp) not in str(caught.value)
+    assert cached_zips(app_process) == []
