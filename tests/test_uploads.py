@@ -178,13 +178,16 @@ def test_pils_own_limit_is_lowered_by_the_app(tmp_path):
     spec = importlib.util.spec_from_file_location("app_for_pil_limit", ROOT / "app.py")
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
+    from PIL import PngImagePlugin
+
     space = logic.load_space_config(ROOT / "spaces_config.yaml")
-    old = Image.MAX_IMAGE_PIXELS
+    old = Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY
     try:
         app.build_demo(app.AppSettings(space=space, root=tmp_path))
         assert Image.MAX_IMAGE_PIXELS == space.limits.max_image_pixels == 40_000_000
+        assert (PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY) == (2**18, 2**20)
     finally:
-        Image.MAX_IMAGE_PIXELS = old
+        Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY = old
 
 
 def test_damaged_and_malformed_zips_get_clear_messages(tmp_path):
@@ -503,3 +506,151 @@ def test_upload_messages_through_the_app(app_process, tmp_path):
             client.predict(upload=handle_file(archive), classes=[], images_per_class=3, api_name="/load_dataset")
         assert str(app_process.tmp) not in str(caught.value)
     assert cached_zips(app_process) == []
+
+
+# --- messages a visitor can act on ---------------------------------------------------------------------------------
+
+def zip_of(path: Path, entries: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for entry, data in entries.items():
+            z.writestr(entry, data)
+    return path
+
+
+@pytest.mark.parametrize("entries, message", [
+    ({"mine/cat/0.png": b"", "mine/cat/1.png": b""},
+     "'x.zip' has images of one class only ('cat'); a zip needs at least two class folders, e.g. mydata/cat/1.jpg "
+     "and mydata/dog/1.jpg"),
+    ({"0.png": b"", "1.png": b""}, "'x.zip' has images of no class folders; a zip needs at least two class folders"),
+    ({"d/cat/0.png": b"", "d/dog/0.png": b"", "d/loose.png": b""},
+     "'x.zip' has images at different depths ('d/loose.png' and 'd/cat/0.png'); put every image in its class folder"),
+    ({"d/a/b.png": b"", "d/a/b.png/c.png": b""},
+     "'x.zip' has 'd/a/b.png' both as a file and as a folder (holding 'd/a/b.png/c.png'); rename one of them"),
+    ({"d/cat": b"", "d/cat/0.png": b"", "d/dog/0.png": b""},
+     "'x.zip' has 'd/cat' both as a file and as a folder (holding 'd/cat/0.png'); rename one of them"),
+    ({f"d/{'é' * 128}/0.png": b"", "d/b/0.png": b""},  # 128 characters, 256 bytes in UTF-8
+     "'x.zip' has a name of 128 characters ('éééééééééééééééééééééééééééééééééééééééé'...), more than the 255 a folder "
+     "or file name may have; rename it"),
+])
+def test_layout_and_name_messages(tmp_path, entries, message):
+    with pytest.raises(UploadError, match=f"^{re.escape(message)}.*; {HOW}$"):
+        extract_upload(zip_of(tmp_path / "x.zip", entries), tmp_path / "uploads", LIMITS)
+    assert not any((tmp_path / "uploads").iterdir())
+
+
+def test_a_name_listed_twice_an_encrypted_entry_and_an_unread_method_are_refused(tmp_path):
+    red = png_image("red")
+    twice = forged_zip(tmp_path / "twice.zip", [("d/a/0.png", *stored(red)), ("d/a/0.png", *stored(red)),
+                                                ("d/b/0.png", *stored(red))])
+    with pytest.raises(UploadError, match="^'twice.zip' lists 'd/a/0.png' twice; "):
+        extract_upload(twice, tmp_path / "uploads", LIMITS)
+    locked = shapes_zip(tmp_path / "locked.zip")
+    data = bytearray(locked.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    struct.pack_into("<H", data, at + 8, 1)  # the first entry's flag: encrypted
+    locked.write_bytes(bytes(data))
+    with pytest.raises(UploadError, match=r"^'locked.zip' is encrypted \('shapes/red/0.png'\); zip it without a "
+                                          "password"):
+        extract_upload(locked, tmp_path / "uploads", LIMITS)
+    with zipfile.ZipFile(tmp_path / "lzma.zip", "w", zipfile.ZIP_LZMA) as z:
+        z.writestr("d/a/0.png", red)
+        z.writestr("d/b/0.png", red)
+    with pytest.raises(UploadError, match=r"^'lzma.zip' compresses 'd/a/0.png' with method 14; only stored and "
+                                          "deflated entries"):
+        extract_upload(tmp_path / "lzma.zip", tmp_path / "uploads", LIMITS)
+
+
+def test_pils_own_errors_become_the_spaces_messages(tmp_path):
+    from PIL import PngImagePlugin
+
+    from vldd.space_uploads import apply_pil_limits
+
+    saved = Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY
+    try:
+        apply_pil_limits(UploadLimits())  # what the app does: PIL itself refuses over 80 Mpx, before our check
+        bomb = two_class_zip(tmp_path / "huge.zip", {"d/a/huge.png": bomb_png(10_000, 9_000)})  # 90 Mpx
+        with pytest.raises(UploadError, match=r"^'huge.zip' holds 'd/a/huge.png' of 90 Mpx, more than this Space's "
+                                              r"limit of 40 Mpx per image; "):
+            extract_upload(bomb, tmp_path / "uploads", UploadLimits())
+        # A zTXt chunk of 512 KB of text (PIL's default allows 1 MB a chunk and 64 MB in all; the Space 256 KB).
+        text = b"comment\0\0" + zlib.compress(b"a" * 2**19)
+        png = png_image("red")
+        png = png[:33] + png_chunk(b"zTXt", text) + png[33:]  # after the signature and IHDR
+        archive = two_class_zip(tmp_path / "text.zip", {"d/a/x.png": png})
+        with pytest.raises(UploadError, match=r"^'text.zip' holds 'd/a/x.png' with more text metadata than this "
+                                              r"Space reads; save it without metadata; "):
+            extract_upload(archive, tmp_path / "uploads", UploadLimits())
+    finally:
+        Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY = saved
+    assert extract_upload(archive, tmp_path / "uploads", UploadLimits()).name == "d"  # PIL's defaults: read
+
+
+def test_only_the_formats_of_the_accepted_suffixes_are_decoded(tmp_path):
+    ico = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(ico, format="ICO")  # a format PIL reads, named .png
+    archive = two_class_zip(tmp_path / "ico.zip", {"d/a/x.png": ico.getvalue()})
+    with pytest.raises(UploadError, match=r"^'ico.zip' holds 'd/a/x.png', which is not an image in a format this "
+                                          r"Space reads \(.bmp, .gif, .jpeg"):
+        extract_upload(archive, tmp_path / "uploads", LIMITS)
+
+
+# --- what is kept of an image ----------------------------------------------------------------------------------------
+
+def test_exif_orientation_is_applied_and_dropped(tmp_path):
+    image = Image.new("RGB", (32, 16), "red")
+    image.paste((0, 0, 255), (0, 0, 8, 16))  # blue on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif, quality=95)
+    archive = two_class_zip(tmp_path / "exif.zip", {"d/a/photo.jpg": buffer.getvalue()})
+    folder = extract_upload(archive, tmp_path / "uploads", UploadLimits(max_side=64))
+    with Image.open(folder / "a" / "photo.jpg") as out:
+        assert out.size == (16, 32) and out.format == "JPEG"
+        assert out.getexif().get(0x0112) is None  # not applied a second time by a reader
+        top = out.convert("RGB").getpixel((8, 2))
+        assert top[2] > 200 and top[0] < 60  # the blue left edge is now at the top
+
+
+def test_animated_images_keep_their_first_frame_in_the_format_their_name_says(tmp_path):
+    frames = [Image.new("RGB", (16, 16), color) for color in ("red", "lime", "blue")]
+    gif, webp, jpeg_as_png = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(webp, format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    Image.new("RGBA", (16, 16), (0, 0, 255, 128)).save(jpeg_as_png, format="PNG")  # PNG data named .jpg
+    archive = zip_of(tmp_path / "anim.zip", {"d/a/x.gif": gif.getvalue(), "d/a/y.webp": webp.getvalue(),
+                                             "d/b/z.jpg": jpeg_as_png.getvalue()})
+    folder = extract_upload(archive, tmp_path / "uploads", LIMITS)
+    for path, fmt in (("a/x.gif", "GIF"), ("a/y.webp", "WEBP"), ("b/z.jpg", "JPEG")):
+        with Image.open(folder / path) as out:
+            assert out.format == fmt and getattr(out, "n_frames", 1) == 1, path
+            if fmt != "JPEG":
+                red, green, blue = out.convert("RGB").getpixel((4, 4))
+                assert red > 240 and green < 10 and blue < 10, path  # the first frame (WEBP is saved lossy)
+
+
+# --- the app's side: Gradio's cache, and no server paths -------------------------------------------------------------
+
+def test_uploads_leave_gradios_cache_once_extracted_or_refused(tmp_path):
+    cache = tmp_path / "gradio"
+    upload = cache / "0123abcd" / "shapes.zip"
+    upload.parent.mkdir(parents=True)
+    shapes_zip(tmp_path / "shapes.zip").rename(upload)
+    kwargs = {"upload_dir": tmp_path / "session" / "uploads", "allow_local_paths": False, "limits": LIMITS,
+              "uploads_cache": cache}
+    folder = logic.resolve_dataset("sample", str(upload), **kwargs)
+    assert Path(folder).name == "shapes" and not upload.parent.exists()  # extracted, then removed with its folder
+    assert logic.resolve_dataset("sample", str(upload), **kwargs) == folder  # a later event of the session: reused
+    other = cache / "4567ef01" / "shapes.zip"  # gone, never extracted (a new session): a message, no server path
+    with pytest.raises(UploadError, match=r"^'shapes.zip' is no longer on the server \(an upload is removed once it "
+                                          r"is unpacked, and a new session starts empty\); upload it again$"):
+        logic.resolve_dataset("sample", str(other), **kwargs)
+    refused = cache / "89ab" / "one.zip"
+    refused.parent.mkdir()
+    zip_of(refused, {"d/cat/0.png": b"x"})
+    with pytest.raises(UploadError, match="'one.zip' has images of one class only") as caught:
+        logic.resolve_dataset("sample", str(refused), **kwargs)
+    assert not refused.exists() and str(tmp_path) not in str(caught.value)
+    outside = shapes_zip(tmp_path / "outside.zip")  # not in Gradio's cache: left alone
+    logic.resolve_dataset("sample", str(outside), **kwargs)
+    assert outside.exists()
