@@ -654,3 +654,15 @@ def test_uploads_leave_gradios_cache_once_extracted_or_refused(tmp_path):
     outside = shapes_zip(tmp_path / "outside.zip")  # not in Gradio's cache: left alone
     logic.resolve_dataset("sample", str(outside), **kwargs)
     assert outside.exists()
+
+
+def test_file_system_errors_name_the_entry_not_the_server_path(tmp_path):
+    deep = "/".join(["x" * 200] * 25)  # each name allowed, the whole path longer than Linux's 4096 bytes
+    archive = zip_of(tmp_path / "deep.zip", {f"d/{deep}/a/0.png": png_image("red"), f"d/{deep}/b/0.png": b""})
+    with pytest.raises(UploadError, match=r"^'deep.zip' could not be unpacked at 'd/xxx.*' \(File name too long\); ") \
+            as caught:
+        extract_upload(archive, tmp_path / "uploads", LIMITS)
+    with pytest.raises(UploadError, match=r"^'gone.zip' cannot be read \(No such file or directory\); upload it again$") \
+            as gone:
+        extract_upload(tmp_path / "gone.zip", tmp_path / "uploads", LIMITS)
+    assert str(tmp_path) not in str(caught.value) + str(gone.value)

@@ -369,8 +369,8 @@ def open_upload(upload: str | Path, upload_dir: Path, limits: UploadLimits, uplo
     later event of the session that sends the same (since removed) upload finds the folder without the zip.
     """
     path = Path(upload)
-    if uploads_cache is None:
-        return extract_upload(path, upload_dir, limits)
+    if uploads_cache is None or Path(uploads_cache).resolve() not in path.resolve().parents:
+        return extract_upload(path, upload_dir, limits)  # not Gradio's copy: named by its content, and kept
     folder = hashlib.sha256(str(path).encode()).hexdigest()[:16]
     if not path.is_file() and not (upload_dir / folder).is_dir():
         raise UploadError(f"{path.name!r} is no longer on the server (an upload is removed once it is unpacked, and "

@@ -34,7 +34,8 @@ from PIL import Image, ImageOps, PngImagePlugin
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF",
            ".tif": "TIFF", ".tiff": "TIFF"}
 IMAGE_SUFFIXES = set(FORMATS)
-DECODERS = ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"]  # what PIL may decode (JPEG includes MPO; never EPS: it runs Ghostscript)
+# What PIL may decode, whatever the bytes look like (JPEG includes MPO; never EPS, which runs Ghostscript).
+DECODERS = ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"]
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}  # what file managers add to folders
 MAX_NAME_BYTES = 255  # one folder or file name: what Linux file systems allow
 CHUNK = 2**16  # bytes read, and at most inflated, at a time
@@ -277,8 +278,7 @@ def _savable(image: Image.Image, fmt: str) -> Image.Image:
                "BMP": ("1", "L", "P", "RGB", "RGBA")}.get(fmt)
     if allowed is None or image.mode in allowed:
         return image
-    alpha = "A" in image.getbands() and fmt != "JPEG"
-    return image.convert("RGBA" if alpha else "RGB" if image.mode not in ("I", "I;16", "F") or fmt == "JPEG" else "L")
+    return image.convert("RGBA" if "A" in image.getbands() and "RGBA" in allowed else "RGB")
 
 
 def _copy_image(f, member: zipfile.ZipInfo, out: Path, name: str, limits: UploadLimits) -> None:
@@ -336,7 +336,7 @@ def extract_upload(zip_path: str | Path, dest_root: str | Path, limits: UploadLi
     name = display_name or zip_path.name
     if folder_name is None:
         digest = hashlib.sha256()
-        with open(zip_path, "rb") as f:
+        with _open(zip_path, name) as f:
             for block in iter(lambda: f.read(2**20), b""):
                 digest.update(block)
         folder_name = digest.hexdigest()[:16]
@@ -345,7 +345,7 @@ def extract_upload(zip_path: str | Path, dest_root: str | Path, limits: UploadLi
         dest_root.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=dest_root))
         try:
-            with open(zip_path, "rb") as f:
+            with _open(zip_path, name) as f:
                 _check_directory(f, name, limits)  # before zipfile parses the directory
                 try:
                     archive = zipfile.ZipFile(f)
@@ -354,8 +354,12 @@ def extract_upload(zip_path: str | Path, dest_root: str | Path, limits: UploadLi
                 with archive:
                     for member in _members(archive, name, limits):
                         out = partial / member.filename
-                        out.parent.mkdir(parents=True, exist_ok=True)
-                        _copy_image(f, member, out, name, limits)
+                        try:
+                            out.parent.mkdir(parents=True, exist_ok=True)
+                            _copy_image(f, member, out, name, limits)
+                        except OSError as err:  # the file system's refusal, without the server's path
+                            raise _refuse(name, f"could not be unpacked at {member.filename!r} "
+                                                f"({err.strerror or type(err).__name__})") from None
             try:
                 os.rename(partial, target)
             except OSError:  # another event extracted the same zip first: theirs is complete, keep it
@@ -364,6 +368,13 @@ def extract_upload(zip_path: str | Path, dest_root: str | Path, limits: UploadLi
         finally:
             shutil.rmtree(partial, ignore_errors=True)
     return _dataset_root(target)
+
+
+def _open(zip_path: Path, name: str):
+    try:
+        return open(zip_path, "rb")
+    except OSError as err:
+        raise UploadError(f"{name!r} cannot be read ({err.strerror or type(err).__name__}); upload it again") from None
 
 
 def _dataset_root(root: Path) -> Path:
