@@ -1,4 +1,5 @@
-"""Uploaded zips as a hostile visitor sends them: bombs, damage, floods of entries, races (vldd.space_uploads)."""
+"""Uploaded zips as a hostile visitor sends them: bombs, forged headers, damage, floods of entries, bad layouts,
+races (vldd.space_uploads); and through gradio_client against the app in its own process, with its peak memory."""
 
 from __future__ import annotations
 
@@ -496,6 +497,8 @@ def test_upload_messages_through_the_app(app_process, tmp_path):
                     "'one.zip' has images of one class only ('cat'); a zip needs at least two class folders"),
         "clash.zip": ({"d/a/b.png": red, "d/a/b.png/c.png": red},
                       "'clash.zip' has 'd/a/b.png' both as a file and as a folder"),
+        "huge.zip": ({"d/a/huge.png": bomb_png(10_000, 9_000), "d/b/0.png": red},  # over PIL's 80 Mpx in the app
+                     "'huge.zip' holds 'd/a/huge.png' of 90 Mpx, more than this Space's limit of 40 Mpx per image"),
         "long.zip": ({f"d/{'x' * 300}/0.png": red, "d/y/0.png": red},
                      "'long.zip' has a name of 300 characters ('xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'...), more "
                      "than the 255 a folder or file name may have; rename it"),
