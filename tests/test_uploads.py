@@ -527,7 +527,7 @@ def zip_of(path: Path, entries: dict[str, bytes]) -> Path:
     ({"mine/cat/0.png": b"", "mine/cat/1.png": b""},
      "'x.zip' has images of one class only ('cat'); a zip needs at least two class folders, e.g. mydata/cat/1.jpg "
      "and mydata/dog/1.jpg"),
-    ({"0.png": b"", "1.png": b""}, "'x.zip' has images of no class folders; a zip needs at least two class folders"),
+    ({"0.png": b"", "1.png": b""}, "'x.zip' has its images outside class folders; a zip needs at least two class folders"),
     ({"d/cat/0.png": b"", "d/dog/0.png": b"", "d/loose.png": b""},
      "'x.zip' has images at different depths ('d/loose.png' and 'd/cat/0.png'); put every image in its class folder"),
     ({"d/a/b.png": b"", "d/a/b.png/c.png": b""},

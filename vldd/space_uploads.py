@@ -192,9 +192,9 @@ def _check_classes(name: str, paths: list[PurePosixPath]) -> None:
                             "in its class folder")
     classes = sorted({p.parent.name for p in paths})
     if len(classes) < 2:
-        where = f"one class only ({classes[0]!r})" if classes[0] else "no class folders"
-        raise _refuse(name, f"has images of {where}; a zip needs at least two class folders, e.g. "
-                            "mydata/cat/1.jpg and mydata/dog/1.jpg")
+        where = f"images of one class only ({classes[0]!r})" if classes[0] else "its images outside class folders"
+        raise _refuse(name, f"has {where}; a zip needs at least two class folders, e.g. mydata/cat/1.jpg and "
+                            "mydata/dog/1.jpg")
 
 
 # --- 3. one image: its bytes through the budget, then decoded, oriented, downscaled, saved ---------------------------
