@@ -219,10 +219,9 @@ class Handlers:
                                             cache_dir=s.cache_dir, stop=stop.is_set)
             try:
                 for update in updates:
-                    activity.done, activity.stopped = update.done, update.stopped
+                    activity.done = update.done
                     if update.stopped:
-                        yield (f"{head}\n\nStopped {activity.what} after class {update.done} of {update.total}; "
-                               "finished classes are kept; run again to resume.").strip()
+                        yield f"{head}\n\n{activity.stopped_message()}".strip()
                         return
                     progress((update.done, max(update.total, 1)), desc=update.message)
                     if update.result is not None:

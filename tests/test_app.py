@@ -475,6 +475,31 @@ def test_sessions_delete_a_closed_session_only_after_its_event_ends(tmp_path):
     assert not sessions.path("other").exists()
 
 
+@pytest.mark.parametrize("done,answer", [(0, "Stopped Caption before its first class; run again to start it."),
+                                         (1, "Stopped Caption after class 1 of 3; finished classes are kept; run "
+                                             "again to resume."),
+                                         (3, "Nothing was stopped: Caption had finished all 3 classes.")])
+def test_stop_waits_for_the_run_and_says_what_it_stopped(tmp_path, done, answer):
+    import threading
+
+    sessions = logic.Sessions(tmp_path)
+    started = threading.Event()
+
+    def run():  # a per-class run that reaches its end after `done` classes
+        with sessions.working("visitor", "Caption", classes=True) as activity:
+            activity.total = 3
+            started.set()
+            assert sessions.stop_flag("visitor").wait(10)  # what run_classes asks between classes
+            time.sleep(0.2)
+            activity.done = done
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(10)
+    assert sessions.stop("visitor", wait=10) == answer
+    thread.join()
+
+
 def test_local_folders_only_when_nobody_else_can_reach_the_app(tiny_cache, tmp_path, served):
     from gradio_client.exceptions import AppError
 

@@ -349,8 +349,13 @@ class Activity:
     classes: bool = False  # a per-class run (stops between classes); else one step that ends by itself
     done: int = 0  # classes finished (kept on disk)
     total: int = 0
-    stopped: bool = False  # it ended because of Stop or the session's end
     ended: threading.Event = field(default_factory=threading.Event)
+
+    def stopped_message(self) -> str:
+        if self.done == 0:
+            return f"Stopped {self.what} before its first class; run again to start it."
+        return (f"Stopped {self.what} after class {self.done} of {self.total}; finished classes are kept; run again "
+                "to resume.")
 
 
 class SessionBusy(ValueError):
@@ -424,12 +429,12 @@ class Sessions:
             return f"{activity.what} runs as one step and ends by itself; nothing else was running."
         activity.ended.wait(wait)
         if not activity.ended.is_set():
-            return (f"Stopping {activity.what} after the class it is on (class {activity.done + 1} of "
-                    f"{activity.total}); finished classes are kept; run again to resume.")
-        if not activity.stopped:
+            where = f"class {activity.done + 1} of {activity.total}" if activity.total else "its first class"
+            return (f"Stopping {activity.what} after the class it is on ({where}); finished classes are kept; run "
+                    "again to resume.")
+        if activity.total and activity.done >= activity.total:  # it ended on its own before reaching the flag
             return f"Nothing was stopped: {activity.what} had finished all {activity.total} classes."
-        return (f"Stopped {activity.what} after class {activity.done} of {activity.total}; finished classes are "
-                "kept; run again to resume.")
+        return activity.stopped_message()
 
     def path(self, session_hash: str | None) -> Path:
         if not session_hash:
