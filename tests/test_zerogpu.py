@@ -278,8 +278,8 @@ def test_bad_values_spend_no_gpu_call(zero_app):
     assert len(zero_app.scheduler.durations()) == before, seen  # not one GPU call scheduled
     with pytest.raises(AppError, match="`seed` must be a whole number from 0 to 4294967295, got -1"):
         client.predict(**{**RUN, "seed": -1}, classes=["circle"], api_name="/prototypes")
-    with pytest.raises(AppError, match="`strength` must be a number in"):
-        client.predict(**{**RUN, "strength": float("nan")}, classes=["circle"], api_name="/caption")
+    with pytest.raises(AppError, match="`split` may only contain"):
+        client.predict(**{**RUN, "split": "../train"}, classes=["circle"], api_name="/caption")
     assert len(zero_app.scheduler.durations()) == before
 
 

@@ -4,7 +4,7 @@ ZeroGPU gives each `@spaces.GPU` call the duration it requests, multiplied by a 
 that asks for more than the visitor's remaining daily quota. So the app plans a run before its first GPU call:
 one call per class, each request capped, the total (after the factor) compared with what the visitor can likely
 spend. The controller (`run_classes`) then loops in the main process: it skips classes already done (resume),
-reports after each class, and stops between calls when the event is cancelled.
+reports after each class, and stops between calls when the session's stop flag is set or the event is cancelled.
 
 Example:
     >>> plan = plan_gpu_calls({"circle": 20, "square": 20}, GpuQuota(), tier="anonymous")
