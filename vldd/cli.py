@@ -444,7 +444,7 @@ def _app(args) -> int:
     if args.cache_dir:
         os.environ["VLDD_CACHE"] = args.cache_dir
     forwarded = [*(["--host", args.host] if args.host else []), *(["--port", str(args.port)] if args.port else []),
-                 *(["--share"] if args.share else [])]
+                 *(["--share"] if args.share else []), *(["--allow-local-paths"] if args.allow_local_paths else [])]
     sys.argv = [str(path), *forwarded]
     runpy.run_path(str(path), run_name="__main__")  # app.py's main(): builds the demo and serves it until Ctrl+C
     return 0
@@ -456,6 +456,9 @@ def _add_app(sub):
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 serves the network)")
     p.add_argument("--port", type=int, help="port (default 7860, or the next free one)")
     p.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
+    p.add_argument("--allow-local-paths", action="store_true",
+                   help="let visitors name this machine's folders as datasets even with --share or a --host other "
+                        "than localhost (localhost alone allows them by default)")
     _cache_dir_flag(p)
     p.set_defaults(func=_app)
 
