@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import __version__
-from .cards import PAPER_BIBTEX, flatten, md_cell, render_model_card, template
+from .cards import PAPER_BIBTEX, flatten, md_cell, render_model_card, robust_text, template
 from .provenance import is_local_path, public_name
 from .runs import read_manifest
 
@@ -582,18 +582,19 @@ def _mean_std(result: dict, key: str) -> str:
 def _evaluation_rows(results: list[dict]) -> list[dict]:
     """One row per result, then one per baseline trained under the same recipe (e.g. a random real subset)."""
     shown = {"protocol", "student", "best", "best_mean", "best_std", "final", "final_mean", "final_std",
-             "results_file"}
+             "results_file", "robust"}
     rows = []
     for result in results:
         details = "; ".join(f"{k}: {md_cell(v)}" for k, v in result.items()
                             if k not in shown and not isinstance(v, (dict, list)))
         common = {"protocol": md_cell(result.get("protocol")), "student": md_cell(result.get("student"))}
+        robust = result.get("robust") if isinstance(result.get("robust"), dict) else None
         rows.append({**common, "data": "this dataset", "best": _mean_std(result, "best"),
-                     "final": _mean_std(result, "final"), "details": details})
+                     "final": _mean_std(result, "final"), "robust": robust_text(robust) or "—", "details": details})
         for name, baseline in (result.get("baselines") or {}).items():
             if isinstance(baseline, dict):
                 rows.append({**common, "data": f"baseline: {md_cell(name)}", "best": _mean_std(baseline, "best"),
-                             "final": _mean_std(baseline, "final"), "details": "same recipe"})
+                             "final": _mean_std(baseline, "final"), "robust": "—", "details": "same recipe"})
     return rows
 
 
