@@ -220,6 +220,23 @@ def test_killed_and_rerun_resumes_to_the_same_table(ablated, tiny_cache, tmp_pat
     assert "| no-lof | prototypes.contamination=0.0 |" in printed and f"table: {out / 'ablation.md'}" in printed
 
 
+@pytest.mark.slow  # two processes under accelerate launch
+def test_two_processes_under_accelerate_give_the_same_rows(ablated, tiny_cache, tmp_path):
+    reference = {row["name"]: row for row in json.loads((ablated[2] / "ablation.json").read_text())["rows"]}
+    out = tmp_path / "sharded"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli",
+               "ablate", "--output", str(out), "--variants", "base", "no-lof", "--cache-dir", str(tiny_cache),
+               "--quiet", "--device", "cpu", *DISTILL_FLAGS, *EVAL_FLAGS]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((out / "ablation.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["base", "no-lof", "random real", "full real"]
+    assert rows == [reference[r["name"]] for r in rows]
+    assert read_manifest(out / "no-lof" / "seed0")["processes"] == 2
+
+
 @pytest.mark.slow
 def test_pushed_variants_link_their_siblings_on_the_card(ablated, hub_server):
     from huggingface_hub import DatasetCard
