@@ -21,7 +21,8 @@ _EXPORTS = {
     "TextPrototypeConfig": "config", "GenerationConfig": "config", "load_config": "config",
     "distill": "distillation", "DistillResult": "distillation", "Processes": "devices",
     "plan_run": "plan", "StageEstimate": "plan",
-    "evaluate": "evaluation", "EvalConfig": "evaluation", "EvalResult": "evaluation",
+    "evaluate": "evaluation", "EvalConfig": "evaluation", "EvalResult": "evaluation", "robust_scores": "evaluation",
+    "ablate": "ablation",
     "finetune": "finetuning", "finetune_config": "finetuning", "FinetuneConfig": "finetuning",
     "FinetuneResult": "finetuning",
     "push_distilled": "hub", "push_captions": "hub", "push_model": "hub", "load_published_captions": "hub", "PushResult": "hub",
@@ -37,9 +38,11 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and IDEs (a test ch
     "evaluate", "EvalConfig", "EvalResult", "finetune", "finetune_config", "FinetuneConfig", "FinetuneResult",
     "push_distilled", "push_captions", "push_model", "load_published_captions",
     "PushResult", "HubError", "HubAuthError", "load_captioner", "caption_images", "load_pipeline", "build_tiny_models",
+    "robust_scores", "ablate",
 ]
 
 if TYPE_CHECKING:
+    from .ablation import ablate
     from .captioning import caption_images, load_captioner
     from .config import (
         CaptionConfig,
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
     )
     from .devices import Processes
     from .distillation import DistillResult, distill
-    from .evaluation import EvalConfig, EvalResult, evaluate
+    from .evaluation import EvalConfig, EvalResult, evaluate, robust_scores
     from .finetuning import FinetuneConfig, FinetuneResult, finetune, finetune_config
     from .generation import load_pipeline
     from .hub import (
