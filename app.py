@@ -171,7 +171,8 @@ class Handlers:
     def _dataset(self, values: dict, session: str | None) -> str:
         s = self.s
         return logic.resolve_dataset(values["dataset"], values.get("upload"), upload_dir=s.sessions.upload_dir(session),
-                                     allow_local_paths=s.local_paths, limits=s.space.limits.uploads())
+                                     allow_local_paths=s.local_paths, limits=s.space.limits.uploads(),
+                                     uploads_cache=Path(GRADIO_CACHE))
 
     def _request(self, values: dict, session: str | None) -> logic.RunRequest:
         keys = ("classes", "preset", "ipc", "images_per_class", "config_name", "split", "captions_from", "seed",
@@ -512,9 +513,7 @@ def publish_tab(run: RunInputs, h: Handlers) -> tuple[gr.Textbox, list]:
 
 def build_demo(settings: AppSettings) -> gr.Blocks:
     """The whole app, for `settings` (see `default_settings`)."""
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = settings.space.limits.max_image_pixels  # PIL refuses larger images (this process)
+    logic.apply_pil_limits(settings.space.limits.uploads())  # PIL's own limits, lowered to the Space's (this process)
     h = Handlers(settings)
     space = settings.space
     ttl = int(space.sessions.get("ttl_hours", 6) * 3600)

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -36,7 +37,7 @@ import yaml
 from .config import PRESETS, DistillConfig, from_dict
 from .runs import read_json, write_text
 from .space_gpu import ClassJob, ClassResult, GpuQuota, LimitError
-from .space_uploads import UploadError, UploadLimits, extract_upload  # noqa: F401  (re-exported for app.py)
+from .space_uploads import UploadError, UploadLimits, apply_pil_limits, extract_upload  # noqa: F401  (for app.py)
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +82,12 @@ class Limits:
     max_upload_entries: int = 10_000  # entries in an uploaded zip
     max_image_pixels: int = 40_000_000  # one uploaded image (width x height), checked before it is decoded
     max_image_side: int = 1024  # uploaded images are downscaled to this longer side as they are extracted
+    max_image_mb: int = 64  # one image file in an uploaded zip, as unpacked
     max_caption_rows: int = 20
 
     def uploads(self) -> UploadLimits:
         return UploadLimits(self.max_upload_mb * 2**20, self.max_upload_entries, self.max_image_pixels,
-                            self.max_image_side)
+                            self.max_image_side, self.max_image_mb * 2**20)
 
 
 @dataclass
@@ -510,10 +512,13 @@ def public_text(text: str, private_roots: list[str | Path]) -> str:
 # --- datasets: the sample, a Hub id, or an uploaded zip --------------------------------------------------------------
 
 def resolve_dataset(dataset: str, upload: str | None, *, upload_dir: Path, allow_local_paths: bool,
-                    limits: UploadLimits) -> str:
-    """What to load: an uploaded zip (extracted), else `dataset` ("sample", a Hub id or, where allowed, a folder)."""
+                    limits: UploadLimits, uploads_cache: Path | None = None) -> str:
+    """What to load: an uploaded zip (extracted), else `dataset` ("sample", a Hub id or, where allowed, a folder).
+
+    With `uploads_cache` (Gradio's upload folder), the zip is removed from it once extracted or refused.
+    """
     if upload:
-        return str(extract_upload(upload, upload_dir, limits))
+        return str(open_upload(upload, upload_dir, limits, uploads_cache))
     dataset = check_text(dataset, "dataset") or "sample"
     if dataset == "sample" or (allow_local_paths and _is_local(dataset)):
         return dataset
@@ -522,6 +527,36 @@ def resolve_dataset(dataset: str, upload: str | None, *, upload_dir: Path, allow
                          "uploaded zips (local folders only when it serves this machine alone: bound to localhost "
                          "without --share, or started with --allow-local-paths)")
     return check_hub_id(dataset, "dataset")
+
+
+def open_upload(upload: str | Path, upload_dir: Path, limits: UploadLimits, uploads_cache: Path | None = None) -> Path:
+    """An uploaded zip, extracted into the session's `upload_dir` once, and then (or once refused) removed from
+    Gradio's `uploads_cache`, where it would otherwise stay for hours.
+
+    Gradio names its copy of an upload by a hash of the content, so the copy's path names the extracted folder: a
+    later event of the session that sends the same (since removed) upload finds the folder without the zip.
+    """
+    path = Path(upload)
+    if uploads_cache is None or Path(uploads_cache).resolve() not in path.resolve().parents:
+        return extract_upload(path, upload_dir, limits)  # not Gradio's copy: named by its content, and kept
+    folder = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    if not path.is_file() and not (upload_dir / folder).is_dir():
+        raise UploadError(f"{path.name!r} is no longer on the server (an upload is removed once it is unpacked, and "
+                          "a new session starts empty); upload it again")
+    try:
+        return extract_upload(path, upload_dir, limits, folder_name=folder)
+    finally:
+        discard_upload(path, uploads_cache)
+
+
+def discard_upload(path: str | Path, uploads_cache: str | Path) -> None:
+    """Removes an upload from Gradio's cache, and its folder once empty; a path outside the cache is left alone."""
+    path, cache = Path(path).resolve(), Path(uploads_cache).resolve()
+    if cache in path.parents:
+        path.unlink(missing_ok=True)
+        if path.parent != cache:
+            with contextlib.suppress(OSError):  # not empty: something else of Gradio's is there
+                path.parent.rmdir()
 
 
 def _is_local(name: str) -> bool:
