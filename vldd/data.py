@@ -163,8 +163,9 @@ def scan_image_folder(path: Path, split: str = "train") -> dict[str, int]:
                          ".png/.jpg/... images")
     if len(images) == 1:
         (only, count), = images.items()
-        raise ValueError(f"image folder {str(path)!r} has a single class ({only!r}, {count} images); expected one "
-                         "sub-folder per class and at least 2 classes")
+        found = f"{count} images but no class sub-folders" if only == "." else f"a single class ({only!r}, {count} images)"
+        raise ValueError(f"image folder {str(path)!r} has {found}; expected one sub-folder per class and at least 2 "
+                         "classes")
     if empty:
         logger.warning("image folder %r: %d empty class folder(s) left out (not classes of this source): %s",
                        str(path), len(empty), ", ".join(sorted(empty)[:20]) + (" ..." if len(empty) > 20 else ""))
