@@ -214,6 +214,16 @@ def test_one_class_sources_are_refused(tmp_path):
         load_source(DataConfig(dataset=str(tmp_path / "saved")))
 
 
+def test_class_folders_one_level_too_deep_are_named(tmp_path):
+    folder = _write(tmp_path / "tiny", ["train/n01443537/images/0.png", "train/n01443537/n01443537_boxes.txt",
+                                        "train/n01629819/images/0.png"])  # Tiny-ImageNet's zip, as unpacked
+    with pytest.raises(ValueError) as err:
+        load_source(DataConfig(dataset=str(folder)))
+    assert str(err.value) == (
+        f"every image of image folder {str(folder)!r} sits in a folder named 'images' (e.g. 'n01443537/images'), and "
+        "an image's class is the name of its own folder; move each class's images up into its class folder")
+
+
 def test_a_run_directory_is_not_a_source(tmp_path):
     run = tmp_path / "runs" / "x"
     (run / "dataset").mkdir(parents=True)
@@ -263,3 +273,7 @@ def test_an_output_that_cannot_be_created_is_named(tmp_path, capsys):
                               f"{str(tmp_path / 'file')!r} is a file, not a directory")
     assert cli.main(["distill", "--preset", "tiny", "--output", str(tmp_path / "file" / "run")]) == 2
     assert capsys.readouterr().err == f"vldd: error: {err.value}\n"
+    assert cli.main(["evaluate", "--distilled", "x", "--output", str(tmp_path / "file" / "sub" / "r.json")]) == 2
+    assert capsys.readouterr().err == (f"vldd: error: cannot create directory of --output "
+                                       f"{str(tmp_path / 'file' / 'sub')!r}: {str(tmp_path / 'file')!r} is a file, not a "
+                                       "directory\n")

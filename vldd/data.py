@@ -161,6 +161,11 @@ def scan_image_folder(path: Path, split: str = "train") -> dict[str, int]:
         raise ValueError(f"image folder {str(path)!r} holds no images (found {found} other files"
                          f"{f', e.g. {example!r}' if found else ''}); expected one sub-folder per class holding "
                          ".png/.jpg/... images")
+    leaves = {Path(name).name for name in images}
+    if len(images) > 1 and len(leaves) == 1:  # Tiny-ImageNet's own train layout: CLASS/images/*.JPEG
+        raise ValueError(f"every image of image folder {str(path)!r} sits in a folder named {leaves.pop()!r} (e.g. "
+                         f"{next(iter(images))!r}), and an image's class is the name of its own folder; move each "
+                         "class's images up into its class folder")
     if len(images) == 1:
         (only, count), = images.items()
         found = f"{count} images but no class sub-folders" if only == "." else f"a single class ({only!r}, {count} images)"
