@@ -208,7 +208,8 @@ def test_numeric_folders_are_refused_unless_meant(tmp_path):
     meant = load_source(DataConfig(dataset=str(folder), numeric_names=True))
     assert meant.prompt_names == ["00000", "00001", "00002"]
     named = load_source(DataConfig(dataset=str(folder), class_names=["cat", "dog", "frog"]))
-    assert named.prompt_names == ["cat", "dog", "frog"] and named.resolved_names.origin == "the list in data.class_names"
+    assert named.prompt_names == ["cat", "dog", "frog"]
+    assert named.resolved_names.origin == "the list in data.class_names"
     assert resolve_class_names(["n01440764", "7"]).rule == "labels"  # a digit among names is a name
 
 

@@ -275,5 +275,5 @@ def test_an_output_that_cannot_be_created_is_named(tmp_path, capsys):
     assert capsys.readouterr().err == f"vldd: error: {err.value}\n"
     assert cli.main(["evaluate", "--distilled", "x", "--output", str(tmp_path / "file" / "sub" / "r.json")]) == 2
     assert capsys.readouterr().err == (f"vldd: error: cannot create directory of --output "
-                                       f"{str(tmp_path / 'file' / 'sub')!r}: {str(tmp_path / 'file')!r} is a file, not a "
-                                       "directory\n")
+                                       f"{str(tmp_path / 'file' / 'sub')!r}: {str(tmp_path / 'file')!r} is a file, "
+                                       "not a directory\n")

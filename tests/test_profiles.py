@@ -142,7 +142,8 @@ def test_profile_override_wins_and_is_checked(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="vldd.data"):
         source = load_source(DataConfig(dataset=str(folder), profile="cifar10"))
     assert source.profile.family == "cifar10" and not caplog.records  # 32 px: what CIFAR-10 expects
-    assert DistillConfig(data=DataConfig(dataset=str(folder))).resolve(source.profile)[1]["generation.output_size"] == 32
+    derived = DistillConfig(data=DataConfig(dataset=str(folder))).resolve(source.profile)[1]
+    assert derived["generation.output_size"] == 32
     # no source at hand: the id or path, and data.profile
     assert DistillConfig(data=DataConfig(dataset="x", profile="cifar100")).resolve()[1]["family"] == "cifar100"
 

@@ -124,8 +124,8 @@ def _check_names_file(labels: list[str], names: list[str], auto: list[str]) -> N
 
     def found(name: str) -> int | None:  # plurals too: the official CIFAR-100 list says "apples", "poppies"
         loose = _loose(name)
-        variants = [loose, loose[:-3] + "y" if loose.endswith("ies") else "", loose[:-2] if loose.endswith("es") else "",
-                    loose[:-1] if loose.endswith("s") else ""]
+        variants = [loose, loose[:-3] + "y" if loose.endswith("ies") else "",
+                    loose[:-2] if loose.endswith("es") else "", loose[:-1] if loose.endswith("s") else ""]
         return next((where[v] for v in variants if v in where), None)
 
     wrong = [k for k, name in enumerate(names) if found(name) not in (None, k)]
@@ -194,8 +194,9 @@ def resolve_class_names(labels: Sequence[str], override: str | Path | Sequence[s
     if numeric and not numeric_ok:
         raise ValueError(f"the source's class names are only digits ({', '.join(labels[:3])}"
                          f"{', ...' if len(labels) > 3 else ''}), so the prompts would name 'the {labels[0]}'; give "
-                         "the real names with `data.class_names` (--data.class_names FILE, one name per line, line k naming the k-th "
-                         "folder in numeric order), or set `data.numeric_names` true if the digits are meant")
+                         "the real names with `data.class_names` (--data.class_names FILE, one name per line, line "
+                         "k naming the k-th folder in numeric order), or set `data.numeric_names` true if the digits "
+                         "are meant")
     spaced = [label.replace("_", " ").strip() for label in labels]
     candidates = [_candidates(name) for name in spaced]
     one_k, _, _ = _imagenet()

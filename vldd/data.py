@@ -91,8 +91,8 @@ class SourceDataset:
 def decode_image(value) -> Image.Image:
     """Decodes a `datasets` Image value (dict with bytes/path, or a PIL image) to RGB, upright.
 
-    The EXIF orientation is applied (a phone photo stored sideways is turned upright). Transparent images (RGBA, LA, palette with transparency) are composited over white; grayscale, CMYK, 16-bit and
-    palette images are converted.
+    The EXIF orientation is applied (a phone photo stored sideways is turned upright). Transparent images (RGBA, LA,
+    palette with transparency) are composited over white; grayscale, CMYK, 16-bit and palette images are converted.
     """
     if isinstance(value, Image.Image):
         image = value
@@ -168,7 +168,8 @@ def scan_image_folder(path: Path, split: str = "train") -> dict[str, int]:
                          "class's images up into its class folder")
     if len(images) == 1:
         (only, count), = images.items()
-        found = f"{count} images but no class sub-folders" if only == "." else f"a single class ({only!r}, {count} images)"
+        found = (f"{count} images but no class sub-folders" if only == "." else
+                 f"a single class ({only!r}, {count} images)")
         raise ValueError(f"image folder {str(path)!r} has {found}; expected one sub-folder per class and at least 2 "
                          "classes")
     if empty:
@@ -304,9 +305,9 @@ def load_source(config: DataConfig, stream_dir: str | Path | None = None) -> Sou
             rows = rows[: config.max_images_per_class]
         indices[label] = rows
     revision = getattr(dataset, "_fingerprint", None)
+    profile = recognise_source(config.dataset, dataset, image_column, names, config.profile, resolved)
     return SourceDataset(dataset, config.dataset, image_column, label_column, names, classes, indices, revision,
-                         resolved_names=resolved, profile=recognise_source(config.dataset, dataset, image_column, names, config.profile,
-                                                        resolved))
+                         resolved_names=resolved, profile=profile)
 
 
 def _check_classes(dataset: str, names: list[str]) -> None:
