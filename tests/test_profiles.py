@@ -110,6 +110,17 @@ def test_family_from_content_first(names, sizes, dataset, family, source):
     assert (recognition.family, recognition.source) == (family, source)
 
 
+def test_numeric_folders_named_by_a_file_are_recognised_by_those_names(tmp_path):
+    from vldd.data import load_source
+
+    folder = _folder(tmp_path / "train", [f"{i:05d}" for i in range(10)], size=64)  # not 32 px: the names decide
+    source = load_source(DataConfig(dataset=str(folder), class_names=CIFAR10))
+    assert source.profile.family == "cifar10" and source.profile.evidence[0] == "the 10 class names are CIFAR-10's"
+    assert "expects images of 32 px" in source.profile.warnings[0]
+    unnamed = load_source(DataConfig(dataset=str(folder), numeric_names=True))
+    assert unnamed.profile.family == "imagenet-subset"  # 10 classes of 64 px: no CIFAR signature
+
+
 def test_imagenet_names_and_the_path_disagreeing_are_both_in_the_evidence():
     recognition = recognise("/data/cifar10", ["n01440764", "n03417042"], [(300, 200)], imagenet_classes=True)
     assert recognition.family == "imagenet-subset" and recognition.source == "content"

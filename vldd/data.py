@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .classnames import ClassNames, resolve_class_names
+from .classnames import ClassNames, is_numeric, resolve_class_names
 from .config import DataConfig, DistillConfig
 from .profiles import Recognition, recognise
 
@@ -342,7 +342,7 @@ def recognise_source(source_id: str, dataset, image_column: str, names: list[str
         source_id: the dataset as the user named it.
         dataset: its rows, images undecoded (`Image(decode=False)`).
         image_column: the image column.
-        names: every class name, in label order.
+        names: every class name, in label order (numeric ones named by a `data.class_names` file: the file's).
         override: `data.profile`, or None.
         resolved: the names as `resolve_class_names` resolved them (None = resolved here).
     """
@@ -351,6 +351,8 @@ def recognise_source(source_id: str, dataset, image_column: str, names: list[str
             resolved = resolve_class_names(names, numeric_ok=True)
         except ValueError:  # ambiguous ImageNet short names: not read as ImageNet classes here
             resolved = None
+    if resolved is not None and resolved.rule == "override" and is_numeric(names):
+        names = resolved.names  # numeric folders named by the user's file: those names are what the classes are
     recognition = recognise(source_id, names, image_sizes(dataset, image_column), override,
                             imagenet_classes=resolved is not None and resolved.rule == "imagenet")
     for warning in recognition.warnings:
