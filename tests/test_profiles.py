@@ -195,3 +195,21 @@ def test_evaluation_recognises_the_real_dataset_as_distillation_does(tmp_path):
     # by the name alone, the same folder is an ImageNet subset (224 px, factor 2)
     assert resolve_recipe(EvalConfig(distilled="x", protocol="soft", teacher="t.pt"), 10, 10, str(folder)
                           ).image_size == 224
+
+
+def test_evaluate_uses_the_profile_the_run_was_told_and_reports_it(tmp_path):
+    import json
+
+    from test_evaluation import TINY, make_run
+
+    from vldd.evaluation import EvalConfig, evaluate
+
+    run = make_run(tmp_path / "run", ipc=1)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["config"] = {"data": {"profile": "cifar10"}}  # the run was told its source is CIFAR-10
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    config = EvalConfig(distilled=str(run), real="sample", protocol="hard", epochs=1, batch_size=4, record=False,
+                        **{**TINY, "image_size": None})
+    report = evaluate(config).report
+    assert report["profile"]["family"] == "cifar10" and report["profile"]["source"] == "override"
+    assert report["recipe"]["image_size"] == 32  # CIFAR-10's evaluation size, not the ImageNet-subset 224
