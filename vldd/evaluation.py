@@ -673,7 +673,8 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
 
     # 4. Recipe (from the real dataset's profile, recognised from its content as distillation does; a profile the
     #    run was told to use wins), teacher and the test batches.
-    told = (sets[0].manifest.get("config") or {}).get("data", {}).get("profile")
+    told = ((sets[0].manifest.get("config") or {}).get("data") or {}).get("profile") if real == source.get(
+        "dataset") else None  # the run's data.profile, for the run's own source
     recognition = recognise_source(real, v_images, v_images.column_names[0], real_names, told)
     logger.info("real dataset %s: %s", real, recognition.describe())
     recipe = resolve_recipe(config, ipc, len(classes), real, recognition)
