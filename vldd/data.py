@@ -139,6 +139,7 @@ def scan_image_folder(path: Path, split: str = "train") -> dict[str, int]:
     from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
     root = path / split if (path / split).is_dir() else path
+    extensions = set(ImageFolder.EXTENSIONS)
     images: dict[str, int] = {}
     others: dict[str, list[str]] = {}
     empty: list[str] = []
@@ -147,7 +148,7 @@ def scan_image_folder(path: Path, split: str = "train") -> dict[str, int]:
         name = os.path.relpath(folder, root)
         count = 0
         for file in files:
-            if Path(file).suffix.lower() in ImageFolder.EXTENSIONS:
+            if os.path.splitext(file)[1].lower() in extensions:
                 count += 1
             elif not file.startswith(".") and file not in _METADATA:
                 others.setdefault(name, []).append(file)
