@@ -191,3 +191,84 @@ def test_cli_flag_takes_a_file_of_names(tmp_path):
     cli._run_flags(parser)
     config = cli.config_from_args(parser.parse_args(["--data.class_names", str(tmp_path / "names.txt")]))
     assert config.data.class_names == str(tmp_path / "names.txt")  # a path, never split at its commas
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names that cannot go wrong: numeric folders refused, a names file in another order refused
+
+
+def test_numeric_folders_are_refused_unless_meant(tmp_path):
+    folder = _folder(tmp_path / "train", ["00000", "00001", "00002"], per_class=1)
+    with pytest.raises(ValueError) as err:
+        load_source(DataConfig(dataset=str(folder)))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(
+        "the source's class names are only digits (00000, 00001, 00002), so the prompts would name 'the 00000'")
+    assert "--data.class_names FILE" in message and "`data.numeric_names` true" in message
+    meant = load_source(DataConfig(dataset=str(folder), numeric_names=True))
+    assert meant.prompt_names == ["00000", "00001", "00002"]
+    named = load_source(DataConfig(dataset=str(folder), class_names=["cat", "dog", "frog"]))
+    assert named.prompt_names == ["cat", "dog", "frog"]
+    assert named.resolved_names.origin == "the list in data.class_names"
+    assert resolve_class_names(["n01440764", "7"]).rule == "labels"  # a digit among names is a name
+
+
+def test_numeric_folders_take_file_lines_in_numeric_order(tmp_path):
+    labels = sorted(str(i) for i in range(12))  # how folders 0..11 sort as text: 0, 1, 10, 11, 2, ...
+    path = tmp_path / "names.txt"
+    path.write_text("".join(f"name{i}\n" for i in range(12)))
+    resolved = resolve_class_names(labels, path)
+    assert dict(zip(labels, resolved.names)) == {str(i): f"name{i}" for i in range(12)}
+    assert resolved.origin == "the file names.txt (data.class_names)"
+
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_a_names_file_in_another_order_is_refused(tmp_path):
+    path = tmp_path / "cifar10.txt"
+    path.write_text("\n".join(["automobile", "airplane", *CIFAR10[2:]]))
+    with pytest.raises(ValueError) as err:
+        resolve_class_names(CIFAR10, path)
+    assert str(err.value) == (
+        "`data.class_names` lists the source's classes in another order (2 of 10 lines misplaced: line 1 'automobile' "
+        "is class 'automobile' (1) but would name class 'airplane' (0); line 2 'airplane' is class 'airplane' (0) but "
+        "would name class 'automobile' (1)); give one name per line in label order (airplane, automobile, bird, cat, "
+        "deer, ...)")
+    # the official CIFAR-100 list: superclass order, plural names; underscores, case and plurals are seen through
+    labels = ["apple", "aquarium_fish", "poppy", "sweet_pepper", "whale"]
+    with pytest.raises(ValueError, match=r"line 1 'Poppies' is class 'poppy' \(2\) but would name class 'apple' \(0\)"):
+        resolve_class_names(labels, ["Poppies", "aquarium fish", "sweet peppers", "apples", "whale"])
+    # WordNet-id folders: their ImageNet names in another order are caught too
+    with pytest.raises(ValueError, match="line 1 'garbage truck' is class 'n03417042'"):
+        resolve_class_names(["n01440764", "n03417042"], ["garbage truck", "tench"])
+    # the same names in label order, or other words, are what a names file is for
+    assert resolve_class_names(labels, ["apples", "aquarium fish", "poppies", "peppers", "whale"]).rule == "override"
+    assert resolve_class_names(CIFAR10, [f"a photo of a {n}" for n in CIFAR10]).names[0] == "a photo of a airplane"
+
+
+def test_a_names_file_of_another_length_shows_the_first_lines(tmp_path):
+    with pytest.raises(ValueError) as err:
+        resolve_class_names(CIFAR10, CIFAR10[1:])
+    assert str(err.value) == (
+        "`data.class_names` has 9 names but the source has 10 classes (first lines: line 1 'automobile' -> class "
+        "'airplane' (0), line 2 'bird' -> class 'automobile' (1), line 3 'cat' -> class 'bird' (2)); give one name per "
+        "class, in label order")
+
+
+def test_manifest_and_card_say_where_the_names_came_from(tiny_cache, tmp_path):
+    from vldd.config import load_config
+    from vldd.distillation import distill
+    from vldd.hub import PublishedRun, render_dataset_card
+
+    folder = _folder(tmp_path / "train", ["00000", "00001"], per_class=2)
+    (tmp_path / "names.txt").write_text("fish\ntruck\n")
+    config = load_config(overrides={"preset": "tiny", "output": str(tmp_path / "run"), "ipc": 1,
+                                    "data": {"dataset": str(folder), "class_names": str(tmp_path / "names.txt")}})
+    manifest = distill(config, stages=("caption",), cache_dir=tiny_cache).manifest
+    assert manifest["source"]["class_names_from"] == "the file names.txt (data.class_names)"
+    assert manifest["source"]["prompt_class_names"] == ["fish", "truck"]
+    manifest.setdefault("source", {})["license"] = "mit"
+    card = render_dataset_card([PublishedRun("ipc1", manifest, 2)], "alice/x", default_config="ipc1")
+    assert "00000 (0): fish; 00001 (1): truck" in card
+    assert "The names the captioning prompts used come from the file names.txt (data.class_names)." in card

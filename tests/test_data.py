@@ -143,3 +143,137 @@ def test_streaming_reads_the_same_rows_and_stops_early(kind, image_folder):
         a, rows_a, _ = plain.load_class(label)
         b, rows_b, _ = streamed.load_class(label)
         assert rows_a == rows_b and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layouts and splits: EXIF orientation, `valid`, and one-line errors for the layouts that used to mislead
+
+
+def _rotated_jpeg(path):
+    """A photo stored sideways as a camera does: 20 wide x 10 high, red left half, EXIF orientation 6 (the viewer
+    turns it 90 degrees clockwise: 10 wide x 20 high, red on top)."""
+    pixels = np.zeros((10, 20, 3), np.uint8)
+    pixels[:, :10] = (255, 0, 0)
+    pixels[:, 10:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, "JPEG", quality=95, exif=exif)
+
+
+def test_exif_rotated_photo_is_loaded_upright(tmp_path):
+    for name in ("phone", "other"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+    _rotated_jpeg(tmp_path / "photos" / "phone" / "0.jpg")
+    Image.new("RGB", (10, 20), (0, 255, 0)).save(tmp_path / "photos" / "other" / "0.png")
+    source = load_source(DataConfig(dataset=str(tmp_path / "photos")))
+    (image,), _, _ = source.load_class(source.class_names.index("phone"))
+    assert image.size == (10, 20)  # upright: taller than wide
+    top, bottom = image.getpixel((5, 2)), image.getpixel((5, 17))
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]  # red on top, blue below
+    data = (tmp_path / "photos" / "phone" / "0.jpg").read_bytes()
+    assert decode_image({"bytes": data}).size == (10, 20)  # the one decode function evaluation and fine-tuning use
+    assert Image.open(io.BytesIO(data)).size == (20, 10)  # as stored
+
+
+def test_validation_split_named_valid_is_found_and_reported(tmp_path, caplog):
+    from vldd.evaluation import open_validation
+
+    datasets.DatasetDict({"train": load_sample("train"), "valid": load_sample("validation")}).save_to_disk(
+        str(tmp_path / "tiny"))  # the split names of zh-plus/tiny-imagenet
+    with caplog.at_level("WARNING", logger="vldd.evaluation"):
+        dataset, split = open_validation(str(tmp_path / "tiny"))
+    assert split == "valid" and dataset.num_rows == 50
+    assert f"real dataset {str(tmp_path / 'tiny')!r} has no 'validation' split; testing on its 'valid' split " \
+           "instead" in caplog.text
+
+
+def _write(folder, files):
+    for name in files:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith(".png"):
+            Image.new("RGB", (8, 8), (len(name) * 10, 0, 0)).save(path)
+        else:
+            path.write_text("not an image")
+    return folder
+
+
+def test_one_class_sources_are_refused(tmp_path):
+    folder = _write(tmp_path / "cats", ["train/cat/0.png", "train/cat/1.png"])
+    with pytest.raises(ValueError) as err:
+        load_source(DataConfig(dataset=str(folder)))
+    assert str(err.value) == (f"image folder {str(folder)!r} has a single class ('cat', 2 images); expected one "
+                              "sub-folder per class and at least 2 classes")
+    flat = _write(tmp_path / "flat", ["a.png", "b.png"])  # images without class folders
+    with pytest.raises(ValueError, match="has 2 images but no class sub-folders; expected one sub-folder per class"):
+        load_source(DataConfig(dataset=str(flat)))
+    saved = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))], "label": [0]}, features=datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat"])}))
+    saved.save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(ValueError, match=r"has 1 class \('cat'\); distillation needs a source with at least 2 classes"):
+        load_source(DataConfig(dataset=str(tmp_path / "saved")))
+
+
+def test_class_folders_one_level_too_deep_are_named(tmp_path):
+    folder = _write(tmp_path / "tiny", ["train/n01443537/images/0.png", "train/n01443537/n01443537_boxes.txt",
+                                        "train/n01629819/images/0.png"])  # Tiny-ImageNet's zip, as unpacked
+    with pytest.raises(ValueError) as err:
+        load_source(DataConfig(dataset=str(folder)))
+    assert str(err.value) == (
+        f"every image of image folder {str(folder)!r} sits in a folder named 'images' (e.g. 'n01443537/images'), and "
+        "an image's class is the name of its own folder; move each class's images up into its class folder")
+
+
+def test_a_run_directory_is_not_a_source(tmp_path):
+    run = tmp_path / "runs" / "x"
+    (run / "dataset").mkdir(parents=True)
+    (run / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError) as err:
+        load_source(DataConfig(dataset=str(run)))
+    assert str(err.value) == (
+        f"{str(run)!r} is a vldd run directory, not a source dataset; its distilled images are the saved dataset "
+        f"{str(run / 'dataset')!r} (give that path to use them as a source; `vldd evaluate {run}` evaluates them)")
+
+
+def test_a_folder_without_images_is_named(tmp_path):
+    folder = _write(tmp_path / "docs", ["train/a/readme.txt", "train/b/notes.md"])
+    with pytest.raises(ValueError) as err:
+        load_source(DataConfig(dataset=str(folder)))
+    assert str(err.value) == (f"image folder {str(folder)!r} holds no images (found 2 other files, e.g. 'readme.txt'); "
+                              "expected one sub-folder per class holding .png/.jpg/... images")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images \\(found 0 other files\\)"):
+        load_source(DataConfig(dataset=str(tmp_path / "empty")))
+
+
+def test_empty_class_folders_and_skipped_files_are_listed_once_per_class(tmp_path, caplog):
+    folder = _write(tmp_path / "mixed", ["cat/0.png", "cat/1.png", "cat/notes.txt", "dog/0.png", "dog/x.json",
+                                         "dog/y.json", "dog/z.json", "dog/w.json", "metadata.csv"])
+    (folder / "emu").mkdir()
+    (folder / "yak").mkdir()
+    (folder / "metadata.csv").unlink()  # datasets reads metadata files itself: never listed as skipped
+    with caplog.at_level("WARNING", logger="vldd.data"):
+        source = load_source(DataConfig(dataset=str(folder)))
+    assert source.class_names == ["cat", "dog"]
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("image folder")]
+    assert warnings == [
+        f"image folder {str(folder)!r}: 2 empty class folder(s) left out (not classes of this source): emu, yak",
+        f"image folder {str(folder)!r}: skipped 5 file(s) that are not images, per class: cat: 1 (notes.txt); dog: 4 "
+        "(w.json, x.json, y.json, ...)"]
+
+
+def test_an_output_that_cannot_be_created_is_named(tmp_path, capsys):
+    from vldd import cli
+    from vldd.runs import check_output_dir
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError) as err:
+        check_output_dir(tmp_path / "file" / "run")
+    assert str(err.value) == (f"cannot create run directory {str(tmp_path / 'file' / 'run')!r}: "
+                              f"{str(tmp_path / 'file')!r} is a file, not a directory")
+    assert cli.main(["distill", "--preset", "tiny", "--output", str(tmp_path / "file" / "run")]) == 2
+    assert capsys.readouterr().err == f"vldd: error: {err.value}\n"
+    assert cli.main(["evaluate", "--distilled", "x", "--output", str(tmp_path / "file" / "sub" / "r.json")]) == 2
+    assert capsys.readouterr().err == (f"vldd: error: cannot create directory of --output "
+                                       f"{str(tmp_path / 'file' / 'sub')!r}: {str(tmp_path / 'file')!r} is a file, "
+                                       "not a directory\n")

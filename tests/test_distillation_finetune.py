@@ -165,6 +165,15 @@ def test_generating_needs_the_finished_fine_tuned_model(tiny_cache, tmp_path):
 
 # --- per-dataset settings derived from the source ------------------------------------------------------------------
 
+def derived_evidence(dataset, classes):
+    if classes == 1000:
+        return ["1000 classes, as ImageNet-1K"]
+    if "imagenette" in dataset:
+        return ["no CIFAR-10/100, Tiny-ImageNet or ImageNet-1K signature in the names, class count or image size",
+                f"{classes} classes"]
+    return [f"the name {dataset!r} reads as {dataset.split('/')[-1]}", f"{classes} classes"]
+
+
 @pytest.mark.parametrize("dataset, classes, expected", [
     ("uoft-cs/cifar10", 10, {"family": "cifar10", "generation.output_size": 32, "prototypes.contamination": 0.0,
                              "text.common_threshold": 0.3, "finetune.resolution": 32, "evaluation.image_size": 32}),
@@ -178,7 +187,12 @@ def test_generating_needs_the_finished_fine_tuned_model(tiny_cache, tmp_path):
 ])
 def test_unset_settings_are_derived_from_the_source(dataset, classes, expected):
     config = load_config(overrides={"data": {"dataset": dataset}})
-    resolved, derived = config.resolve(classes)
+    from vldd.profiles import recognise
+
+    resolved, derived = config.resolve(recognise(dataset, num_classes=classes))  # no content: name and class count
+    assert derived.pop("profile") == {"family": expected["family"], "source": {1000: "content"}.get(classes, "default" if "imagenette" in dataset else "name"),
+                                      "evidence": derived_evidence(dataset, classes), "image_side": None,
+                                      "warnings": []}
     assert derived == expected
     assert (resolved.generation.output_size, resolved.prototypes.contamination, resolved.text.common_threshold,
             resolved.finetune.resolution) == tuple(expected[k] for k in (
@@ -189,12 +203,12 @@ def test_unset_settings_are_derived_from_the_source(dataset, classes, expected):
 def test_explicit_values_win_over_derived_ones():
     config = load_config(overrides={"data": {"dataset": "uoft-cs/cifar10"}, "generation": {"output_size": 64},
                                     "prototypes": {"contamination": 0.2}})
-    resolved, derived = config.resolve(10)
+    resolved, derived = config.resolve()
     assert resolved.generation.output_size == 64 and resolved.prototypes.contamination == 0.2
     assert resolved.text.common_threshold == 0.3
     assert "generation.output_size" not in derived and "prototypes.contamination" not in derived
     tiny = load_config(overrides={"preset": "tiny", "data": {"dataset": "uoft-cs/cifar10"}})
-    assert tiny.resolve(10)[0].generation.output_size == 64  # the tiny preset's explicit 64
+    assert tiny.resolve()[0].generation.output_size == 64  # the tiny preset's explicit 64
 
 
 def test_a_cifar_named_source_distills_with_the_cifar_settings(tiny_cache, tmp_path):
@@ -203,6 +217,9 @@ def test_a_cifar_named_source_distills_with_the_cifar_settings(tiny_cache, tmp_p
                                                               "max_images_per_class": None},
                                generation={"output_size": None}, text={"common_threshold": None})
     result = distill(load_config(overrides=overrides), cache_dir=tiny_cache)
+    profile = result.manifest["derived"].pop("profile")
+    assert (profile["family"], profile["source"], profile["image_side"], profile["warnings"]) == (
+        "cifar10", "name", 32, [])  # 2 classes named cat and dog: only the path says CIFAR-10
     assert result.manifest["derived"] == {"family": "cifar10", "generation.output_size": 32,
                                           "prototypes.contamination": 0.0, "text.common_threshold": 0.3,
                                           "evaluation.image_size": 32}  # the tiny preset sets finetune.resolution
@@ -271,7 +288,7 @@ def test_finetune_settings_take_the_recipe_the_source_and_the_dtype(tmp_path):
     from vldd.finetuning import finetune_settings
 
     def settings(dtype=torch.float16, **overrides):
-        config, _ = load_config(overrides={"output": str(tmp_path), **overrides}).resolve(10)
+        config, _ = load_config(overrides={"output": str(tmp_path), **overrides}).resolve()
         return finetune_settings(config, tmp_path, dtype)
 
     paper = settings(data={"dataset": "frgfm/imagenette"})

@@ -352,6 +352,8 @@ def test_results_json_plot_and_manifest(hard_run):
     assert report["distilled"]["ipc"] == 3 and report["distilled"]["source_dataset"] == "sample"
     assert report["real"] == {"dataset": "sample", "val_split": "validation", "val_per_class": None,
                               "num_test_images": 40, "train_split": "train"}
+    assert report["profile"]["family"] == "imagenet-subset" and report["profile"]["source"] == "default"  # why
+    assert report["profile"]["evidence"][-1] == "images 64 px (shorter side, median of 8 sampled)"
     assert set(report["recipe"]) >= {"optimizer", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma",
                                      "loss", "cutmix_beta", "augmentations", "test_transform", "eval_epochs"}
     assert report["config"]["student_width"] == WIDTH

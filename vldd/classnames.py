@@ -35,6 +35,7 @@ class ClassNames:
     names: list[str]  # in label order
     rule: str  # "override" (user's list), "imagenet" (ImageNet names from the table), "labels" (the label names)
     wnids: list[str | None]  # the ImageNet WordNet id of each class, when known
+    origin: str = "the source's labels"  # where the names came from, in words (for the manifest and the card)
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,42 +100,109 @@ def read_class_names(override: str | Path | Sequence[str]) -> list[str]:
     return [n.strip() for n in names]
 
 
-def resolve_class_names(labels: Sequence[str], override: str | Path | Sequence[str] | None = None) -> ClassNames:
+def _loose(name: str) -> str:
+    """A name compared loosely: case-folded, "_" and "-" read as spaces."""
+    return " ".join(re.sub(r"[_\-]", " ", name).casefold().split())
+
+
+def is_numeric(labels: Sequence[str]) -> bool:
+    """Whether every label is only digits ("00000", "7"): folder numbers, not names."""
+    return bool(labels) and all(str(label).strip().isdigit() for label in labels)
+
+
+def _pairs(labels: list[str], names: list[str], lines: Sequence[int]) -> str:
+    return ", ".join(f"line {k + 1} {names[k]!r} -> class {labels[k]!r} ({k})" if k < len(labels) else
+                     f"line {k + 1} {names[k]!r} -> no class" for k in lines)
+
+
+def _check_names_file(labels: list[str], names: list[str], auto: list[str]) -> None:
+    """Refuses a names file that names a class of the source at another class's place (another order)."""
+    where: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        for key in (label, auto[i], auto[i].split(", ")[0]):
+            where.setdefault(_loose(key), i)
+
+    def found(name: str) -> int | None:  # plurals too: the official CIFAR-100 list says "apples", "poppies"
+        loose = _loose(name)
+        variants = [loose, loose[:-3] + "y" if loose.endswith("ies") else "",
+                    loose[:-2] if loose.endswith("es") else "", loose[:-1] if loose.endswith("s") else ""]
+        return next((where[v] for v in variants if v in where), None)
+
+    wrong = [k for k, name in enumerate(names) if found(name) not in (None, k)]
+    if wrong:
+        first = "; ".join(f"line {k + 1} {names[k]!r} is class {labels[found(names[k])]!r} "
+                          f"({found(names[k])}) but would name class {labels[k]!r} ({k})" for k in wrong[:3])
+        raise ValueError(f"`data.class_names` lists the source's classes in another order ({len(wrong)} of "
+                         f"{len(names)} lines misplaced: {first}); give one name per line in label order "
+                         f"({', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''})")
+
+
+def resolve_class_names(labels: Sequence[str], override: str | Path | Sequence[str] | None = None, *,
+                        numeric_ok: bool = False) -> ClassNames:
     """The class names for the captioning prompt and the text-prototype class-name filter.
 
     In order:
-    1. `override` (a file with one name per line, or a list) wins; it must have one name per source class.
-    2. ImageNet sources: when every label is a WordNet id, a full ImageNet name or an ImageNet synonym (after
+    1. `override` (a file with one name per line, or a list) wins; it must have one name per source class. When the
+       labels are names, a file that names a source class at another class's line (another order, e.g. CIFAR-100's
+       superclass-ordered list) is an error. When the labels are numbers ("00000", "7"), line k names the k-th
+       class in numeric order.
+    2. Labels that are only digits are refused (the prompts would name "the 00000"), unless `numeric_ok`.
+    3. ImageNet sources: when every label is a WordNet id, a full ImageNet name or an ImageNet synonym (after
        underscores become spaces), each becomes its full ImageNet name ("n03417042" and "garbage truck" both give
        "garbage truck, dustcart"). A 1000-class source whose i-th label names ImageNet's i-th class maps by
        position (its two "crane"s and two "maillot"s then resolve). A label that names several ImageNet classes
        with different full names is an error, never a guess.
-    3. Anything else keeps its label names, underscores read as spaces ("aquarium_fish" -> "aquarium fish");
+    4. Anything else keeps its label names, underscores read as spaces ("aquarium_fish" -> "aquarium fish");
        WordNet ids among them still become ImageNet names.
 
     Args:
         labels: the source's label names, in label order (its `ClassLabel` names).
         override: the user's names (`data.class_names`), or None.
+        numeric_ok: labels that are only digits are meant as names (`data.numeric_names`).
 
     Returns:
-        `ClassNames` with one name per label, the rule used, and the ImageNet WordNet ids when known.
+        `ClassNames` with one name per label, the rule used, the ImageNet WordNet ids when known, and their origin.
 
     Raises:
-        ValueError: an override of the wrong length or an unreadable one, or an ambiguous ImageNet short name.
+        ValueError: an override of the wrong length, in another order, or unreadable; numeric labels without an
+            override or `numeric_ok`; an ambiguous ImageNet short name.
     """
     labels = list(labels)
+    numeric = is_numeric(labels)
     if override is not None:
         names = read_class_names(override)
+        origin = (f"the file {Path(override).name} (data.class_names)" if isinstance(override, (str, Path))
+                  else "the list in data.class_names")
         if len(names) != len(labels):
             raise ValueError(f"`data.class_names` has {len(names)} names but the source has {len(labels)} classes "
-                             f"({labels[:5]}{' ...' if len(labels) > 5 else ''}); give one name per class, in label "
-                             "order")
-        return ClassNames(names, "override", [None] * len(labels))
+                             f"(first lines: {_pairs(labels, names, range(min(3, len(names))))}); give one name per "
+                             "class, in label order")
+        if numeric:
+            order = sorted(range(len(labels)), key=lambda i: int(labels[i]))
+            mapped = [""] * len(labels)
+            for k, i in enumerate(order):
+                mapped[i] = names[k]
+            logger.info("numeric class folders: line k of `data.class_names` names the k-th folder in numeric order "
+                        "(%s)", ", ".join(f"{labels[i]} = {mapped[i]!r}" for i in order[:3]))
+            return ClassNames(mapped, "override", [None] * len(labels), origin)
+        try:
+            auto = resolve_class_names(labels, numeric_ok=True).names
+        except ValueError:  # ambiguous ImageNet short names: compare with the labels alone
+            auto = labels
+        _check_names_file(labels, names, auto)
+        return ClassNames(names, "override", [None] * len(labels), origin)
+    if numeric and not numeric_ok:
+        raise ValueError(f"the source's class names are only digits ({', '.join(labels[:3])}"
+                         f"{', ...' if len(labels) > 3 else ''}), so the prompts would name 'the {labels[0]}'; give "
+                         "the real names with `data.class_names` (--data.class_names FILE, one name per line, line "
+                         "k naming the k-th folder in numeric order), or set `data.numeric_names` true if the digits "
+                         "are meant")
     spaced = [label.replace("_", " ").strip() for label in labels]
     candidates = [_candidates(name) for name in spaced]
     one_k, _, _ = _imagenet()
+    lookup = "ImageNet names looked up from the source's labels"
     if len(labels) == len(one_k) and all(w in _candidates(n, every=True) for w, n in zip(one_k, spaced)):
-        return ClassNames([imagenet_name(w) for w in one_k], "imagenet", list(one_k))
+        return ClassNames([imagenet_name(w) for w in one_k], "imagenet", list(one_k), lookup)
     if spaced and all(candidates):
         for label, found in zip(labels, candidates):
             if len({imagenet_name(w) for w in found}) > 1:
@@ -143,11 +211,12 @@ def resolve_class_names(labels: Sequence[str], override: str | Path | Sequence[s
                                  "to the names to use (a file with one name per line)")
         # several candidates share one name ("crane": the bird and the machine): the name is sure, the wnid is not
         return ClassNames([imagenet_name(found[0]) for found in candidates], "imagenet",
-                          [found[0] if len(found) == 1 else None for found in candidates])
+                          [found[0] if len(found) == 1 else None for found in candidates], lookup)
     for label in labels:
         if WNID.fullmatch(label) and imagenet_name(label) is None:
             logger.warning("class %r looks like a WordNet id but is in neither ImageNet-1K nor ImageNet-22K; the "
                            "prompts will name it as is (set `data.class_names` to name it)", label)
     wnids = [label if WNID.fullmatch(label) and imagenet_name(label) else None for label in labels]
     names = [imagenet_name(w) if w else name for w, name in zip(wnids, spaced)]
-    return ClassNames(names, "labels", wnids)
+    origin = "the source's labels" + (" (WordNet ids looked up in ImageNet)" if any(wnids) else "")
+    return ClassNames(names, "labels", wnids, origin)

@@ -350,6 +350,8 @@ def _evaluate(args) -> int:
     config = EvalConfig(**values)
     if config.output is not None and Path(config.output).is_dir():
         raise ValueError(f"--output {config.output!r} is a directory; expected the results JSON file to write")
+    if config.output is not None:
+        check_output_dir(Path(config.output).parent, "directory of --output")
     processes, device = _processes(config.device)
     result = evaluate(config, device=device if processes else None, progress=not args.quiet, processes=processes)
     if processes is None or processes.is_main:

@@ -13,9 +13,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from .profiles import Recognition
 
 # The paper's prompt, verbatim, including the missing space after "image." (DESIGN.md §3).
 PAPER_PROMPT = (
@@ -49,6 +52,12 @@ class DataConfig:
     # names for the captioning prompt and the text filter, one per source class in label order: a file (one name per
     # line) or a list; None = resolved from the labels (WordNet ids and ImageNet short names -> full ImageNet names)
     class_names: str | list[str] | None = None
+    # class names that are only digits ("00000", as the RDED harness stores CIFAR) are refused unless this is true:
+    # prompts would read "the 00000 in the image"; give the real names with `data.class_names` instead
+    numeric_names: bool = False
+    # per-dataset settings: "cifar10", "cifar100", "tiny-imagenet", "imagenet-1k" or "imagenet-subset"; None =
+    # recognised from the source (class names, class count, image size; the id or path only breaks ties)
+    profile: str | None = None
 
     def __post_init__(self):
         _check(bool(self.dataset), "`data.dataset` must be a dataset id or path, got an empty string")
@@ -58,6 +67,10 @@ class DataConfig:
                f"`data.max_images_per_class` must be >= 1 or None, got {self.max_images_per_class}")
         _check(self.class_names is None or isinstance(self.class_names, (str, list)),
                f"`data.class_names` must be a file path or a list of names, got {self.class_names!r}")
+        from .profiles import PROFILES
+
+        _check(self.profile is None or self.profile in PROFILES,
+               f"`data.profile` must be one of {sorted(PROFILES)} or None, got {self.profile!r}")
 
 
 @dataclass
@@ -221,21 +234,24 @@ class DistillConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def resolve(self, num_classes: int | None = None) -> tuple[DistillConfig, dict[str, Any]]:
+    def resolve(self, recognition: Recognition | None = None) -> tuple[DistillConfig, dict[str, Any]]:
         """Fills the settings left unset (None = derived) from the source's dataset profile (`vldd.profiles`).
 
         Args:
-            num_classes: the source's class count (1000 classes read as ImageNet-1K when the name says nothing).
+            recognition: the source's recognised profile (`SourceDataset.profile`); None = judged from the dataset
+                id or path alone (and `data.profile`).
 
         Returns:
-            (a resolved copy of this config, the derived values: the profile's family, every filled setting by its
-            dotted name, and `evaluation.image_size`). Values the user set are kept and not listed.
+            (a resolved copy of this config, the derived values: the profile's family, the recognition (`profile`:
+            family, source, evidence), every filled setting by its dotted name, and `evaluation.image_size`). Values
+            the user set are kept and not listed.
         """
-        from .profiles import dataset_profile
+        from .profiles import recognise
 
-        profile = dataset_profile(self.data.dataset, num_classes)
+        recognition = recognition or recognise(self.data.dataset, override=self.data.profile)
+        profile = recognition.profile
         resolved = copy.deepcopy(self)
-        derived: dict[str, Any] = {"family": profile.family}
+        derived: dict[str, Any] = {"family": profile.family, "profile": recognition.to_dict()}
         for dotted, value in (("generation.output_size", profile.output_size),
                               ("prototypes.contamination", profile.contamination),
                               ("text.common_threshold", profile.common_threshold),

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from .classnames import ClassNames, resolve_class_names
+from .classnames import ClassNames, is_numeric, resolve_class_names
 from .config import DataConfig, DistillConfig
+from .profiles import Recognition, recognise
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,9 @@ logger = logging.getLogger(__name__)
 NOT_LOADABLE = (OSError, ValueError)
 # What a corrupt or unreadable image file raises while decoding (PIL raises SyntaxError for some broken headers).
 UNDECODABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+ORIENTATION = 0x0112  # the EXIF orientation tag
+# Files an image folder may hold beside its images without being skipped images (datasets' metadata files).
+_METADATA = {"metadata.csv", "metadata.jsonl", "metadata.parquet"}
 
 
 @dataclass
@@ -43,6 +48,7 @@ class SourceDataset:
     skipped: dict[int, int] = field(default_factory=dict)  # undecodable images per label, filled by load_class
     positions: dict[int, int] | None = None  # streamed sources: source row -> position in the local copy
     resolved_names: ClassNames | None = None  # the class names prompts and the text filter use (see vldd.classnames)
+    profile: Recognition | None = None  # the recognised dataset profile and its evidence (see vldd.profiles)
 
     @property
     def prompt_names(self) -> list[str]:
@@ -57,7 +63,7 @@ class SourceDataset:
         (or reduces, as `data.too_few_images` says) when a class has fewer inlier images than IPC."""
         from .prototypes import clusters_per_class
 
-        config, _ = config.resolve(len(self.class_names))
+        config, _ = config.resolve(self.profile)
         return clusters_per_class(self.counts(), self.class_names, ipc=config.ipc,
                                   contamination=config.prototypes.contamination, too_few=config.data.too_few_images)
 
@@ -83,10 +89,10 @@ class SourceDataset:
 
 
 def decode_image(value) -> Image.Image:
-    """Decodes a `datasets` Image value (dict with bytes/path, or a PIL image) to RGB.
+    """Decodes a `datasets` Image value (dict with bytes/path, or a PIL image) to RGB, upright.
 
-    Transparent images (RGBA, LA, palette with transparency) are composited over white; grayscale, CMYK, 16-bit and
-    palette images are converted.
+    The EXIF orientation is applied (a phone photo stored sideways is turned upright). Transparent images (RGBA, LA,
+    palette with transparency) are composited over white; grayscale, CMYK, 16-bit and palette images are converted.
     """
     if isinstance(value, Image.Image):
         image = value
@@ -97,6 +103,8 @@ def decode_image(value) -> Image.Image:
     else:
         raise ValueError(f"expected an image (bytes or path), got {type(value).__name__}")
     image.load()
+    if image.getexif().get(ORIENTATION, 1) != 1:  # a camera's rotation flag: turn the pixels upright
+        image = ImageOps.exif_transpose(image)
     if image.mode == "P":
         image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -114,6 +122,68 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
 
 
+def is_run_directory(path: Path) -> bool:
+    """Whether `path` is a vldd run directory (its manifest, or its config and stage work)."""
+    return (path / "manifest.json").is_file() or ((path / "config.yaml").is_file() and (path / "work").is_dir())
+
+
+def scan_image_folder(path: Path, split: str = "train") -> dict[str, int]:
+    """Images per class folder of an image folder (its `split` sub-folder when it has one), before `datasets` reads it.
+
+    Empty class folders and files that are not images (both of which `datasets` drops without a word) are listed
+    once, per class, in a warning.
+
+    Raises:
+        ValueError: the folder holds no image, or a single class.
+    """
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    root = path / split if (path / split).is_dir() else path
+    extensions = set(ImageFolder.EXTENSIONS)
+    images: dict[str, int] = {}
+    others: dict[str, list[str]] = {}
+    empty: list[str] = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        name = os.path.relpath(folder, root)
+        count = 0
+        for file in files:
+            if os.path.splitext(file)[1].lower() in extensions:
+                count += 1
+            elif not file.startswith(".") and file not in _METADATA:
+                others.setdefault(name, []).append(file)
+        if count:
+            images[name] = count
+        elif not subfolders and folder != str(root):
+            empty.append(name)
+    if not images:
+        found = sum(len(v) for v in others.values())
+        example = next(iter(others.values()), [""])[0]
+        raise ValueError(f"image folder {str(path)!r} holds no images (found {found} other files"
+                         f"{f', e.g. {example!r}' if found else ''}); expected one sub-folder per class holding "
+                         ".png/.jpg/... images")
+    leaves = {Path(name).name for name in images}
+    if len(images) > 1 and len(leaves) == 1:  # Tiny-ImageNet's own train layout: CLASS/images/*.JPEG
+        raise ValueError(f"every image of image folder {str(path)!r} sits in a folder named {leaves.pop()!r} (e.g. "
+                         f"{next(iter(images))!r}), and an image's class is the name of its own folder; move each "
+                         "class's images up into its class folder")
+    if len(images) == 1:
+        (only, count), = images.items()
+        found = (f"{count} images but no class sub-folders" if only == "." else
+                 f"a single class ({only!r}, {count} images)")
+        raise ValueError(f"image folder {str(path)!r} has {found}; expected one sub-folder per class and at least 2 "
+                         "classes")
+    if empty:
+        logger.warning("image folder %r: %d empty class folder(s) left out (not classes of this source): %s",
+                       str(path), len(empty), ", ".join(sorted(empty)[:20]) + (" ..." if len(empty) > 20 else ""))
+    if others:
+        listed = "; ".join(f"{name}: {len(files)} ({', '.join(sorted(files)[:3])}{', ...' if len(files) > 3 else ''})"
+                           for name, files in sorted(others.items())[:20])
+        logger.warning("image folder %r: skipped %d file(s) that are not images, per class: %s%s", str(path),
+                       sum(len(v) for v in others.values()), listed, " ..." if len(others) > 20 else "")
+    return images
+
+
 def open_dataset(dataset: str, split: str = "train", config_name: str | None = None, revision: str | None = None,
                  streaming: bool = False):
     """Opens `dataset` (Hub id, image folder, `save_to_disk` directory, or "sample") and returns one split.
@@ -122,8 +192,15 @@ def open_dataset(dataset: str, split: str = "train", config_name: str | None = N
     """
     import datasets
 
+    path = Path(dataset).expanduser()
+    if dataset != "sample" and path.is_dir():
+        if is_run_directory(path):
+            raise ValueError(f"{dataset!r} is a vldd run directory, not a source dataset; its distilled images are "
+                             f"the saved dataset {str(path / 'dataset')!r} (give that path to use them as a source; "
+                             f"`vldd evaluate {dataset}` evaluates them)")
+        if not _is_saved_dataset(path):
+            scan_image_folder(path, split)
     if streaming:
-        path = Path(dataset).expanduser()
         if dataset == "sample" or (path.is_dir() and _is_saved_dataset(path)):
             return open_dataset(dataset, split, config_name, revision).to_iterable_dataset()
         kwargs = {"data_dir": str(path)} if path.is_dir() else {"name": config_name, "revision": revision}
@@ -137,7 +214,6 @@ def open_dataset(dataset: str, split: str = "train", config_name: str | None = N
         from .sample import load_sample
 
         return load_sample(split)
-    path = Path(dataset).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"dataset path {dataset!r} is a file; expected a directory (image folder or saved dataset)")
@@ -219,7 +295,8 @@ def load_source(config: DataConfig, stream_dir: str | Path | None = None) -> Sou
         raise ValueError(f"column {image_column!r} is a {type(dataset.features[image_column]).__name__}, not an Image")
     dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     names = list(dataset.features[label_column].names)
-    resolved = resolve_class_names(names, config.class_names)
+    _check_classes(config.dataset, names)
+    resolved = resolve_class_names(names, config.class_names, numeric_ok=config.numeric_names)
     classes = _resolve_classes(config.classes, names)
     labels = np.asarray(dataset.select_columns([label_column]).with_format("numpy")[label_column])
     indices = {}
@@ -229,8 +306,59 @@ def load_source(config: DataConfig, stream_dir: str | Path | None = None) -> Sou
             rows = rows[: config.max_images_per_class]
         indices[label] = rows
     revision = getattr(dataset, "_fingerprint", None)
+    profile = recognise_source(config.dataset, dataset, image_column, names, config.profile, resolved)
     return SourceDataset(dataset, config.dataset, image_column, label_column, names, classes, indices, revision,
-                         resolved_names=resolved)
+                         resolved_names=resolved, profile=profile)
+
+
+def _check_classes(dataset: str, names: list[str]) -> None:
+    if len(names) < 2:
+        raise ValueError(f"dataset {dataset!r} has {len(names)} class{'' if len(names) == 1 else 'es'} "
+                         f"({', '.join(map(repr, names))}); distillation needs a source with at least 2 classes")
+
+
+def image_sizes(dataset, image_column: str, count: int = 8) -> list[tuple[int, int]]:
+    """(width, height) of up to `count` images spread evenly over `dataset` (headers only: nothing is decoded).
+
+    `dataset` holds undecoded images (`Image(decode=False)`); unreadable ones are left out.
+    """
+    rows = sorted({int(i) for i in np.linspace(0, len(dataset) - 1, min(count, len(dataset)))}) if len(dataset) else []
+    sizes = []
+    for value in dataset.select(rows)[image_column]:
+        try:
+            source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+            with Image.open(source) as image:
+                sizes.append(image.size)
+        except (*UNDECODABLE, KeyError, TypeError):
+            continue
+    return sizes
+
+
+def recognise_source(source_id: str, dataset, image_column: str, names: list[str], override: str | None = None,
+                     resolved: ClassNames | None = None) -> Recognition:
+    """A source's dataset profile (`vldd.profiles.recognise`) from its names, class count and a few images' size;
+    its warnings are logged. Distillation and evaluation recognise their datasets with this one function.
+
+    Args:
+        source_id: the dataset as the user named it.
+        dataset: its rows, images undecoded (`Image(decode=False)`).
+        image_column: the image column.
+        names: every class name, in label order (numeric ones named by a `data.class_names` file: the file's).
+        override: `data.profile`, or None.
+        resolved: the names as `resolve_class_names` resolved them (None = resolved here).
+    """
+    if resolved is None:
+        try:
+            resolved = resolve_class_names(names, numeric_ok=True)
+        except ValueError:  # ambiguous ImageNet short names: not read as ImageNet classes here
+            resolved = None
+    if resolved is not None and resolved.rule == "override" and is_numeric(names):
+        names = resolved.names  # numeric folders named by the user's file: those names are what the classes are
+    recognition = recognise(source_id, names, image_sizes(dataset, image_column), override,
+                            imagenet_classes=resolved is not None and resolved.rule == "imagenet")
+    for warning in recognition.warnings:
+        logger.warning("%s", warning)
+    return recognition
 
 
 def _load_streamed(stream, config: DataConfig, stream_dir: str | Path | None = None) -> SourceDataset:
@@ -250,7 +378,8 @@ def _load_streamed(stream, config: DataConfig, stream_dir: str | Path | None = N
     label_column = _find_column(stream, datasets.ClassLabel, config.label_column, "label")
     image_column = _find_column(stream, datasets.Image, config.image_column, "image")
     names = list(features[label_column].names)
-    resolved = resolve_class_names(names, config.class_names)
+    _check_classes(config.dataset, names)
+    resolved = resolve_class_names(names, config.class_names, numeric_ok=config.numeric_names)
     classes = _resolve_classes(config.classes, names)
     cap = config.max_images_per_class
     wanted = {label: cap if cap is not None else float("inf") for label in classes}
@@ -277,6 +406,8 @@ def _load_streamed(stream, config: DataConfig, stream_dir: str | Path | None = N
     local_dataset = datasets.Dataset.from_file(str(path))
     position = {row: i for i, row in enumerate(local_dataset["source_row"])}
     source = SourceDataset(local_dataset, config.dataset, image_column, label_column, names, classes, indices,
-                           revision=None, resolved_names=resolved)
+                           revision=None, resolved_names=resolved,
+                           profile=recognise_source(config.dataset, local_dataset, image_column, names,
+                                                    config.profile, resolved))
     source.positions = position
     return source

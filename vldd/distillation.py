@@ -27,7 +27,7 @@ from .data import SourceDataset, load_source
 from .devices import Processes, resolve_device, resolve_dtype
 from .finetuning import finetune_settings
 from .provenance import public_name, resolve_revision, versions
-from .runs import StageDir, atomic_path, read_json, update_manifest, write_json, write_text
+from .runs import StageDir, atomic_path, check_output_dir, read_json, update_manifest, write_json, write_text
 
 if TYPE_CHECKING:
     import datasets
@@ -366,7 +366,7 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     if bad:
         raise ValueError(f"unknown stages {bad}; expected some of {list(STAGES)}")
     processes = processes or Processes()
-    run_dir = Path(config.output)
+    run_dir = check_output_dir(config.output)  # a clear error when it cannot be created (e.g. under a file)
     timings: dict[str, float] = {}
 
     # 1. Prepare the run directory; config.yaml keeps the user's settings (derived ones go to the manifest).
@@ -378,7 +378,9 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     #    take this process's share.
     t = time.perf_counter()
     source = source if source is not None else load_source(config.data)
-    config, derived = config.resolve(len(source.class_names))
+    config, derived = config.resolve(source.profile)
+    if source.profile is not None:
+        logger.info("%s", source.profile.describe())
     plan = source.clusters(config)
     mine = processes.share(source.classes)
     timings["load"] = time.perf_counter() - t
@@ -576,6 +578,7 @@ def _source_record(config: DistillConfig, source: SourceDataset) -> dict[str, An
             "fingerprint": source.revision, "class_names": source.class_names, "classes": source.classes,
             "prompt_class_names": source.prompt_names,
             "class_name_rule": source.resolved_names.rule if source.resolved_names else "labels",
+            "class_names_from": source.resolved_names.origin if source.resolved_names else "the source's labels",
             "license": license_ if license_ else ("mit" if config.data.dataset == "sample" else None),
             "image_column": source.image_column, "label_column": source.label_column}
 

@@ -38,9 +38,9 @@ import numpy as np
 
 from . import __version__
 from .config import fingerprint
-from .data import _find_column, decode_image, open_dataset
+from .data import _find_column, decode_image, open_dataset, recognise_source
 from .devices import Processes, resolve_device
-from .profiles import dataset_profile
+from .profiles import Recognition, dataset_profile
 from .runs import atomic_path, read_json, read_manifest, update_manifest, write_json
 from .students import canonical_student
 
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 PROTOCOLS = ("hard", "soft")
 BASELINES = ("random", "full")
 DEFAULT_STUDENT = {"hard": "resnetap10", "soft": "resnet18"}
-VAL_SPLIT_FALLBACKS = ("test", "val")
+VAL_SPLIT_FALLBACKS = ("valid", "test", "val")  # "valid": Tiny-ImageNet on the Hub
 REPORT_FORMAT = "vldd.evaluation/1"
 
 
@@ -82,7 +82,7 @@ class EvalConfig:
     eval_interval: int | None = None  # epochs between tests; None = hard: max(1, E // 100), soft: 10 (last 20% only)
     distilled_split: str = "train"  # split read from a Hub/folder distilled set (run directories have one)
     train_split: str = "train"  # real split the baselines draw from
-    val_split: str = "validation"  # real split tested on; the default falls back to "test", then "val"
+    val_split: str = "validation"  # real split tested on; the default falls back to "valid", "test", then "val"
     val_per_class: int | None = None  # keep only the first N val images per class (RDED: 50); None = all
     real_config_name: str | None = None  # Hub configuration (subset) name of the real dataset
     real_revision: str | None = None  # Hub revision of the real dataset
@@ -207,7 +207,8 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-def resolve_recipe(config: EvalConfig, ipc: int, num_classes: int, real: str | None = None) -> Recipe:
+def resolve_recipe(config: EvalConfig, ipc: int, num_classes: int, real: str | None = None,
+                   recognition: Recognition | None = None) -> Recipe:
     """Applies the protocol's rules (image size, epochs, batch size, test epochs, ...) to the distilled sets.
 
     Args:
@@ -216,8 +217,10 @@ def resolve_recipe(config: EvalConfig, ipc: int, num_classes: int, real: str | N
         num_classes: classes evaluated.
         real: the real dataset (Hub id or path); selects the dataset's image size, ShufflePatches factor and the
             Tiny-ImageNet batch (`vldd.profiles`). None = judged from the class count alone.
+        recognition: the real dataset's profile recognised from its content (`vldd.profiles.recognise`), as
+            distillation recognises its source; None = judged from `real`'s name and the class count.
     """
-    profile = dataset_profile(real or "", num_classes)
+    profile = recognition.profile if recognition is not None else dataset_profile(real or "", num_classes)
     size = config.image_size or profile.eval_image_size
     _check(config.student != "convnet6" or size >= 64, f"`image_size` must be >= 64 pixels for convnet6, got {size}")
     if config.protocol == "hard":
@@ -315,7 +318,8 @@ def is_run_dir(path: str | Path) -> bool:
 
 def open_validation(real: str, split: str = "validation", *, config_name: str | None = None,
                     revision: str | None = None):
-    """Opens the real split to test on; the default "validation" falls back to "test", then "val" (with a warning).
+    """Opens the real split to test on; the default "validation" falls back to "valid", "test", then "val" (with a
+    warning naming the split chosen).
 
     Returns:
         (dataset, the split name actually opened)
@@ -721,8 +725,13 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
         _check(t_names == real_names, f"real splits {config.train_split!r} and {val_split!r} have different labels")
         pool, pool_fingerprint = _select(t_images, t_labels, real_ids), getattr(train_split, "_fingerprint", None)
 
-    # 4. Recipe, teacher and the test batches.
-    recipe = resolve_recipe(config, ipc, len(classes), real)
+    # 4. Recipe (from the real dataset's profile, recognised from its content as distillation does; a profile the
+    #    run was told to use wins), teacher and the test batches.
+    told = ((sets[0].manifest.get("config") or {}).get("data") or {}).get("profile") if real == source.get(
+        "dataset") else None  # the run's data.profile, for the run's own source
+    recognition = recognise_source(real, v_images, v_images.column_names[0], real_names, told)
+    logger.info("real dataset %s: %s", real, recognition.describe())
+    recipe = resolve_recipe(config, ipc, len(classes), real, recognition)
     teacher = _load_teacher(config, recipe, classes, real_names, real_ids, device) if config.protocol == "soft" else None
     resize = recipe.image_size if config.protocol == "hard" else None  # Minimax: Resize(224); RDED: Resize(256)
     test_loader = _loader(test, eval_transform(recipe.image_size, resize), 256 if device.type == "cuda" else 64,
@@ -793,6 +802,7 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
                        "images_per_class": dict(zip(classes, c, strict=True)), **run.to_dict()}
                       for d, c, run in zip(sets, set_counts, per_set, strict=True)]
     report["processes"] = processes.count
+    report["profile"] = recognition.to_dict()  # which per-dataset settings the recipe used, and why
     result = EvalResult(config, recipe, classes, ipc, runs, report, sets=per_set)
     result.results_path, result.plot_path = output, output.with_suffix(".png")
     report["plot"] = result.plot_path.name

@@ -635,6 +635,7 @@ def _run_context(run: PublishedRun, default_config: str) -> dict[str, Any]:
         "split": source.get("split"), "revision": source.get("revision") or source.get("fingerprint"),
         "num_classes": len(classes), "num_source_classes": len(names),
         "class_list": _class_list(names, prompt_names, classes),
+        "names_from": source.get("class_names_from"),
         "models": [(role, md_cell(mid), md_cell(rev or "not recorded")) for role, mid, rev in models],
         "hyperparameters": hyper, "seeds": [(k, md_cell(v)) for k, v in (m.get("seeds") or {}).items()],
         "versions": [(k, md_cell(v)) for k, v in (m.get("versions") or {}).items()],

@@ -340,7 +340,7 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
         raise ValueError(f"`processes` must be >= 1, got {processes}")
     # 1. Count the work.
     source = load_source(config.data)
-    config, _ = config.resolve(len(source.class_names))  # settings derived from the source, as distill does
+    config, _ = config.resolve(source.profile)  # settings derived from the source, as distill does
     plan = source.clusters(config)
     n_images = sum(source.counts().values())
     n_outputs = sum(plan.values())

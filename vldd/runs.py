@@ -134,6 +134,12 @@ def check_output_dir(path: str | Path, what: str = "run directory") -> Path:
     if path.is_dir() and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise ValueError(f"{what} {str(path)!r} cannot be read and written by this user; expected a directory you "
                          "can write to")
+    if not path.exists():  # it will be created: its nearest existing ancestor must be a directory this user can write
+        parent = next(p for p in path.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise ValueError(f"cannot create {what} {str(path)!r}: {str(parent)!r} is a file, not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"cannot create {what} {str(path)!r}: this user cannot write to {str(parent)!r}")
     return path
 
 
