@@ -365,8 +365,9 @@ def _add_evaluate(sub):
     add_config_flags(p, config_fields("evaluation", "EvalConfig"), dest="eval", switches=True,
                      flags=lambda name: ["--baseline"] if name == "baselines" else [f"--{name.replace('_', '-')}"],
                      choices={"protocol": constants["PROTOCOLS"], "baselines": constants["BASELINES"]},
-                     metavars={"distilled": "RUN_DIR|ID|DIR", "real": "ID|DIR", "output": "JSON"},
-                     required=["distilled"], several=["distilled"])
+                     metavars={"distilled": "RUN_DIR|ID|DIR", "real": "ID|DIR", "output": "JSON",
+                               "class_names": "FILE", "teacher_class_names": "FILE", "teacher": "FILE|ID"},
+                     several=["distilled", "baselines"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
 

@@ -61,6 +61,11 @@ def evaluation_lines(result: EvalResult) -> list[str]:
     lines = [f"{result.config.protocol}-label protocol, {result.recipe.student}, {result.recipe.image_size} px, "
              f"{result.recipe.epochs} epochs, {len(result.classes)} classes, IPC {result.ipc} "
              f"(top-1 %, mean ± std over {over})"]
+    profile = result.report.get("profile")
+    if profile:
+        shuffle = f", ShufflePatches {result.recipe.shuffle_factor}" if result.recipe.shuffle_factor else ""
+        lines.append(f"  dataset profile {profile['family']} ({profile['image_size']} px{shuffle}"
+                     f"{', small ResNet stem' if profile['small_stem'] else ''})")
 
     def line(name: str, run: RunResult) -> str:
         s = run.stats()
@@ -71,6 +76,10 @@ def evaluation_lines(result: EvalResult) -> list[str]:
         lines.append(line(name, run))
         if name == "distilled" and len(result.sets) > 1:
             lines += ["  " + line(f"set {i}", s) + f"  {s.name}" for i, s in enumerate(result.sets)]
+    if "trainings" in result.report:
+        reused = result.report["reused"]
+        lines.append(f"  {result.report['trainings']} trainings, {_duration(result.report['seconds'])} of training"
+                     + (f" ({reused} reused from an earlier run)" if reused else ""))
     if result.results_path is not None:
         lines.append(f"results: {result.results_path}")
     return lines
