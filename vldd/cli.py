@@ -372,6 +372,28 @@ def _add_evaluate(sub):
     p.set_defaults(func=_evaluate)
 
 
+def _teacher(args) -> int:
+    from .teacher import TeacherConfig, train_teacher
+
+    values = {k[8:]: v for k, v in vars(args).items() if k.startswith("teacher:") and v is not None}
+    result = train_teacher(TeacherConfig(**values), progress=not args.quiet)
+    if result.is_main:
+        _print(reports.teacher_lines(result))
+    return 0
+
+
+def _add_teacher(sub):
+    help_text = "train the teacher the soft-label protocol needs on a real dataset (ResNet-18, SGD + cosine)"
+    p = sub.add_parser("teacher", help=help_text, description=f"{help_text}. Resumes a stopped run; runs under "
+                       "`accelerate launch`. Recipe: see vldd/teacher.py (TeacherConfig).")
+    add_config_flags(p, config_fields("teacher", "TeacherConfig"), dest="teacher", switches=True,
+                     flags=lambda name: [f"--{name.replace('_', '-')}"],
+                     choices={"mixed_precision": module_constants("teacher")["MIXED_PRECISION"]},
+                     metavars={"real": "ID|DIR", "output": "FILE"}, required=["real"])
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_teacher)
+
+
 def _plan(args) -> int:
     from .plan import plan_run
 
@@ -503,7 +525,8 @@ def _add_reproduce(sub):
     p.set_defaults(func=_reproduce)
 
 
-COMMANDS = [_add_stage_commands, _add_plan, _add_push, _add_evaluate, _add_finetune, _add_app, _add_reproduce]
+COMMANDS = [_add_stage_commands, _add_plan, _add_push, _add_evaluate, _add_teacher, _add_finetune, _add_app,
+            _add_reproduce]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .finetuning import FinetuneResult
     from .plan import StageEstimate
     from .reproduce import ReproduceResult
+    from .teacher import TeacherResult
 
 def distill_lines(result: DistillResult) -> list[str]:
     """What a distillation made and where it is (or which stages are done)."""
@@ -83,6 +84,18 @@ def evaluation_lines(result: EvalResult) -> list[str]:
     if result.results_path is not None:
         lines.append(f"results: {result.results_path}")
     return lines
+
+
+def teacher_lines(result: TeacherResult) -> list[str]:
+    """What the teacher reached, and the command that evaluates with it."""
+    last = result.history[-1]
+    best = max(result.history, key=lambda h: h["val_top1"])
+    resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
+    return [f"teacher {result.arch} at {result.image_size} px, {len(result.class_names)} classes, "
+            f"{result.epochs} epochs{resumed}: val top-1 {last['val_top1']:.2f}% (best {best['val_top1']:.2f}% at "
+            f"epoch {best['epoch']}), train loss {last['loss']:.4f}",
+            f"checkpoint: {result.output}",
+            f"evaluate with it: vldd evaluate --protocol soft --teacher {result.output} --distilled RUN_DIR"]
 
 
 def reproduce_lines(result: ReproduceResult) -> list[str]:
