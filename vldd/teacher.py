@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -262,7 +261,3 @@ def train_teacher(config: TeacherConfig, *, progress: bool = False) -> TeacherRe
 def _cpu_state(model) -> dict[str, Any]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
-
-def cosine_lr(epoch: int, epochs: int, lr: float) -> float:
-    """The learning rate during epoch `epoch` (0-based): lr * 0.5 * (1 + cos(pi * epoch / epochs))."""
-    return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
