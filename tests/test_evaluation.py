@@ -675,3 +675,23 @@ def test_report_names_the_dataset_profile_the_recipe_follows(tmp_path, monkeypat
     assert result.recipe.image_size == size and result.recipe.shuffle_factor == factor
     assert f"  dataset profile {family} ({size} px, ShufflePatches {factor}, small ResNet stem)" == \
         evaluation_lines(result)[1]
+
+
+@pytest.mark.slow  # a subprocess run of the benchmark script
+def test_cifar_random_subset_benchmark_runs_in_smoke_mode(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cifar_random_subsets.py"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--device", "cpu", "--workdir", str(tmp_path)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ConvNet-3, 32 px, vldd hard-label recipe" in done.stdout
+    assert "random IPC 1       14.4 ± 2.0" in done.stdout  # the DC paper's figure beside vldd's
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [row["set"] for row in summary] == ["random IPC 1", "random IPC 2"]
+    report = json.loads((tmp_path / "random-ipc1.json").read_text())
+    assert report["student"] == "convnet3" and report["recipe"]["image_size"] == 32 and report["distilled"] is None
+    assert report["results"]["random"]["train_images"] == 10 and len(report["classes"]) == 10
