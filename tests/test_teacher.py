@@ -97,3 +97,25 @@ def test_teacher_config_defaults_and_errors():
         TeacherConfig(real="sample", mixed_precision="fp8")
     with pytest.raises(ValueError, match="`epochs` must be >= 1, got 0"):
         TeacherConfig(real="sample", epochs=0)
+
+
+@pytest.mark.slow  # two processes under accelerate launch (gloo on CPU)
+def test_teacher_trains_under_accelerate_launch(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    output = tmp_path / "t.pt"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli"]
+    flags = ["teacher", "--real", "sample", "--arch", "resnetap10", "--width", "0.125", "--image-size", str(SIZE),
+             "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--output", str(output), "--device", "cpu",
+             "--quiet"]
+    done = subprocess.run([*launch, *flags], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("teacher resnetap10 at 24 px") == 1  # printed by the main process only
+    checkpoint = torch.load(output, weights_only=True)
+    assert checkpoint["class_names"] == SAMPLE_CLASSES and [h["epoch"] for h in checkpoint["history"]] == [1, 2]
+    model, _ = load_classifier(output)
+    assert model(torch.zeros(1, 3, SIZE, SIZE)).shape == (1, len(SAMPLE_CLASSES))
