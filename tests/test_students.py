@@ -134,7 +134,8 @@ def test_load_classifier_errors(tmp_path):
 # ConvNet-3/4: the dataset-distillation benchmark's students (DC, Zhao et al. ICLR 2021)
 
 
-@pytest.mark.parametrize(("name", "image_size", "side"), [("convnet3", 32, 4), ("ConvNet-4", 64, 4), ("convnet3", 64, 8)])
+@pytest.mark.parametrize(("name", "image_size", "side"),
+                         [("convnet3", 32, 4), ("ConvNet-4", 64, 4), ("convnet3", 64, 8)])
 def test_convnet3_and_4_follow_the_dc_benchmark(name, image_size, side):
     model = build_student(name, num_classes=10, image_size=image_size)
     depth = 3 if "3" in name else 4

@@ -107,7 +107,8 @@ class EvalConfig:
         if isinstance(self.distilled, str):
             self.distilled = [self.distilled]
         self.distilled = list(self.distilled)
-        _check(all(self.distilled), f"`distilled` must name run directories, dataset ids or paths, got {self.distilled!r}")
+        _check(all(self.distilled),
+               f"`distilled` must name run directories, dataset ids or paths, got {self.distilled!r}")
         _check(len(set(self.distilled)) == len(self.distilled),
                f"`distilled` names a set twice: {self.distilled!r}")
         _check(self.protocol in PROTOCOLS, f"`protocol` must be one of {list(PROTOCOLS)}, got {self.protocol!r}")

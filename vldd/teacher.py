@@ -77,7 +77,8 @@ class TeacherConfig:
         self.arch = canonical_student(self.arch)
         _check(self.width > 0, f"`width` must be > 0, got {self.width}")
         _check(self.arch != "resnet18" or self.width == 1.0, f"`width` must be 1.0 for resnet18, got {self.width}")
-        _check(self.image_size is None or self.image_size >= 8, f"`image_size` must be >= 8 pixels, got {self.image_size}")
+        _check(self.image_size is None or self.image_size >= 8,
+               f"`image_size` must be >= 8 pixels, got {self.image_size}")
         for name in ("epochs", "batch_size"):
             _check(getattr(self, name) >= 1, f"`{name}` must be >= 1, got {getattr(self, name)}")
         _check(self.lr > 0, f"`lr` must be > 0, got {self.lr}")
@@ -184,78 +185,80 @@ def train_teacher(config: TeacherConfig, *, progress: bool = False) -> TeacherRe
                                            shuffle=False, seed=config.seed, workers=workers, device=device))
     per_process = max(1, config.batch_size // world)
 
-    # 2. Model, optimizer, schedule; the kept state when the settings match.
-    torch.manual_seed(config.seed)
-    model = build_student(config.arch, len(names), size, config.width, norm="batch")
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    key = fingerprint({k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}, recipe, names,
-                      getattr(train_split, "_fingerprint", None))
-    state_file = state_path(config.output)
-    history: list[dict[str, float]] = []
-    resumed_from = None
-    if config.resume and state_file.is_file():
-        kept = torch.load(state_file, map_location="cpu", weights_only=True)
-        if kept.get("key") != key:
-            raise ValueError(f"{str(state_file)!r} holds a teacher trained with other settings or data; resume with "
-                             "the same settings, or start over with --no-resume")
-        model.load_state_dict(kept["model"])
-        optimizer.load_state_dict(kept["optimizer"])
-        scheduler.load_state_dict(kept["scheduler"])
-        history = list(kept["history"])
-        resumed_from = len(history)
-        logger.info("resuming the teacher from %s after epoch %d", state_file, resumed_from)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    transform = teacher_train_transform(size)
+    # The job seeds torch's global RNG (initialisation, augmentation); the caller's RNG state is restored after.
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        # 2. Model, optimizer, schedule; the kept state when the settings match.
+        torch.manual_seed(config.seed)
+        model = build_student(config.arch, len(names), size, config.width, norm="batch").to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+        key = fingerprint({k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}, recipe, names,
+                          getattr(train_split, "_fingerprint", None))
+        state_file = state_path(config.output)
+        history: list[dict[str, float]] = []
+        resumed_from = None
+        if config.resume and state_file.is_file():
+            kept = torch.load(state_file, map_location="cpu", weights_only=True)
+            if kept.get("key") != key:
+                raise ValueError(f"{str(state_file)!r} holds a teacher trained with other settings or data; resume "
+                                 "with the same settings, or start over with --no-resume")
+            model.load_state_dict(kept["model"])
+            optimizer.load_state_dict(kept["optimizer"])
+            scheduler.load_state_dict(kept["scheduler"])
+            history = list(kept["history"])
+            resumed_from = len(history)
+            logger.info("resuming the teacher from %s after epoch %d", state_file, resumed_from)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        transform = teacher_train_transform(size)
 
-    # 3. Train: each epoch a seeded order (the same whatever the process count), then the val score.
-    bar = tqdm(total=config.epochs, initial=len(history), desc="teacher", unit="epoch",
-               disable=not (progress and accelerator.is_main_process))
-    for epoch in range(len(history) + 1, config.epochs + 1):
-        model.train()
-        torch.manual_seed(config.seed * 100_003 + epoch * 101 + rank)  # augmentation of this epoch
-        share = train.subset(_epoch_order(len(train), config.seed, epoch, rank, world))
-        drop_last = len(share) % per_process == 1 and len(share) > 1  # a batch of one breaks batch norm
-        loader = torch.utils.data.DataLoader(_TorchImages(share, transform), batch_size=per_process, shuffle=False,
-                                             drop_last=drop_last, num_workers=workers,
-                                             pin_memory=device.type == "cuda")
-        total, count = torch.zeros((), device=device), 0
-        for images, targets in loader:
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with accelerator.autocast():
-                loss = F.cross_entropy(model(images).float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
-            total += loss.detach() * len(targets)
-            count += len(targets)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        mean_loss = accelerator.reduce(total / max(1, count), reduction="mean").item()
-        top1 = _top1(accelerator.unwrap_model(model), test_batches, device, None)
-        history.append({"epoch": epoch, "loss": mean_loss, "val_top1": top1, "lr": lr})
-        bar.update(1)
-        bar.set_postfix(loss=f"{mean_loss:.3f}", val=f"{top1:.1f}")
-        logger.info("teacher epoch %d/%d: loss %.4f, val top-1 %.2f%%", epoch, config.epochs, mean_loss, top1)
+        # 3. Train: each epoch a seeded order (the same whatever the process count), then the val score.
+        bar = tqdm(total=config.epochs, initial=len(history), desc="teacher", unit="epoch",
+                   disable=not (progress and accelerator.is_main_process))
+        for epoch in range(len(history) + 1, config.epochs + 1):
+            model.train()
+            torch.manual_seed(config.seed * 100_003 + epoch * 101 + rank)  # augmentation of this epoch
+            share = train.subset(_epoch_order(len(train), config.seed, epoch, rank, world))
+            drop_last = len(share) % per_process == 1 and len(share) > 1  # a batch of one breaks batch norm
+            loader = torch.utils.data.DataLoader(_TorchImages(share, transform), batch_size=per_process, shuffle=False,
+                                                 drop_last=drop_last, num_workers=workers,
+                                                 pin_memory=device.type == "cuda")
+            total, count = torch.zeros((), device=device), 0
+            for images, targets in loader:
+                images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                with accelerator.autocast():
+                    loss = F.cross_entropy(model(images).float(), targets)
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                optimizer.step()
+                total += loss.detach() * len(targets)
+                count += len(targets)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            mean_loss = accelerator.reduce(total / max(1, count), reduction="mean").item()
+            top1 = _top1(accelerator.unwrap_model(model), test_batches, device, None)
+            history.append({"epoch": epoch, "loss": mean_loss, "val_top1": top1, "lr": lr})
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", val=f"{top1:.1f}")
+            logger.info("teacher epoch %d/%d: loss %.4f, val top-1 %.2f%%", epoch, config.epochs, mean_loss, top1)
+            if accelerator.is_main_process:
+                with atomic_path(state_file, suffix=".pt") as tmp:
+                    torch.save({"key": key, "model": _cpu_state(accelerator.unwrap_model(model)),
+                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                "history": history}, tmp)
+            accelerator.wait_for_everyone()
+        bar.close()
+
+        # 4. The checkpoint `--teacher` loads.
+        net = accelerator.unwrap_model(model).eval()
         if accelerator.is_main_process:
-            with atomic_path(state_file, suffix=".pt") as tmp:
-                torch.save({"key": key, "model": _cpu_state(accelerator.unwrap_model(model)),
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "history": history}, tmp)
+            trained_on = {"dataset": config.real, "split": config.train_split, "val_split": val_name,
+                          "images": len(train)}
+            save_classifier(net, config.output, arch=config.arch, class_names=names, image_size=size,
+                            width=config.width, extra={"trained_on": trained_on, "recipe": recipe, "history": history})
         accelerator.wait_for_everyone()
-    bar.close()
-
-    # 4. The checkpoint `--teacher` loads.
-    net = accelerator.unwrap_model(model).eval()
-    if accelerator.is_main_process:
-        save_classifier(net, config.output, arch=config.arch, class_names=names, image_size=size, width=config.width,
-                        extra={"trained_on": {"dataset": config.real, "split": config.train_split,
-                                              "val_split": val_name, "images": len(train)},
-                               "recipe": recipe, "history": history})
-    accelerator.wait_for_everyone()
-    return TeacherResult(Path(config.output), config.arch, size, names, config.epochs, history, resumed_from,
-                         time.perf_counter() - started, accelerator.is_main_process, recipe)
+        return TeacherResult(Path(config.output), config.arch, size, names, config.epochs, history, resumed_from,
+                             time.perf_counter() - started, accelerator.is_main_process, recipe)
 
 
 def _cpu_state(model) -> dict[str, Any]:
