@@ -695,3 +695,31 @@ def test_cifar_random_subset_benchmark_runs_in_smoke_mode(tmp_path):
     report = json.loads((tmp_path / "random-ipc1.json").read_text())
     assert report["student"] == "convnet3" and report["recipe"]["image_size"] == 32 and report["distilled"] is None
     assert report["results"]["random"]["train_images"] == 10 and len(report["classes"]) == 10
+
+
+def test_rded_teacher_file_with_a_names_file_aligns_its_outputs_by_name(tmp_path, monkeypatch):
+    import torchvision
+
+    rded = torchvision.models.resnet18(num_classes=len(SAMPLE_CLASSES))  # RDED's resnet18_modified, cut to 5 outputs
+    rded.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    rded.maxpool = torch.nn.Identity()
+    torch.save({"model": rded.state_dict()}, tmp_path / "rded.pth")
+    order = list(reversed(SAMPLE_CLASSES))  # the teacher's outputs in another order than the real set's labels
+    (tmp_path / "teacher-names.txt").write_text("\n".join(order) + "\n")
+    seen = []
+
+    def train(train, test_batches, recipe, num_classes, teacher, *, seed, desc, **_):
+        seen.append(teacher)
+        return RepeatResult(seed, [1], [50.0], len(train), 0.0)
+
+    monkeypatch.setattr(evaluation, "_train_repeat", train)
+    config = dict(real="sample", baselines=["random"], ipc=1, repeats=1, protocol="soft", image_size=32,
+                  teacher=str(tmp_path / "rded.pth"), output=str(tmp_path / "r.json"))
+    result = evaluate(EvalConfig(**config, teacher_class_names=str(tmp_path / "teacher-names.txt")))
+    # student class i (the real set's order) reads the teacher output that carries its name
+    assert seen[0].index.tolist() == [order.index(name) for name in SAMPLE_CLASSES] == [4, 3, 2, 1, 0]
+    assert result.report["teacher"]["arch"] == "rded:resnet18_modified"
+    with pytest.raises(ValueError, match="RDED teacher, which stores no class names"):
+        evaluate(EvalConfig(**config))
+    with pytest.raises(ValueError, match="`teacher_class_names` 'missing.txt' is not a file"):
+        evaluate(EvalConfig(**config, teacher_class_names="missing.txt"))

@@ -13,8 +13,9 @@ Two protocols, each as the harness VLCP's numbers come from (FAITHFULNESS.md):
 Image size, ShufflePatches factor and batch size follow the real dataset and the IPC (`vldd.profiles`). Several
 distilled sets (the paper's seeds 0/1/2) can be evaluated together: the report gives mean ± std over sets x repeats
 and each set's own. Both the best tested accuracy (what papers report) and the final-epoch accuracy are reported,
-optionally beside a random real subset of the same IPC or the full real train set trained identically. Finished
-trainings are kept beside the results file, so an interrupted evaluation resumes.
+optionally beside a random real subset of the same IPC or the full real train set trained identically (or those
+baselines alone, without a distilled set, at a given IPC). Finished trainings are kept beside the results file, so an
+interrupted evaluation resumes; the report's time sums every training it holds, reused ones included.
 
 Example:
     >>> result = evaluate(EvalConfig(distilled=["runs/nette/seed0", "runs/nette/seed1", "runs/nette/seed2"],
@@ -83,7 +84,9 @@ class EvalConfig:
     repeats: int = 3  # students trained from different seeds; mean ± std over them
     seed: int = 0  # repeat r uses seed + r for initialisation, data order, augmentation and random subsets
     baselines: list[str] = field(default_factory=list)  # also train on "random" (same-IPC real subset) and/or "full"
-    teacher: str | None = None  # soft only: vldd checkpoint file, "torchvision:<name>" or "timm:<name>"
+    # soft only: vldd checkpoint file (`vldd teacher`), RDED teacher file (with `teacher_class_names`),
+    # "torchvision:<name>" or "timm:<name>"
+    teacher: str | None = None
     teacher_pretrained: bool = False  # download the library weights of a torchvision/timm teacher id
     # file naming the teacher's outputs in order, one per line: needed by an RDED teacher file (which stores none)
     teacher_class_names: str | None = None
