@@ -784,6 +784,7 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
     kept = {job: read_json(parts / f"{job[0]}-{job[1]}-{job[2]}.json", default={}) if config.resume else {}
             for job in jobs}
     reused = {job for job in jobs if kept[job].get("key") == keys[job]}
+    processes.wait()
     done: dict[tuple[str, int, int], RepeatResult] = {}
     for job in processes.share(jobs):
         name, i, r = job
