@@ -44,6 +44,8 @@ class AppSettings:
     oauth: str = "off"  # "space", "local" or "off" (see logic.oauth_mode)
     has_gpu: bool = False
     zero_gpu: bool = False  # ZeroGPU: GPU calls are scheduled, counted against the visitor's quota
+    local_paths: bool = False  # a visitor may name folders of this machine as sources (see `local_paths_allowed`)
+    stop_wait_seconds: float = 60.0  # how long /stop waits for a run to reach the end of its class before answering
     sessions: logic.Sessions = field(init=False)
 
     def __post_init__(self):
@@ -55,16 +57,35 @@ class AppSettings:
     def models(self) -> logic.ModelCache:
         return logic.ModelCache.shared(self.cache_dir)
 
+    def public(self, text: str) -> str:
+        """`text` without this server's paths (session folders, Gradio's upload cache), for a visitor."""
+        return logic.public_text(text, [self.root, GRADIO_CACHE])
 
-def default_settings(config: str | Path = HERE / "spaces_config.yaml") -> AppSettings:
-    """Settings from spaces_config.yaml and the environment (SYSTEM, SPACES_ZERO_GPU, VLDD_APP_ROOT, VLDD_CACHE)."""
+
+GRADIO_CACHE = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
+LOCALHOST = ("127.0.0.1", "localhost", "::1")
+
+
+def local_paths_allowed(on_space: bool, host: str | None, share: bool, allow: bool = False) -> bool:
+    """Local folders as sources only where nobody else can reach the app: never on a Space; elsewhere when it
+    listens on localhost (the default) without a public share link, or when the owner passes --allow-local-paths."""
+    if on_space:
+        return False
+    return allow or ((host or "127.0.0.1") in LOCALHOST and not share)
+
+
+def default_settings(config: str | Path = HERE / "spaces_config.yaml", *, host: str | None = None,
+                     share: bool = False, allow_local_paths: bool = False) -> AppSettings:
+    """Settings from spaces_config.yaml, the launch flags and the environment (SYSTEM, SPACES_ZERO_GPU,
+    VLDD_APP_ROOT, VLDD_CACHE)."""
     import torch
 
     on_space, zero_gpu = os.getenv("SYSTEM") == "spaces", _flag("SPACES_ZERO_GPU")
     return AppSettings(space=logic.load_space_config(config),
                        root=Path(os.environ.get("VLDD_APP_ROOT", Path(tempfile.gettempdir()) / "vldd-app")),
                        cache_dir=os.environ.get("VLDD_CACHE"), on_space=on_space, oauth=logic.oauth_mode(on_space),
-                       has_gpu=zero_gpu or torch.cuda.is_available(), zero_gpu=zero_gpu)
+                       has_gpu=zero_gpu or torch.cuda.is_available(), zero_gpu=zero_gpu,
+                       local_paths=local_paths_allowed(on_space, host, share, allow_local_paths))
 
 
 TRACK_TQDM = gr.Progress(track_tqdm=True)  # marks a handler's progress argument; Gradio passes a fresh tracker
@@ -106,11 +127,15 @@ def gpu_evaluate(run_dir: str, settings: dict, seconds: int) -> logic.EvalView:
 # --- event handlers: UI values in, UI values out ---------------------------------------------------------------------
 
 def _friendly(fn):
-    """Shows what went wrong (limits, bad input, Hub refusals) as a message instead of a stack trace."""
-    expected = (ValueError, FileNotFoundError, HubError)
+    """Shows what went wrong (limits, bad input, Hub refusals, errors from the GPU call) as a message instead of a
+    stack trace, without the server's paths. Decorates `Handlers` methods (the first argument)."""
+    expected = (gr.Error, ValueError, FileNotFoundError, HubError)
 
-    def message(err: Exception) -> gr.Error:
-        return gr.Error(str(err), title="Over a limit" if isinstance(err, logic.LimitError) else "Error")
+    def message(handlers: "Handlers", err: Exception) -> gr.Error:
+        if isinstance(err, gr.Error):
+            return gr.Error(handlers.s.public(str(err.message)), title=err.title)
+        title = "Over a limit" if isinstance(err, logic.LimitError) else "Error"
+        return gr.Error(handlers.s.public(str(err)), title=title)
 
     if inspect.isgeneratorfunction(fn):
         @wraps(fn)
@@ -118,7 +143,7 @@ def _friendly(fn):
             try:
                 yield from fn(*args, **kwargs)
             except expected as err:
-                raise message(err) from err
+                raise message(args[0], err) from err
         return stream
 
     @wraps(fn)
@@ -126,12 +151,13 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except expected as err:
-            raise message(err) from err
+            raise message(args[0], err) from err
     return call
 
 
-class SessionBusy(ValueError):
-    pass
+SessionBusy = logic.SessionBusy
+BUTTONS = {"caption": "Caption", "prototypes": "Build prototypes", "generate": "Generate"}
+QUOTA_ERRORS = ("ZeroGPU quota exceeded", "ZeroGPU pending credits exceeded")  # titles of `spaces`' refusals
 
 
 class Handlers:
@@ -142,24 +168,18 @@ class Handlers:
 
     # helpers
 
-    def _exclusive(self, request: gr.Request):
-        """The session's lock, taken without waiting: one event at a time writes a session's files."""
-        lock = self.s.sessions.lock(request.session_hash)
-        if not lock.acquire(blocking=False):
-            raise SessionBusy("This session is busy with another run or upload; wait for it to finish (or press "
-                              "Stop), then try again.")
-        return lock
-
     def _dataset(self, values: dict, session: str | None) -> str:
         s = self.s
         return logic.resolve_dataset(values["dataset"], values.get("upload"), upload_dir=s.sessions.upload_dir(session),
-                                     allow_local_paths=not s.on_space, limits=s.space.limits.uploads())
+                                     allow_local_paths=s.local_paths, limits=s.space.limits.uploads())
 
     def _request(self, values: dict, session: str | None) -> logic.RunRequest:
-        dataset = self._dataset(values, session)
-        logic.check_captions_source(values.get("captions_from"), allow_local_paths=not self.s.on_space)
         keys = ("classes", "preset", "ipc", "images_per_class", "config_name", "split", "captions_from", "seed",
                 "strength", "guidance_scale", "steps")
+        # Every control checked before anything is read or extracted; then again with the resolved dataset.
+        logic.make_request(self.s.space, dataset="sample", **{k: values[k] for k in keys if k in values})
+        logic.check_captions_source(values.get("captions_from"), allow_local_paths=self.s.local_paths)
+        dataset = self._dataset(values, session)
         return logic.make_request(self.s.space, dataset=dataset, streaming=self._streams(dataset),
                                   **{k: values[k] for k in keys if k in values})
 
@@ -172,11 +192,13 @@ class Handlers:
     def _stages(self, stage: str, values: dict, request: gr.Request, progress: gr.Progress, profile):
         """The per-class controller: checks on the CPU, plans the GPU calls, then one call per class.
 
-        Yields status text; with the Prototypes tab, then the prototype view; last, the run's (config, source).
+        Yields status text; with the Prototypes tab, then the prototype view; last, when every class ran, the run's
+        (config, source), while it still holds the session (a caller reads the run's files there). Stop (the button,
+        `/stop`) and the session's end stop it between classes; it then writes nothing more.
         """
         s, session = self.s, request.session_hash
-        lock = self._exclusive(request)
-        try:
+        with s.sessions.working(session, BUTTONS[stage], classes=True) as activity:
+            stop = s.sessions.stop_flag(session)
             # 1. Everything that can be checked on the CPU: limits, the dataset, classes, IPC vs images.
             run = self._request(values, session)
             stages = logic.stages_of(stage)
@@ -191,21 +213,31 @@ class Handlers:
             head = plan.describe(tier, quota) if s.has_gpu else ""
             yield head
             # 3. One GPU call per class, resumable, stoppable between calls.
-            decoded = {}
-            for update in space_gpu.run_classes(config, source, stages, seconds=min(estimate, quota.max_call_seconds),
-                                                placement=logic.placement(config), gpu_call=gpu_class, decode=decode,
-                                                cache_dir=s.cache_dir):
-                progress((update.done, max(update.total, 1)), desc=update.message)
-                if update.result is not None:
-                    decoded[update.result.label] = update.result.decoded
-                yield f"{head}\n\n{update.message}".strip()
+            decoded, activity.total = {}, len(source.classes)
+            updates = space_gpu.run_classes(config, source, stages, seconds=min(estimate, quota.max_call_seconds),
+                                            placement=logic.placement(config), gpu_call=gpu_class, decode=decode,
+                                            cache_dir=s.cache_dir, stop=stop.is_set)
+            try:
+                for update in updates:
+                    activity.done = update.done
+                    if update.stopped:
+                        yield f"{head}\n\n{activity.stopped_message()}".strip()
+                        return
+                    progress((update.done, max(update.total, 1)), desc=update.message)
+                    if update.result is not None:
+                        decoded[update.result.label] = update.result.decoded
+                    yield f"{head}\n\n{update.message}".strip()
+            except gr.Error as err:  # ZeroGPU refused a call: the visitor's quota ran out mid-run
+                if err.title not in QUOTA_ERRORS:
+                    raise
+                kept = [source.class_names[c] for c in source.classes[:activity.done]]
+                raise gr.Error(space_gpu.quota_ran_out(str(err.message), kept, len(source.classes), tier),
+                               title=err.title) from err
             # 4. The combined outputs, on the CPU.
             yield f"{head}\n\n{logic.finish_run(config, source, stages)}".strip()
             if decode:
                 yield logic.prototype_view(config.output, decoded)
             yield config, source
-        finally:
-            lock.release()
 
     # events
 
@@ -215,31 +247,34 @@ class Handlers:
         """Opens the dataset: its classes, per-class counts, and a preview of the selected classes."""
         s = self.s
         images = logic.check_selection(s.space, classes, images_per_class)
-        lock = self._exclusive(request)
-        try:
+        config_name = logic.check_text(config_name, "configuration", logic.NAME) or None
+        split = logic.check_text(split, "split", logic.NAME) or "train"
+        with s.sessions.working(request.session_hash, "Load dataset"):
             source = self._dataset(locals(), request.session_hash)
-        finally:
-            lock.release()
-        view = logic.dataset_overview(source, classes=classes, images_per_class=images,
-                                      num_default=min(s.space.defaults.get("num_classes", 5), s.space.limits.max_classes),
-                                      preview_per_class=s.space.defaults.get("preview_per_class", 6),
-                                      config_name=(config_name or "").strip() or None,
-                                      split=(split or "train").strip(), streaming=self._streams(source),
-                                      stream_dir=s.sessions.path(request.session_hash) / "stream")
-        return gr.update(choices=view.class_names, value=view.selected), view.counts, view.preview, view.message
+            view = logic.dataset_overview(source, classes=[logic.check_text(c, "classes") for c in classes or []],
+                                          images_per_class=images,
+                                          num_default=min(s.space.defaults.get("num_classes", 5),
+                                                          s.space.limits.max_classes),
+                                          preview_per_class=s.space.defaults.get("preview_per_class", 6),
+                                          config_name=config_name, split=split, streaming=self._streams(source),
+                                          stream_dir=s.sessions.path(request.session_hash) / "stream")
+        return gr.update(choices=view.class_names, value=view.selected), view.counts, view.preview, \
+            s.public(view.message)
 
     @_friendly
     def caption(self, dataset=None, config_name=None, split=None, upload=None, classes=None, preset=None, ipc=None,
                 images_per_class=None, captions_from=None, seed=None, strength=None, guidance_scale=None, steps=None,
                 request: gr.Request = None, profile: gr.OAuthProfile | None = None, progress=TRACK_TQDM):
         """Captions every selected image (or loads published captions) and shows them."""
+        status = ""
         for item in self._stages("caption", dict(locals()), request, progress, profile):
             if isinstance(item, str):
                 status = item
                 yield status, gr.skip(), gr.skip()
-        config, source = item
-        view = logic.caption_view(config, self.s.space.limits.max_caption_rows, source=source)
-        yield f"{status}\n\n{view.rows} captions.", view.table_html, str(view.csv_path)
+            else:
+                config, source = item
+                view = logic.caption_view(config, self.s.space.limits.max_caption_rows, source=source)
+                yield f"{status}\n\n{view.rows} captions.", view.table_html, str(view.csv_path)
 
     @_friendly
     def prototypes(self, dataset=None, config_name=None, split=None, upload=None, classes=None, preset=None,
@@ -260,12 +295,14 @@ class Handlers:
                  images_per_class=None, captions_from=None, seed=None, strength=None, guidance_scale=None, steps=None,
                  request: gr.Request = None, profile: gr.OAuthProfile | None = None, progress=TRACK_TQDM):
         """Runs every stage still missing and shows the distilled images, class by class, with their prompts."""
+        status = ""
         for item in self._stages("generate", dict(locals()), request, progress, profile):
             if isinstance(item, str):
                 status = item
                 yield status, gr.skip(), gr.skip()
-        run_dir = self.s.sessions.run_dir(request.session_hash)
-        yield status, logic.gallery(run_dir), str(run_dir / "preview.png")
+            else:
+                run_dir = Path(item[0].output)
+                yield status, logic.gallery(run_dir), str(run_dir / "preview.png")
 
     @_friendly
     def evaluate(self, epochs=None, random_baseline=False, request: gr.Request = None,
@@ -275,19 +312,17 @@ class Handlers:
             return "Evaluation is not available in this installation of vldd.", None
         s = self.s
         settings = logic.eval_settings(s.space, epochs, random_baseline)
-        run_dir = s.sessions.run_dir(request.session_hash)
+        run_dir = s.sessions.path(request.session_hash) / "run"
         logic.check_evaluable(run_dir)
         seconds = logic.estimate_eval_seconds(run_dir, settings, s.space)
         tier = self._tier(profile)
-        space_gpu.plan_gpu_calls({"evaluation": seconds}, s.space.zerogpu, tier)
-        lock = self._exclusive(request)
-        try:  # the real images it needs, copied on the CPU first (a Hub source is streamed, capped per class)
+        space_gpu.plan_gpu_calls({"evaluation": seconds}, s.space.zerogpu, tier, shrink=EVAL_SHRINK)
+        with s.sessions.working(request.session_hash, "Evaluate"):
+            # The real images it needs, copied on the CPU first (a Hub source is streamed, capped per class).
             real = logic.prepare_eval_data(run_dir, s.sessions.path(request.session_hash) / "eval-real",
                                            settings["val_per_class"], bool(settings["baselines"]))
             view = gpu_evaluate(str(run_dir), {**settings, "real": str(real)},
                                 min(seconds, s.space.zerogpu.max_call_seconds))
-        finally:
-            lock.release()
         return view.summary, str(view.plot_path)
 
     def suggest_repo(self, dataset=None, upload=None, ipc=None, profile: gr.OAuthProfile | None = None):
@@ -301,11 +336,21 @@ class Handlers:
         """Pushes this session's distilled set to the Hub with the signed-in visitor's token (never shown or
         logged)."""
         token = logic.push_token(oauth_token.token if oauth_token is not None else None, on_space=self.s.on_space)
-        view = logic.publish(self.s.sessions.path(request.session_hash) / "run", repo_id, bool(private), token)
+        repo_id = logic.check_text(repo_id, "repository")
+        with self.s.sessions.working(request.session_hash, "Publish"):
+            view = logic.publish(self.s.sessions.path(request.session_hash) / "run", repo_id, bool(private), token)
         return view.message, view.snippet
 
+    def stop(self, request: gr.Request):
+        """Stops this session's run after the class it is on and says what it stopped (the button and `/stop`)."""
+        return self.s.sessions.stop(request.session_hash, wait=self.s.stop_wait_seconds)
+
     def close_session(self, request: gr.Request):
+        """The session ended (tab closed, client gone): its run stops after the current class, then its files go."""
         self.s.sessions.close(request.session_hash)
+
+
+EVAL_SHRINK = "Use fewer epochs, or leave out the random baseline."
 
 
 # --- tabs ------------------------------------------------------------------------------------------------------------
@@ -441,7 +486,8 @@ def evaluate_tab(h: Handlers) -> list:
         return []
     with gr.Row():
         epochs = gr.Number(e.get("epochs", 30), precision=0, label="Epochs", info=f"at most {e.get('max_epochs')}")
-        random_baseline = gr.Checkbox("random" in e.get("baselines", []), label="Also train on a random real subset")
+        random_baseline = gr.Checkbox("random" in e.get("baselines", []), label="Also train on a random real subset",
+                                      info="adds DD-Ranking's IOR: distilled minus random-subset accuracy, in points")
     button = gr.Button("Evaluate", variant="primary")
     summary = gr.Markdown(label="summary")
     plot = gr.Image(label="Accuracy per epoch", type="filepath")
@@ -496,8 +542,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             with gr.Tab("Publish") as publish_page:
                 repo, repo_inputs = publish_tab(run, h)
         # A stopped run ends after the class it is on; what finished stays, and the next run resumes from it.
-        stop.click(lambda: "Stopped. Finished classes are kept; run again to resume.", None, status,
-                   cancels=events, api_name="stop", queue=False)
+        stop.click(h.stop, None, status, cancels=events, api_name="stop", queue=False)
         publish_page.select(h.suggest_repo, repo_inputs, repo, api_name="suggest_repo", queue=False)
         demo.load(h.suggest_repo, repo_inputs, repo, api_name="suggest_repo_on_load", queue=False)
         demo.unload(h.close_session)
@@ -528,9 +573,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 on a Space)")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860 or the next free one)")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument("--allow-local-paths", action="store_true",
+                        help="let visitors name folders of this machine as datasets even when the app is reachable "
+                             "by others (--share, or --host other than localhost); off a Space, localhost alone "
+                             "allows them by default")
     parser.add_argument("--config", default=str(HERE / "spaces_config.yaml"), help="the app's settings file")
     args = parser.parse_args(argv)
-    settings = default_settings(args.config)
+    settings = default_settings(args.config, host=args.host, share=args.share,
+                                allow_local_paths=args.allow_local_paths)
     if settings.zero_gpu:
         preload(settings)
     demo = build_demo(settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import gradio
 import pytest
 import torch
 import yaml
+from conftest import image_folder
 from PIL import Image
 
 from vldd import app_logic as logic
@@ -40,13 +42,16 @@ def load_app():
     return sys.modules["app"]
 
 
-def launch_app(tiny_cache, root: Path, overrides: dict | None = None):
-    """Builds the app with test settings and serves it in this process; returns (app module, demo, settings)."""
+def launch_app(tiny_cache, root: Path, overrides: dict | None = None, *, share: bool = False):
+    """Builds the app with test settings and serves it in this process; returns (app module, demo, settings).
+
+    `share`: the settings `python app.py --share` gets (served on 127.0.0.1 all the same: no tunnel in tests).
+    """
     torch.set_num_threads(1)
     app = load_app()
     space = logic.load_space_config(ROOT / "spaces_config.yaml", logic._merge(TEST_SETTINGS, overrides or {}))
     settings = app.AppSettings(space=space, root=root, cache_dir=str(tiny_cache), on_space=False, oauth="off",
-                               has_gpu=False)
+                               has_gpu=False, local_paths=app.local_paths_allowed(False, None, share))
     demo = app.build_demo(settings)
     demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_kwargs(settings))
     return app, demo, settings
@@ -117,8 +122,9 @@ def test_tiny_pipeline_through_named_endpoints_then_push(served, hub_server, cap
         client.predict(**RUN, classes=["circle", "square", "triangle", "cross", "stripes"], api_name="/caption")
 
     # Evaluate: a quick student, an accuracy-vs-epoch plot.
-    summary, plot = client.predict(epochs=2, random_baseline=False, api_name="/evaluate")
-    assert "distilled" in summary and Image.open(plot).size[0] > 100
+    summary, plot = client.predict(epochs=2, random_baseline=True, api_name="/evaluate")
+    assert "distilled" in summary and "random" in summary and Image.open(plot).size[0] > 100
+    assert "IOR " in summary and "HLR" not in summary  # DD-Ranking's IOR needs the random baseline only
 
     # Publish without a token: a clear message, nothing pushed.
     message, snippet = client.predict(repo_id="", private=False, api_name="/push")
@@ -258,11 +264,11 @@ def test_local_paths_only_where_allowed(tmp_path):
     kwargs = {"upload": None, "upload_dir": tmp_path / "uploads", "limits": logic.UploadLimits()}
     assert logic.resolve_dataset("frgfm/imagenette", allow_local_paths=False, **kwargs) == "frgfm/imagenette"
     assert logic.resolve_dataset(str(tmp_path), allow_local_paths=True, **kwargs) == str(tmp_path)
-    with pytest.raises(ValueError, match="is a local path, and this Space reads only"):
+    with pytest.raises(ValueError, match="is a local path, and this app reads only"):
         logic.resolve_dataset(str(tmp_path), allow_local_paths=False, **kwargs)
     logic.check_captions_source("user/imagenette-vldd-captions", allow_local_paths=False)
     logic.check_captions_source(str(tmp_path), allow_local_paths=True)
-    with pytest.raises(ValueError, match="name a local path; this Space reads captions from Hub datasets only"):
+    with pytest.raises(ValueError, match="name a local path; this app reads captions from Hub datasets only"):
         logic.check_captions_source(str(tmp_path), allow_local_paths=False)
 
 
@@ -384,3 +390,206 @@ def test_source_opened_once_on_the_cpu_streamed_into_the_session_and_deleted_wit
     assert copy["validation"].features["label"].names == ["blue", "red"]
     sessions.close("visitor")
     assert not sessions.path("visitor").exists()  # streamed copies and evaluation data went with the session
+
+
+# --- Stop, a session's end, local paths, messages without server paths --------------------------------------------
+
+FOUR = ["circle", "square", "triangle", "cross"]
+
+
+def _wait_status(job, text: str, timeout: float = 300) -> None:
+    """Waits until one of the job's streamed status messages contains `text`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(text in str(out[0]) for out in job.outputs()):
+            return
+        if job.done():
+            raise AssertionError(f"the run ended before {text!r}: {job.outputs()[-1:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"no status with {text!r} within {timeout} s")
+
+
+def _finished_classes(sessions, session_hash) -> int:
+    return len(list((sessions.path(session_hash) / "run" / "app-done").glob("*/*")))
+
+
+def test_stop_ends_a_multi_class_generate_after_the_current_class_and_says_what_it_stopped(served):
+    client = _client(served.url)
+    assert client.predict(api_name="/stop") == "Nothing was running."
+    job = client.submit(**RUN, classes=FOUR, api_name="/generate")
+    _wait_status(job, "1/4 classes done (circle)")
+    stopped = client.predict(api_name="/stop")  # a second request of the same session, while class 2 runs
+    status, _, _ = job.result(timeout=300)
+    match = re.fullmatch(r"Stopped Generate after class (\d) of 4; finished classes are kept; run again to resume\.",
+                         stopped)
+    assert match, stopped
+    kept = int(match.group(1))
+    assert 1 <= kept < 4 and status.endswith(stopped)  # the run's own last status says the same
+    assert _finished_classes(served.settings.sessions, client.session_hash) == kept
+    assert "Distilled" not in status  # nothing after the stop: no combined dataset written
+    # The next run resumes: the kept classes are not run again.
+    job = client.submit(**RUN, classes=FOUR, api_name="/generate")
+    _, gallery, _ = job.result(timeout=300)
+    statuses = [out[0] for out in job.outputs()]
+    assert any(f"{kept}/4 classes ({FOUR[kept - 1]}: already done)" in text for text in statuses), statuses
+    assert len(gallery) == 8
+
+
+def test_a_session_that_ends_mid_run_stops_after_the_class_and_leaves_no_files(served, caplog):
+    import httpx
+
+    client = _client(served.url)
+    session = served.settings.sessions.path(client.session_hash)
+    job = client.submit(**RUN, classes=FOUR[:3], api_name="/generate")
+    _wait_status(job, "1/3 classes done (circle)")
+    assert (session / "run" / "work").is_dir()
+    # The session ends the way Gradio sees it: the page's heartbeat connection closes, and Gradio runs the unload event.
+    with httpx.stream("GET", f"{served.url}gradio_api/heartbeat/{client.session_hash}", timeout=30) as heartbeat:
+        next(heartbeat.iter_lines())
+    status = job.result(timeout=300)[0]
+    assert re.search(r"Stopped Generate after class [12] of 3", status), status
+    deadline = time.time() + 30
+    while session.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not session.exists()  # removed after the class returned, not recreated by it
+    assert "FileNotFoundError" not in caplog.text + status
+
+
+def test_sessions_delete_a_closed_session_only_after_its_event_ends(tmp_path):
+    sessions = logic.Sessions(tmp_path)
+    run = sessions.run_dir("visitor")
+    with sessions.working("visitor", "Generate", classes=True) as activity:
+        activity.total, activity.done = 5, 2
+        with pytest.raises(logic.SessionBusy, match="busy with another run"):
+            with sessions.working("visitor", "Caption"):
+                pass
+        sessions.close("visitor")  # the session ends mid-run
+        assert sessions.stop_flag("visitor").is_set() and run.is_dir()  # stop asked; the files stay meanwhile
+        (run / "work").mkdir()  # the running class can still write
+        assert sessions.stop("visitor").startswith("Stopping Generate after the class it is on (class 3 of 5)")
+    assert not sessions.path("visitor").exists()
+    assert sessions.stop("visitor") == "Nothing was running."
+    with sessions.working("visitor", "Evaluate"):
+        assert sessions.stop("visitor") == "Evaluate runs as one step and ends by itself; nothing else was running."
+    sessions.run_dir("other")
+    sessions.close("other")  # no event: deleted at once
+    assert not sessions.path("other").exists()
+
+
+@pytest.mark.parametrize("done,answer", [(0, "Stopped Caption before its first class; run again to start it."),
+                                         (1, "Stopped Caption after class 1 of 3; finished classes are kept; run "
+                                             "again to resume."),
+                                         (3, "Nothing was stopped: Caption had finished all 3 classes.")])
+def test_stop_waits_for_the_run_and_says_what_it_stopped(tmp_path, done, answer):
+    import threading
+
+    sessions = logic.Sessions(tmp_path)
+    started = threading.Event()
+
+    def run():  # a per-class run that reaches its end after `done` classes
+        with sessions.working("visitor", "Caption", classes=True) as activity:
+            activity.total = 3
+            started.set()
+            assert sessions.stop_flag("visitor").wait(10)  # what run_classes asks between classes
+            time.sleep(0.2)
+            activity.done = done
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(10)
+    assert sessions.stop("visitor", wait=10) == answer
+    thread.join()
+
+
+def test_local_folders_only_when_nobody_else_can_reach_the_app(tiny_cache, tmp_path, served):
+    from gradio_client.exceptions import AppError
+
+    app = served.app
+    allowed = {(host, share, flag): app.local_paths_allowed(False, host, share, flag)
+               for host in (None, "127.0.0.1", "localhost", "0.0.0.0") for share in (False, True)
+               for flag in (False, True)}
+    assert {k for k, v in allowed.items() if not v} == {(None, True, False), ("127.0.0.1", True, False),
+                                                        ("localhost", True, False), ("0.0.0.0", False, False),
+                                                        ("0.0.0.0", True, False)}
+    assert not app.local_paths_allowed(True, None, False, True)  # never on a Space
+    folder = image_folder(tmp_path / "shapes", ["blue", "red"], per_class=3)
+
+    # The localhost app (no --share) reads a local folder; its message shows no server path.
+    *_, message = _client(served.url).predict(dataset=str(folder), classes=[], images_per_class=3,
+                                              api_name="/load_dataset")
+    assert "2 classes, 6 images" in message and str(tmp_path) not in message and "…/shapes" in message
+
+    _, demo, _ = launch_app(tiny_cache, tmp_path / "shared-sessions", share=True)
+    try:
+        client = _client(demo.local_url)
+        for path in ("/etc", "~", str(folder)):
+            with pytest.raises(AppError, match="is a local path, and this app reads only Hub datasets") as refused:
+                client.predict(dataset=path, classes=[], images_per_class=3, api_name="/load_dataset")
+            assert str(tmp_path) not in str(refused.value)
+            with pytest.raises(AppError, match="is a local path"):
+                client.predict(**{**RUN, "dataset": path}, classes=["circle"], api_name="/generate")
+    finally:
+        demo.close()
+
+
+def test_messages_carry_no_server_paths(served, tmp_path):
+    import shutil
+
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    zipped = shutil.make_archive(str(tmp_path / "shapes"), "zip", image_folder(tmp_path / "shapes", ["blue", "red"]))
+    client = _client(served.url)
+    with pytest.raises(AppError) as refused:
+        client.predict(dataset="", upload=handle_file(zipped), classes=["green"], images_per_class=3,
+                       api_name="/load_dataset")
+    text = str(refused.value)
+    assert "classes ['green'] are not in 'uploads/" in text, text
+    assert str(served.settings.root) not in text and "/tmp" not in text
+
+
+def test_public_text_cuts_server_paths():
+    root = "/srv/app/sessions"
+    text = (f"could not read '{root}/0123456789abcdef01234567/uploads/shapes/blue/1.png' "
+            "nor /tmp/gradio/9f8e/shapes.zip; '/etc' is a local path; see https://hf.co/docs/x/y")
+    assert logic.public_text(text, [root]) == ("could not read 'uploads/shapes/blue/1.png' nor …/shapes.zip; '/etc' "
+                                               "is a local path; see https://hf.co/docs/x/y")
+
+
+# --- every value checked on the CPU ----------------------------------------------------------------------------------
+
+BAD_VALUES = [  # (control, value, the message's start); each is refused before any GPU call
+    ("seed", -1, "`seed` must be a whole number from 0 to 4294967295, got -1"),
+    ("seed", 2**70, "`seed` must be a whole number from 0 to 4294967295, got 1180591620717411303424"),
+    ("seed", 1.5, "`seed` must be a whole number, got 1.5"),
+    ("ipc", 0, "IPC and steps must be at least 1, got 0"),
+    ("ipc", 11, "Over this Space's limits: IPC 11 asked for"),
+    ("images_per_class", 0, "source images per class must be at least 1, got 0"),
+    ("images_per_class", 51, "Over this Space's limits: 51 source images per class"),
+    ("steps", 0, "IPC and steps must be at least 1, got 2 and 0"),
+    ("steps", 101, "Over this Space's limits: 101 inference steps"),
+    ("strength", 0, "`strength` must be a number in (0, 1], got 0"),
+    ("strength", 1.5, "`strength` must be a number in (0, 1], got 1.5"),
+    ("strength", float("nan"), "`strength` must be a number in (0, 1], got nan"),
+    ("guidance_scale", -1, "`guidance_scale` must be a number in [0, 20], got -1"),
+    ("guidance_scale", float("inf"), "`guidance_scale` must be a number in [0, 20], got inf"),
+    ("guidance_scale", 1000, "`guidance_scale` must be a number in [0, 20], got 1000"),
+    ("dataset", "x" * 201, "`dataset` must be at most 200 characters, got 201"),
+    ("dataset", "user/set\nname", "`dataset` must not contain control characters"),
+    ("dataset", "no such/id!", "`dataset` must be a Hub dataset id such as frgfm/imagenette"),
+    ("config_name", "a b", "`configuration` may only contain letters, digits"),
+    ("split", "train;rm", "`split` may only contain letters, digits"),
+    ("captions_from", "bad id!", "`captions_from` must be a Hub dataset id"),
+    ("classes", ["c" * 201], "`classes` must be at most 200 characters"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", BAD_VALUES, ids=[f"{k}={str(v)[:12]!r}" for k, v, _ in BAD_VALUES])
+def test_every_control_is_checked_with_a_message(space, key, value, message):
+    values = {"dataset": "sample", "classes": CLASSES, "preset": "tiny", "ipc": 2, "steps": 10, key: value}
+    with pytest.raises(ValueError) as refused:
+        logic.check_captions_source(values.get("captions_from"), allow_local_paths=False)
+        dataset = logic.resolve_dataset(values.pop("dataset"), None, upload_dir=Path("/unused"),
+                                        allow_local_paths=False, limits=logic.UploadLimits())
+        logic.make_request(space, dataset=dataset, **values)
+    assert str(refused.value).startswith(message), str(refused.value)

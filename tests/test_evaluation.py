@@ -567,6 +567,7 @@ def test_baselines_alone_without_a_distilled_set(tmp_path, monkeypatch, capsys):
     assert sorted(calls) == [("full #1", 0), ("full #2", 1), ("random #1", 0), ("random #2", 1)]
     report = json.loads(output.read_text())
     assert report["distilled"] is None and report["ipc"] == 2 and list(report["results"]) == ["random", "full"]
+    assert report["robust"] == {}  # HLR/IOR compare a distilled set with the baselines: none here
     assert report["classes"] == SAMPLE_CLASSES  # every real class
     assert report["results"]["random"]["train_images"] == 2 * len(SAMPLE_CLASSES)
     assert report["results"]["full"]["train_images"] == 30 * len(SAMPLE_CLASSES)

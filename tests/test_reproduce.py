@@ -70,6 +70,9 @@ def test_cli_reproduces_a_cell_end_to_end_on_the_tiny_preset(reproduced, capsys)
     assert len(distilled["repeats"]) == 3  # 3 sets x 1 repeat
     assert vlcp["difference"] == pytest.approx(vlcp["best_mean"] - 64.8)
     assert random_real["best_mean"] == scores["results"]["random"]["best_mean"]
+    # DD-Ranking's IOR against the random subset; no full-data baseline, so no HLR or LRS
+    assert set(report["robust"]) == {"ior"}
+    assert report["robust"]["ior"]["mean"] == pytest.approx(vlcp["best_mean"] - random_real["best_mean"])
 
 
 def test_rerun_resumes_without_training_again(reproduced, tiny_cache, monkeypatch):
@@ -98,6 +101,7 @@ def test_cli_prints_the_table_beside_the_paper(reproduced, tiny_cache, capsys):
     printed = capsys.readouterr().out
     assert "imagenette-ipc10: hard-label protocol, resnetap10, 2 epochs, 3 sets (seeds 0, 1, 2) x 1 repeats" in printed
     assert "VLCP (vldd)    64.8" in printed and "random real    54.2" in printed
+    assert "  VLCP (vldd)  IOR " in printed and "HLR" not in printed
     assert "NOT comparable with the paper" in printed and f"report: {out / 'reproduce.json'}" in printed
 
 

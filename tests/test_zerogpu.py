@@ -173,6 +173,11 @@ def test_tiny_pipeline_runs_under_zerogpu_one_bounded_call_per_class(zero_app):
     assert eval_seconds == 11  # 10 s load + 1 epoch x (4 distilled + 2 x 50 test images) x 0.003 s
     assert zero_app.scheduler.durations()[before:] == [round(eval_seconds * factor)]
     before += 1
+    # Over the per-call cap, the evaluation says to lower what it has: epochs (10 s + 100 x 104 x 0.003 s = 42 s).
+    with pytest.raises(AppError, match=r"estimated at 42 s of GPU time in one call; this Space requests at most 30 s "
+                                       r"per call\. Use fewer epochs, or leave out the random baseline\."):
+        client.predict(epochs=100, random_baseline=False, api_name="/evaluate")
+    assert len(zero_app.scheduler.durations()) == before
 
     # Refused before any GPU call: over an anonymous visitor's quota (3 classes still to do), over the per-call cap
     # (captioning 30 images: 20 + 30 x 0.5 s).
@@ -224,3 +229,78 @@ def test_on_a_local_gpu_the_captioner_is_evicted_before_sd_loads_unless_both_fit
 def test_off_zerogpu_the_estimate_has_no_factor_and_no_quota():
     plan = plan_gpu_calls({"a": 20, "b": 30}, GpuQuota(), None)
     assert plan.describe(None, GpuQuota()) == "Estimated GPU time: 2 call(s), one per class, 50 s in all."
+
+
+# --- refused before the GPU, and what a visitor reads when ZeroGPU refuses ---------------------------------------------
+
+BAD = [  # (control, value, what the message says): each must be refused on the CPU, before any /schedule request
+    ("seed", -1, "`seed` must be a whole number from 0 to 4294967295, got -1"),
+    ("seed", 2**70, "`seed` must be a whole number from 0 to 4294967295"),
+    ("seed", 1.5, None),  # gr.Number(precision=0) may round it first: then a valid seed, so not asserted below
+    ("ipc", 0, "IPC and steps must be at least 1"),
+    ("ipc", 11, "IPC 11 asked for"),
+    ("images_per_class", 0, "source images per class must be at least 1"),
+    ("images_per_class", 51, "51 source images per class"),
+    ("steps", 0, "IPC and steps must be at least 1"),
+    ("steps", 101, "101 inference steps"),
+    ("strength", 0, None),  # the slider's own range check may answer first
+    ("strength", 1.5, None),
+    ("guidance_scale", -1, None),
+    ("guidance_scale", 1000, None),
+    ("dataset", "x" * 201, "`dataset` must be at most 200 characters"),
+    ("dataset", "user/set\nname", "`dataset` must not contain control characters"),
+    ("dataset", "no such/id!", "`dataset` must be a Hub dataset id"),
+    ("config_name", "a b", "`configuration` may only contain"),
+    ("split", "train;rm", "`split` may only contain"),
+    ("captions_from", "bad id!", "`captions_from` must be a Hub dataset id"),
+    ("classes", ["c" * 201], "`classes` must be at most 200 characters"),
+    ("classes", ["no-such-class"], "no-such-class"),
+]
+
+
+@pytest.mark.slow  # the app runs in a subprocess under the spaces emulation
+def test_bad_values_spend_no_gpu_call(zero_app):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(zero_app.url, verbose=False)
+    before = len(zero_app.scheduler.durations())
+    seen = {}
+    for key, value, message in BAD:
+        values = {**RUN, "classes": ["circle"], "seed": 0, "strength": 0.7, "guidance_scale": 10.0, key: value}
+        if key == "seed" and value == 1.5:
+            values["ipc"] = 0  # whatever the component makes of 1.5, this request is refused on the CPU
+        with pytest.raises(AppError) as refused:
+            client.predict(**values, api_name="/generate")
+        seen[(key, str(value)[:20])] = str(refused.value)
+        if message is not None:
+            assert message in str(refused.value), (key, value, str(refused.value))
+    assert len(zero_app.scheduler.durations()) == before, seen  # not one GPU call scheduled
+    with pytest.raises(AppError, match="`seed` must be a whole number from 0 to 4294967295, got -1"):
+        client.predict(**{**RUN, "seed": -1}, classes=["circle"], api_name="/prototypes")
+    with pytest.raises(AppError, match="`split` may only contain"):
+        client.predict(**{**RUN, "split": "../train"}, classes=["circle"], api_name="/caption")
+    assert len(zero_app.scheduler.durations()) == before
+
+
+@pytest.mark.slow
+def test_quota_used_up_mid_run_says_what_is_kept_and_what_to_do(zero_app):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(zero_app.url, verbose=False)
+    asked = len(zero_app.scheduler.durations())
+    zero_app.scheduler.quota_calls = asked + 1  # the first class's call is granted, the second refused (429)
+    try:
+        with pytest.raises(AppError) as refused:
+            client.predict(**RUN, classes=["triangle", "cross"], api_name="/generate")
+    finally:
+        zero_app.scheduler.quota_calls = None
+    message = str(refused.value)
+    assert "ZeroGPU refused the next GPU call: Space app has reached its GPU limit." in message, message
+    assert ("1 of 2 classes are kept (triangle); run again later (the run resumes after the finished classes), or "
+            "sign in with Hugging Face (a free account has a larger daily quota).") in message, message
+    assert len(zero_app.scheduler.durations()) == asked + 2
+    # Run again: the kept class is not called again.
+    status, gallery, _ = client.predict(**RUN, classes=["triangle", "cross"], api_name="/generate")
+    assert len(gallery) == 4 and len(zero_app.scheduler.durations()) == asked + 3

@@ -1,7 +1,8 @@
 """ZeroGPU on a CPU machine, for tests: a fake of the scheduler API and a launcher of app.py under `spaces`' emulation.
 
 The scheduler (`spaces/zero/api.py`, DESIGN.md section 8) answers `/startup-report`, `/schedule`, `/allow` and
-`/release`; it grants every request and records each one (path and query), so a test can read the durations asked.
+`/release`; it grants requests (refusing `/schedule` with 429 once `quota_calls` are used) and records each one (path
+and query), so a test can read the durations asked.
 
 `python tests/zerogpu_runtime.py [app.py's flags]` starts app.py's `main()` with `SPACES_ZERO_GPU=true` (set by the
 caller, with `SPACES_ZERO_DEVICE_API_URL` pointing at the fake). Everything is the real `spaces` code except
@@ -26,10 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class FakeScheduler:
-    """The ZeroGPU device API, granting every request; `requests` holds (path, query) in arrival order."""
+    """The ZeroGPU device API; `requests` holds (path, query) in arrival order.
+
+    It grants every `/schedule` request until `quota_calls` (None: no limit) have been granted, then answers 429 with
+    no quota left, as ZeroGPU does when a visitor's daily quota is used up.
+    """
 
     def __init__(self):
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.quota_calls: int | None = None
         scheduler = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,12 +44,15 @@ class FakeScheduler:
 
             def do_POST(self):
                 url = urlparse(self.path)
+                asked = len(scheduler.durations())  # /schedule requests before this one
                 scheduler.requests.append((url.path, {k: v[0] for k, v in parse_qs(url.query).items()}))
-                body = b""
-                if url.path == "/schedule":
+                body, status = b"", 200
+                if url.path == "/schedule" and scheduler.quota_calls is not None and asked >= scheduler.quota_calls:
+                    body, status = json.dumps({"left": 0, "wait": 3600}).encode(), 429
+                elif url.path == "/schedule":
                     body = json.dumps({"idle": True, "nvidiaIndex": 0, "nvidiaUUID": "GPU-fake-0",
                                        "allowToken": f"allow-{len(scheduler.requests)}"}).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -21,7 +21,8 @@ _EXPORTS = {
     "TextPrototypeConfig": "config", "GenerationConfig": "config", "load_config": "config",
     "distill": "distillation", "DistillResult": "distillation", "Processes": "devices",
     "plan_run": "plan", "StageEstimate": "plan",
-    "evaluate": "evaluation", "EvalConfig": "evaluation", "EvalResult": "evaluation",
+    "evaluate": "evaluation", "EvalConfig": "evaluation", "EvalResult": "evaluation", "robust_scores": "evaluation",
+    "ablate": "ablation",
     "train_teacher": "teacher", "TeacherConfig": "teacher", "TeacherResult": "teacher",
     "finetune": "finetuning", "finetune_config": "finetuning", "FinetuneConfig": "finetuning",
     "FinetuneResult": "finetuning",
@@ -35,12 +36,15 @@ _EXPORTS = {
 __all__ = [  # the keys of _EXPORTS, spelled out for linters and IDEs (a test checks they agree)
     "__version__", "DistillConfig", "DataConfig", "CaptionConfig", "PrototypeConfig", "TextPrototypeConfig",
     "GenerationConfig", "load_config", "distill", "DistillResult", "Processes", "plan_run", "StageEstimate",
-    "evaluate", "EvalConfig", "EvalResult", "train_teacher", "TeacherConfig", "TeacherResult", "finetune", "finetune_config", "FinetuneConfig", "FinetuneResult",
+    "evaluate", "EvalConfig", "EvalResult", "train_teacher", "TeacherConfig", "TeacherResult", "finetune",
+    "finetune_config", "FinetuneConfig", "FinetuneResult",
     "push_distilled", "push_captions", "push_model", "load_published_captions",
     "PushResult", "HubError", "HubAuthError", "load_captioner", "caption_images", "load_pipeline", "build_tiny_models",
+    "robust_scores", "ablate",
 ]
 
 if TYPE_CHECKING:
+    from .ablation import ablate
     from .captioning import caption_images, load_captioner
     from .config import (
         CaptionConfig,
@@ -53,7 +57,7 @@ if TYPE_CHECKING:
     )
     from .devices import Processes
     from .distillation import DistillResult, distill
-    from .evaluation import EvalConfig, EvalResult, evaluate
+    from .evaluation import EvalConfig, EvalResult, evaluate, robust_scores
     from .finetuning import FinetuneConfig, FinetuneResult, finetune, finetune_config
     from .generation import load_pipeline
     from .hub import (

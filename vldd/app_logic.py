@@ -19,12 +19,14 @@ import hashlib
 import html
 import io
 import logging
+import math
 import os
 import re
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,13 +191,57 @@ class RunRequest:
         return max(1, int(self.steps * self.strength))
 
 
+MAX_SEED = 2**32 - 1  # the app's seeds: what the Random seed button draws from, and exact in a JSON number
+MAX_GUIDANCE_SCALE = 20.0  # the Guidance scale slider's range is [0, MAX_GUIDANCE_SCALE]
+MAX_TEXT = 200  # characters in any text the app reads (dataset, classes, captions source)
+NAME = re.compile(r"[\w.\-]{1,64}")  # a configuration or split name
+
+
 def _int(value, name: str) -> int:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"`{name}` must be a whole number, got {value!r}") from None
-    _check(number == int(number), f"`{name}` must be a whole number, got {value!r}")
+    _check(math.isfinite(number) and number == int(number), f"`{name}` must be a whole number, got {value!r}")
     return int(number)
+
+
+def _float(value, name: str, low: float, high: float, *, low_included: bool = True) -> float:
+    """A number in [low, high] (or (low, high] with `low_included=False`); NaN, infinities and text are refused."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    ok = math.isfinite(number) and (low <= number if low_included else low < number) and number <= high
+    _check(ok, f"`{name}` must be a number in {'[' if low_included else '('}{low:g}, {high:g}], got {value!r}")
+    return number
+
+
+def check_text(value, name: str, pattern: re.Pattern | None = None, max_length: int = MAX_TEXT) -> str:
+    """A text control's value, stripped: at most `max_length` printable characters (matching `pattern` when given).
+
+    Raises:
+        ValueError: naming the control, the value (shortened) and what is expected.
+    """
+    text = "" if value is None else str(value).strip()
+    shown = repr(text if len(text) <= 60 else text[:60] + "...")
+    _check(len(text) <= max_length, f"`{name}` must be at most {max_length} characters, got {len(text)}: {shown}")
+    _check(text.isprintable(), f"`{name}` must not contain control characters (newlines, tabs, ...), got {shown}")
+    if pattern is not None and text:
+        _check(pattern.fullmatch(text) is not None, f"`{name}` may only contain letters, digits, '_', '.' and '-' "
+                                                    f"(at most 64), got {shown}")
+    return text
+
+
+def check_hub_id(value: str, name: str) -> str:
+    """`value` is a well-formed Hub repository id (`name` or `namespace/name`)."""
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except ValueError as err:
+        raise ValueError(f"`{name}` must be a Hub dataset id such as frgfm/imagenette ({err})") from None
+    return value
 
 
 def make_request(space: SpaceConfig, *, dataset: str, classes: list[str] | None, preset: str, ipc=None,
@@ -209,7 +255,7 @@ def make_request(space: SpaceConfig, *, dataset: str, classes: list[str] | None,
         LimitError: a value over a limit (the message names it and the allowed maximum).
         ValueError: a malformed value.
     """
-    classes = [str(c).strip() for c in (classes or []) if str(c).strip()]
+    classes = [check_text(c, "classes") for c in (classes or []) if str(c).strip()]
     _check(preset in space.presets, f"`preset` must be one of {sorted(space.presets)}, got {preset!r}")
     initial = space.controls(preset)
     ipc, seed, steps = (initial[k] if v in (None, "") else v for k, v in (("ipc", ipc), ("seed", seed), ("steps", steps)))
@@ -217,16 +263,17 @@ def make_request(space: SpaceConfig, *, dataset: str, classes: list[str] | None,
     strength = initial["strength"] if strength is None else strength
     guidance_scale = initial["guidance_scale"] if guidance_scale is None else guidance_scale
     _check(bool(classes), "choose at least one class (Dataset tab)")
-    ipc, steps = _int(ipc, "ipc"), _int(steps, "steps")
+    ipc, steps, seed = _int(ipc, "ipc"), _int(steps, "steps"), _int(seed, "seed")
     _check(ipc >= 1 and steps >= 1, f"IPC and steps must be at least 1, got {ipc} and {steps}")
+    _check(0 <= seed <= MAX_SEED, f"`seed` must be a whole number from 0 to {MAX_SEED}, got {seed}")
     images = check_selection(space, classes, images_per_class, ipc=ipc, steps=steps)
-    request = RunRequest(dataset=(dataset or "sample").strip(), classes=classes, preset=preset, ipc=ipc,
-                         images_per_class=images, config_name=(config_name or "").strip() or None,
-                         split=(split or "train").strip(), captions_from=(captions_from or "").strip() or None,
-                         seed=_int(seed, "seed"), strength=float(strength), guidance_scale=float(guidance_scale),
-                         steps=steps, streaming=bool(streaming))
-    _check(0.0 < request.strength <= 1.0, f"`strength` must be in (0.0, 1.0], got {request.strength}")
-    return request
+    return RunRequest(dataset=check_text(dataset, "dataset") or "sample", classes=classes, preset=preset, ipc=ipc,
+                      images_per_class=images, config_name=check_text(config_name, "configuration", NAME) or None,
+                      split=check_text(split, "split", NAME) or "train",
+                      captions_from=check_text(captions_from, "captions_from") or None, seed=seed,
+                      strength=_float(strength, "strength", 0.0, 1.0, low_included=False),
+                      guidance_scale=_float(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE_SCALE),
+                      steps=steps, streaming=bool(streaming))
 
 
 def check_selection(space: SpaceConfig, classes: list[str] | None, images_per_class, *, ipc: int = 1,
@@ -294,22 +341,100 @@ def class_seconds(request: RunRequest, stages: tuple[str, ...], space: SpaceConf
 
 # --- sessions: one run directory per browser session -----------------------------------------------------------------
 
+@dataclass
+class Activity:
+    """What a session's current event is doing, for Stop: which button, and how far a per-class run got."""
+
+    what: str  # the button, e.g. "Generate"
+    classes: bool = False  # a per-class run (stops between classes); else one step that ends by itself
+    done: int = 0  # classes finished (kept on disk)
+    total: int = 0
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def stopped_message(self) -> str:
+        if self.done == 0:
+            return f"Stopped {self.what} before its first class; run again to start it."
+        return (f"Stopped {self.what} after class {self.done} of {self.total}; finished classes are kept; run again "
+                "to resume.")
+
+
+class SessionBusy(ValueError):
+    """Another event of the same session holds its files."""
+
+
 class Sessions:
     """Per-session working directories under one root; sessions idle longer than `ttl_hours` are deleted.
 
-    The directory name is a hash of Gradio's session id, so nothing a visitor sends becomes a path.
+    The directory name is a hash of Gradio's session id, so nothing a visitor sends becomes a path. One event at a
+    time works on a session's files (`working`); Stop and the session's end set the session's stop flag, which a
+    per-class run checks between classes, and a session that ends while an event works on it is deleted when that
+    event ends, never under it.
     """
 
     def __init__(self, root: str | Path, ttl_hours: float = 6.0):
         self.root = Path(root)
         self.ttl_seconds = ttl_hours * 3600
         self._locks: dict[Path, threading.Lock] = {}
+        self._stops: dict[Path, threading.Event] = {}
+        self._activity: dict[Path, Activity] = {}
+        self._closing: set[Path] = set()
         self._guard = threading.Lock()
 
     def lock(self, session_hash: str | None) -> threading.Lock:
         """The session's lock: events of one session that write its files hold it, so they never interleave."""
         with self._guard:
             return self._locks.setdefault(self.path(session_hash), threading.Lock())
+
+    def stop_flag(self, session_hash: str | None) -> threading.Event:
+        """Set by Stop and by the session's end; cleared when the session's next event starts."""
+        with self._guard:
+            return self._stops.setdefault(self.path(session_hash), threading.Event())
+
+    @contextmanager
+    def working(self, session_hash: str | None, what: str, classes: bool = False) -> Iterator[Activity]:
+        """Holds the session's files for one event (refused at once when another event holds them).
+
+        Raises:
+            SessionBusy: another event of this session is running.
+        """
+        path, lock = self.path(session_hash), self.lock(session_hash)
+        if not lock.acquire(blocking=False):
+            raise SessionBusy("This session is busy with another run or upload; wait for it to finish (or press "
+                              "Stop), then try again.")
+        activity = Activity(what, classes)
+        with self._guard:
+            self._stops.setdefault(path, threading.Event()).clear()
+            self._activity[path] = activity
+        try:
+            yield activity
+        finally:
+            with self._guard:
+                self._activity.pop(path, None)
+                closing = path in self._closing
+                lock.release()
+            activity.ended.set()
+            if closing:
+                self._remove(path)
+
+    def stop(self, session_hash: str | None, wait: float = 0.0) -> str:
+        """Sets the session's stop flag and says what it stopped; waits up to `wait` seconds for a per-class run to
+        reach the end of its current class."""
+        path = self.path(session_hash)
+        self.stop_flag(session_hash).set()
+        with self._guard:
+            activity = self._activity.get(path)
+        if activity is None:
+            return "Nothing was running."
+        if not activity.classes:
+            return f"{activity.what} runs as one step and ends by itself; nothing else was running."
+        activity.ended.wait(wait)
+        if not activity.ended.is_set():
+            where = f"class {activity.done + 1} of {activity.total}" if activity.total else "its first class"
+            return (f"Stopping {activity.what} after the class it is on ({where}); finished classes are kept; run "
+                    "again to resume.")
+        if activity.total and activity.done >= activity.total:  # it ended on its own before reaching the flag
+            return f"Nothing was stopped: {activity.what} had finished all {activity.total} classes."
+        return activity.stopped_message()
 
     def path(self, session_hash: str | None) -> Path:
         if not session_hash:
@@ -328,18 +453,58 @@ class Sessions:
         return self.path(session_hash) / "uploads"
 
     def close(self, session_hash: str | None) -> None:
-        if session_hash:
-            shutil.rmtree(self.path(session_hash), ignore_errors=True)
+        """The session ended: its run stops after the current class, and its directory goes now, or, while an event
+        works on it, as soon as that event ends."""
+        if not session_hash:
+            return
+        path = self.path(session_hash)
+        self.stop_flag(session_hash).set()
+        lock = self.lock(session_hash)
+        with self._guard:
+            if not lock.acquire(blocking=False):
+                self._closing.add(path)  # `working` removes it when its event ends
+                return
+        try:
+            self._remove(path)
+        finally:
             with self._guard:
-                self._locks.pop(self.path(session_hash), None)
+                lock.release()
+                if self._locks.get(path) is lock:
+                    del self._locks[path]
+
+    def _remove(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        with self._guard:
+            self._closing.discard(path)
+            self._stops.pop(path, None)
+            lock = self._locks.get(path)
+            if lock is not None and not lock.locked():
+                del self._locks[path]
 
     def prune(self, keep: Path | None = None) -> None:
+        """Deletes sessions idle past the TTL (never one an event is working on)."""
         if not self.root.is_dir():
             return
         cutoff = time.time() - self.ttl_seconds
         for session in self.root.iterdir():
             if session != keep and session.is_dir() and session.stat().st_mtime < cutoff:
-                shutil.rmtree(session, ignore_errors=True)
+                with self._guard:
+                    busy = session in self._activity
+                if not busy:
+                    shutil.rmtree(session, ignore_errors=True)
+
+
+# Any absolute path of two parts or more (a lone "/etc" is a visitor's own input, echoed back as typed).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"`()\[\]<>,;]+/)+([^\s/'\"`()\[\]<>,;]*)")
+
+
+def public_text(text: str, private_roots: list[str | Path]) -> str:
+    """`text` without the server's absolute paths, for a visitor: a path under one of `private_roots` (the sessions
+    root, Gradio's upload cache) loses the root and the session's hashed folder (`uploads/shapes`, `run/work/...`);
+    any other absolute path is cut to `…/<last part>`."""
+    for root in sorted((str(r).rstrip("/") for r in private_roots), key=len, reverse=True):
+        text = re.sub(re.escape(root) + r"/(?:[0-9a-f]{24}/)?", "", text)
+    return _ABSOLUTE_PATH.sub(lambda m: "…/" + m.group(1), text)
 
 
 # --- datasets: the sample, a Hub id, or an uploaded zip --------------------------------------------------------------
@@ -349,11 +514,14 @@ def resolve_dataset(dataset: str, upload: str | None, *, upload_dir: Path, allow
     """What to load: an uploaded zip (extracted), else `dataset` ("sample", a Hub id or, where allowed, a folder)."""
     if upload:
         return str(extract_upload(upload, upload_dir, limits))
-    dataset = (dataset or "").strip() or "sample"
-    if dataset != "sample" and not allow_local_paths and _is_local(dataset):
-        raise ValueError(f"{dataset!r} is a local path, and this Space reads only Hub datasets, the sample and "
-                         "uploaded zips")
-    return dataset
+    dataset = check_text(dataset, "dataset") or "sample"
+    if dataset == "sample" or (allow_local_paths and _is_local(dataset)):
+        return dataset
+    if _is_local(dataset):
+        raise ValueError(f"{dataset!r} is a local path, and this app reads only Hub datasets, the sample and "
+                         "uploaded zips (local folders only when it serves this machine alone: bound to localhost "
+                         "without --share, or started with --allow-local-paths)")
+    return check_hub_id(dataset, "dataset")
 
 
 def _is_local(name: str) -> bool:
@@ -363,9 +531,13 @@ def _is_local(name: str) -> bool:
 def check_captions_source(captions_from: str | None, *, allow_local_paths: bool) -> None:
     """Refuses, where local paths are not allowed (a Space), published captions named by a path on the server (another
     session's run, say)."""
-    if captions_from and not allow_local_paths and _is_local(captions_from.strip()):
-        raise ValueError(f"published captions {captions_from!r} name a local path; this Space reads captions from "
+    captions_from = check_text(captions_from, "captions_from")
+    if not captions_from or (allow_local_paths and _is_local(captions_from)):
+        return
+    if _is_local(captions_from):
+        raise ValueError(f"published captions {captions_from!r} name a local path; this app reads captions from "
                          "Hub datasets only")
+    check_hub_id(captions_from, "captions_from")
 
 
 def is_hub_id(dataset: str) -> bool:

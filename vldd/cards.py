@@ -53,6 +53,16 @@ def flatten(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def robust_text(robust: dict | None) -> str:
+    """HLR, IOR (points) and LRS ([0, 1]) as "HLR 12.3 ± 1.0   IOR +4.5 ± 0.8   LRS 0.480 ± 0.010"; "" when none."""
+    parts = []
+    for name, sign, digits in (("hlr", "", 1), ("ior", "+", 1), ("lrs", "", 3)):
+        value = (robust or {}).get(name)
+        if value:
+            parts.append(f"{name.upper()} {value['mean']:{sign}.{digits}f} ± {value['std']:.{digits}f}")
+    return "   ".join(parts)
+
+
 def size_text(n: int) -> str:
     """A byte count as KiB or MiB."""
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"

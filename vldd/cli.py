@@ -467,7 +467,7 @@ def _app(args) -> int:
     if args.cache_dir:
         os.environ["VLDD_CACHE"] = args.cache_dir
     forwarded = [*(["--host", args.host] if args.host else []), *(["--port", str(args.port)] if args.port else []),
-                 *(["--share"] if args.share else [])]
+                 *(["--share"] if args.share else []), *(["--allow-local-paths"] if args.allow_local_paths else [])]
     sys.argv = [str(path), *forwarded]
     runpy.run_path(str(path), run_name="__main__")  # app.py's main(): builds the demo and serves it until Ctrl+C
     return 0
@@ -479,6 +479,9 @@ def _add_app(sub):
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 serves the network)")
     p.add_argument("--port", type=int, help="port (default 7860, or the next free one)")
     p.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
+    p.add_argument("--allow-local-paths", action="store_true",
+                   help="let visitors name this machine's folders as datasets even with --share or a --host other "
+                        "than localhost (localhost alone allows them by default)")
     _cache_dir_flag(p)
     p.set_defaults(func=_app)
 
@@ -518,15 +521,66 @@ def _add_reproduce(sub):
     _run_flags(p)  # --output DIR (seed<S>/ run dirs, evaluation/, reproduce.json); distillation overrides
     group = p.add_argument_group("evaluation overrides (see vldd/evaluation.py EvalConfig)")
     fields = [f for f in config_fields("evaluation", "EvalConfig")
-              if f.name not in ("distilled", "protocol", "baselines", "output")]
+              if f.name not in ("distilled", "protocol", "baselines", "output", "ipc", "class_names")]
     add_config_flags(group, fields, dest="eval", flags=lambda name: [f"--eval.{name}"])
     _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_reproduce)
 
 
+def _ablate(args) -> int:
+    from .ablation import ablate, custom_variant, parse_variant
+
+    distill_overrides = _nested(args, "cfg")
+    if args.config:  # a YAML file of distillation settings; flags win
+        distill_overrides = cfg._merge(cfg.read_yaml(args.config), distill_overrides)
+    output = distill_overrides.pop("output", None)
+    if not output:
+        raise ValueError("`--output` must name the ablation's directory")
+    variants = [parse_variant(name) for name in args.variants or []]
+    variants += [custom_variant(name, settings) for name, *settings in args.set or []]
+    if not variants:
+        raise ValueError("give the variants to compare: --variants base no-lof ... and/or --set NAME KEY=VALUE ...")
+    eval_overrides = _nested(args, "eval")
+    processes, device = _processes(eval_overrides.get("device", "auto"))
+    if processes is not None:
+        distill_overrides.setdefault("device", device)
+        eval_overrides["device"] = device
+    with run_dir_lock(output, launch=_launch_key()):
+        result = ablate(variants, output, seeds=tuple(args.seeds), distill_overrides=distill_overrides,
+                        eval_overrides=eval_overrides, cache_dir=args.cache_dir, progress=not args.quiet,
+                        processes=processes)
+    if processes is None or processes.is_main:
+        _print(reports.ablation_lines(result))
+    return 0
+
+
+def _add_ablate(sub):
+    help_text = ("ablate VLCP: distill named variants of one run (stages they do not change are computed once), "
+                 "evaluate them all beside the random and full real baselines, write one table")
+    p = sub.add_parser("ablate", help=help_text, description=f"{help_text}. Variants: base (or paper: the run as "
+                       "given), no-text-prototypes (class-name prompts, D4M-style), no-lof (contamination 0), "
+                       "no-finetune, tpk=N, threshold=X, or --set NAME KEY=VALUE ... groups.")
+    p.add_argument("--variants", nargs="+", metavar="NAME",
+                   help="named variants, e.g. base no-text-prototypes no-lof no-finetune tpk=20 threshold=0.5")
+    p.add_argument("--set", nargs="+", action="append", metavar="NAME KEY=VALUE",
+                   help="a variant of your own: its name, then the settings it changes (e.g. --set strength05 "
+                   "generation.strength=0.5); may be repeated")
+    p.add_argument("--seeds", type=lambda text: [int(t) for t in text.split(",")], default=[0],
+                   help="comma-separated distillation seeds, each variant's sets evaluated together (default: 0)")
+    _run_flags(p)  # --output DIR (<variant>/seed<S>/ run dirs, evaluation/, ablation.*); the distillation as given
+    group = p.add_argument_group("evaluation overrides, one recipe for every variant (see vldd/evaluation.py "
+                                 "EvalConfig)")
+    fields = [f for f in config_fields("evaluation", "EvalConfig")
+              if f.name not in ("distilled", "baselines", "output", "record", "ipc", "class_names")]
+    add_config_flags(group, fields, dest="eval", flags=lambda name: [f"--eval.{name}"])
+    _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_ablate)
+
+
 COMMANDS = [_add_stage_commands, _add_plan, _add_push, _add_evaluate, _add_teacher, _add_finetune, _add_app,
-            _add_reproduce]
+            _add_reproduce, _add_ablate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -114,9 +114,14 @@ class TextPrototypeConfig:
     # subsets, 0.3 CIFAR-10, 0.2 CIFAR-100 and Tiny-ImageNet)
     common_threshold: float | None = None
     fallback: str = "nearest"  # when every description scores 0: "nearest" (image nearest the centre) or "class_name"
+    # "prototypes" = VLCP's text prototypes; "class_name" = every image's prompt is its class name (D4M-style, the
+    # paper's ablation without text prototypes)
+    mode: str = "prototypes"
 
     def __post_init__(self):
         _check(self.top_k >= 1, f"`text.top_k` must be >= 1, got {self.top_k}")
+        _check(self.mode in ("prototypes", "class_name"),
+               f"`text.mode` must be 'prototypes' or 'class_name', got {self.mode!r}")
         _check(self.common_threshold is None or 0.0 < self.common_threshold <= 1.0,
                f"`text.common_threshold` must be in (0.0, 1.0], got {self.common_threshold}")
         _check(self.fallback in ("nearest", "class_name"),

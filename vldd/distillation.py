@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,6 +230,11 @@ def text_stage(source: SourceDataset, config: DistillConfig, stage: StageDir, ca
         if missing:
             raise ValueError(f"class {source.class_names[label]!r}: no caption for source rows {missing[:5]}")
         descriptions = [by_row[r] for r in protos["rows"]]
+        if config.text.mode == "class_name":  # D4M-style: the class name is every cluster's prompt
+            write_json(stage.file(label, ".json"), [{"prompt": source.prompt_names[label], "top_words": [], "score": 0,
+                                                     "source_row": None, "fallback": None}
+                                                    for _ in protos["cluster_sizes"]])
+            continue
         chosen = select_text_prototypes(descriptions, protos["assignment"], source.prompt_names[label],
                                         top_k=config.text.top_k, common_threshold=config.text.common_threshold,
                                         fallback=config.text.fallback, nearest=protos["nearest"])
@@ -334,7 +342,7 @@ def _free(*models) -> None:
 
 def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cache_dir: str | Path | None = None,
             progress: bool = False, captioner=None, pipeline=None, processes: Processes | None = None,
-            source: SourceDataset | None = None) -> DistillResult:
+            source: SourceDataset | None = None, share_from: Sequence[str | Path] = ()) -> DistillResult:
     """Runs the VLCP distillation; every stage resumes from what the run directory already holds.
 
     Args:
@@ -350,6 +358,8 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
         processes: this process's share of a multi-process run (see `Processes`); None = the only process.
         source: `load_source(config.data)`, already opened (a streamed source is read once and reused across
             calls); None = opened here.
+        share_from: other run directories whose stage results are reused wherever their fingerprint equals this
+            run's (linked, see `share_stage`): stages whose inputs a variant does not change run once.
     """
     stages = STAGES if stages is None else tuple(stages)
     bad = [s for s in stages if s not in STAGES]
@@ -377,7 +387,7 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     tune = finetune_settings(config, run_dir, dtype)
-    dirs = _stage_dirs(run_dir, config, source, processes, tune, cache_dir)
+    dirs = _stage_dirs(run_dir, config, source, processes, tune, cache_dir, share_from)
 
     # 4. Captions: load the captioner once, caption every class not yet done, free it; then the captions dataset.
     if "caption" in stages:
@@ -475,8 +485,50 @@ _FINETUNE_UNFINGERPRINTED = {"captions", "output", "checkpointing_steps", "check
                              "dataloader_num_workers", "push_to_hub", "private"}
 
 
+def share_stage(stage: StageDir, donor: Path) -> int:
+    """Hard-links (else copies) into `stage` the results another run directory holds at `donor` for the same
+    fingerprint, so that a stage whose inputs are unchanged is computed once across runs (e.g. the variants of an
+    ablation). Only what `stage` lacks is taken, one entry at a time and atomically; a fine-tuned model is taken
+    whole when `donor` finished it and `stage` did not. Results are never modified in place (every write replaces
+    a file), so linked files stay correct in both runs. Returns how many entries were taken.
+    """
+    from .finetuning import SUMMARY
+
+    stored = read_json(donor / "fingerprint.json", default={}).get("fingerprint")
+    if stored != stage.fingerprint or donor.resolve() == stage.path.resolve():
+        return 0
+    if stage.name == "finetune":
+        if (stage.path / SUMMARY).is_file() or not (donor / SUMMARY).is_file():
+            return 0
+        with atomic_path(stage.path) as tmp:
+            shutil.copytree(donor, tmp, copy_function=_link_or_copy)
+        return 1
+    taken = 0
+    for entry in sorted(donor.iterdir()):
+        target = stage.path / entry.name
+        if entry.name.startswith(".") or target.exists():
+            continue
+        with atomic_path(target, "".join(entry.suffixes)) as tmp:
+            if entry.is_dir():
+                shutil.copytree(entry, tmp, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(entry, tmp)
+        taken += 1
+    if taken:
+        logger.info("stage %r: reused %d result(s) of %s (same fingerprint %s)", stage.name, taken, donor,
+                    stage.fingerprint)
+    return taken
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
 def _stage_dirs(run_dir: Path, config: DistillConfig, source: SourceDataset, processes: Processes,
-                tune: FinetuneConfig | None, cache_dir) -> dict[str, StageDir]:
+                tune: FinetuneConfig | None, cache_dir, share_from: Sequence[str | Path] = ()) -> dict[str, StageDir]:
     data_key = fingerprint(config.data.dataset, config.data.config_name, config.data.split, config.data.revision,
                            source.revision, config.data.max_images_per_class, config.data.image_column,
                            config.data.label_column)
@@ -491,13 +543,18 @@ def _stage_dirs(run_dir: Path, config: DistillConfig, source: SourceDataset, pro
                                                                             config.generation.revision)
     fp["prototypes"] = fingerprint(data_key, config.prototypes, config.ipc, config.data.too_few_images, config.seed,
                                    vae_fingerprint(*vae_model, cache_dir=cache_dir))
-    fp["text"] = fingerprint(fp["caption"], fp["prototypes"], config.text)
+    # `text.mode` at its default is left out, so runs made before the setting existed keep their fingerprints
+    text = {k: v for k, v in vars(config.text).items() if (k, v) != ("mode", "prototypes")}
+    fp["text"] = fingerprint(fp["caption"], fp["prototypes"], text)
     gen = {k: v for k, v in vars(config.generation).items() if k != "batch_size"}  # batching changes no result
     fp["generate"] = fingerprint(fp["text"], gen, config.seed, fp.get("finetune"))
     paths = {"finetune": run_dir / "finetune" / f"seed{config.seed}"}
     dirs = {}
     if processes.is_main:  # only the main process may clear a stale stage
         dirs = {name: StageDir(run_dir, name, fp[name], paths.get(name)) for name in fp}
+        for stage in dirs.values():
+            for donor in share_from:
+                share_stage(stage, Path(donor) / stage.path.relative_to(run_dir))
     processes.wait()
     return dirs or {name: StageDir(run_dir, name, fp[name], paths.get(name)) for name in fp}
 

@@ -494,6 +494,63 @@ class RunResult:
                 "repeats": [r.to_dict() for r in self.repeats]}
 
 
+LRS_LAMBDA = 0.5  # DD-Ranking's default weight of IOR against HLR
+ROBUST_NOTE = ("DD-Ranking (arXiv 2505.13300), per repeat on best top-1, mean ± std over repeats: HLR = full - "
+               "distilled and IOR = distilled - random in percentage points; LRS in [0, 1] from accuracies as "
+               f"fractions, lambda {LRS_LAMBDA}; vldd's recipes do not search the learning rate as DD-Ranking's "
+               "hard-label evaluator does")
+
+
+def robust_scores(distilled: list[float], random: list[float] | None = None, full: list[float] | None = None, *,
+                  lam: float = LRS_LAMBDA) -> dict[str, dict[str, Any]]:
+    """DD-Ranking's label-robust figures (Li et al., "DD-Ranking: Rethinking the Evaluation of Dataset
+    Distillation", arXiv 2505.13300), per training repeat, then mean ± std (ddof=0) over repeats. Pure.
+
+    HLR (hard-label recovery) = full-data accuracy - distilled accuracy; IOR (improvement over random) = distilled
+    accuracy - random-real-subset accuracy; both in percentage points, from accuracies in percent (lower HLR and
+    higher IOR are better). LRS = (e^a - e^-1) / (e - e^-1) with a = lam * IOR - (1 - lam) * HLR, computed on
+    accuracies as fractions (the paper normalises LRS to [0, 1], which needs a in [-1, 1]; DD-Ranking's code feeds
+    percents), reported in [0, 1]. A figure whose baseline is missing is left out.
+
+    Args:
+        distilled: best top-1 of every distilled training, in percent: set 0's repeats, then set 1's, ...; each
+            set's repeat r is paired with the baselines' repeat r (the same training seed).
+        random: best top-1 of the random-real-subset baseline per repeat, percent; None = not trained.
+        full: best top-1 of the full-real-data baseline per repeat, percent; None = not trained.
+        lam: LRS's weight of IOR (DD-Ranking's default 0.5), in [0, 1].
+
+    Returns:
+        {"hlr"|"ior"|"lrs": {"mean", "std", "values"}} for the figures the baselines allow.
+    """
+    _check(0.0 <= lam <= 1.0, f"`lam` must be in [0, 1], got {lam}")
+    _check(bool(distilled), "`distilled` must hold at least one accuracy")
+    baselines = [b for b in (random, full) if b is not None]
+    for baseline in baselines:
+        _check(bool(baseline) and len(distilled) % len(baseline) == 0,
+               f"every distilled set needs one accuracy per baseline repeat: got {len(distilled)} distilled "
+               f"accuracies for {len(baseline)} baseline repeats")
+    values: dict[str, list[float]] = {}
+    if full is not None:
+        values["hlr"] = [full[i % len(full)] - acc for i, acc in enumerate(distilled)]
+    if random is not None:
+        values["ior"] = [acc - random[i % len(random)] for i, acc in enumerate(distilled)]
+    if full is not None and random is not None:
+        values["lrs"] = []
+        for hlr, ior in zip(values["hlr"], values["ior"], strict=True):
+            alpha = lam * ior / 100 - (1 - lam) * hlr / 100
+            values["lrs"].append((math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1)))
+    return {name: {"mean": float(np.mean(v)), "std": float(np.std(v)), "values": v} for name, v in values.items()}
+
+
+def run_robust_scores(runs: dict[str, RunResult]) -> dict[str, dict[str, Any]]:
+    """`robust_scores` of the "distilled" run against the "random" and "full" baselines present in `runs` (none
+    without a distilled run: baselines evaluated alone)."""
+    best = {name: [r.best for r in run.repeats] for name, run in runs.items()}
+    if "distilled" not in best:
+        return {}
+    return robust_scores(best["distilled"], best.get("random"), best.get("full"))
+
+
 @dataclass
 class EvalResult:
     config: EvalConfig
@@ -821,6 +878,8 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
     # 6. Report: JSON, plot and manifest entry.
     report = _report(config, recipe, classes, counts, real, val_split, len(test), run_dir, source, runs, teacher,
                      device, amp, time.perf_counter() - started)
+    report["robust"] = run_robust_scores(runs)  # HLR / IOR / LRS when the baselines they need were trained
+    report["robust_definition"] = ROBUST_NOTE
     report["profile"] = _profile_entry(real, len(classes))
     report["trainings"], report["reused"] = len(jobs), len(reused)
     report["sets"] = [{"source": d.source, "run_dir": str(d.run_dir) if d.run_dir else None,
@@ -915,6 +974,8 @@ def _manifest_entry(report: dict[str, Any], results_path: Path, run_dir: Path) -
             "num_test_images": report["real"]["num_test_images"], "image_size": recipe["image_size"],
             "epochs": recipe["epochs"], "batch_size": recipe["batch_size"], "repeats": report["config"]["repeats"],
             "teacher": (report["teacher"] or {}).get("spec"), **runs["distilled"],
-            "baselines": {k: v for k, v in runs.items() if k != "distilled"}, "results_file": results_file,
+            "baselines": {k: v for k, v in runs.items() if k != "distilled"},
+            "robust": {k: {"mean": v["mean"], "std": v["std"]} for k, v in (report.get("robust") or {}).items()},
+            "results_file": results_file,
             "created": report["created"]}
 

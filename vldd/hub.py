@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import __version__
-from .cards import PAPER_BIBTEX, flatten, md_cell, render_model_card, template
+from .cards import PAPER_BIBTEX, flatten, md_cell, render_model_card, robust_text, template
 from .provenance import is_local_path, public_name
 from .runs import read_manifest
 
@@ -114,7 +114,11 @@ def default_repo_id(manifest: dict[str, Any], namespace: str, kind: str = "disti
 
 
 def default_config_name(manifest: dict[str, Any]) -> str:
-    """`ipc{N}-seed{S}`: the dataset configuration a run is published as."""
+    """`ipc{N}-seed{S}`: the dataset configuration a run is published as; a variant of an ablation (`vldd ablate`)
+    adds its name (`ipc10-seed0-no-lof`)."""
+    ablation = manifest.get("ablation")
+    if isinstance(ablation, dict) and ablation.get("config_name"):
+        return ablation["config_name"]
     return f"ipc{manifest['config']['ipc']}-seed{manifest['config']['seed']}"
 
 
@@ -582,18 +586,19 @@ def _mean_std(result: dict, key: str) -> str:
 def _evaluation_rows(results: list[dict]) -> list[dict]:
     """One row per result, then one per baseline trained under the same recipe (e.g. a random real subset)."""
     shown = {"protocol", "student", "best", "best_mean", "best_std", "final", "final_mean", "final_std",
-             "results_file"}
+             "results_file", "robust"}
     rows = []
     for result in results:
         details = "; ".join(f"{k}: {md_cell(v)}" for k, v in result.items()
                             if k not in shown and not isinstance(v, (dict, list)))
         common = {"protocol": md_cell(result.get("protocol")), "student": md_cell(result.get("student"))}
+        robust = result.get("robust") if isinstance(result.get("robust"), dict) else None
         rows.append({**common, "data": "this dataset", "best": _mean_std(result, "best"),
-                     "final": _mean_std(result, "final"), "details": details})
+                     "final": _mean_std(result, "final"), "robust": robust_text(robust) or "—", "details": details})
         for name, baseline in (result.get("baselines") or {}).items():
             if isinstance(baseline, dict):
                 rows.append({**common, "data": f"baseline: {md_cell(name)}", "best": _mean_std(baseline, "best"),
-                             "final": _mean_std(baseline, "final"), "details": "same recipe"})
+                             "final": _mean_std(baseline, "final"), "robust": "—", "details": "same recipe"})
     return rows
 
 
@@ -636,7 +641,43 @@ def _run_context(run: PublishedRun, default_config: str) -> dict[str, Any]:
         "timings": [(k, md_cell(v)) for k, v in (m.get("timings") or {}).items()],
         "vldd_version": m.get("vldd_version"), "preview_url": run.preview_url,
         "evaluation": _evaluation_rows(results) if results else None,
+        "ablation": ({"variant": md_cell(m["ablation"].get("variant")), "changes": md_cell(m["ablation"].get("changes"))}
+                     if isinstance(m.get("ablation"), dict) else None),
     }
+
+
+def _ablations(runs: Sequence[PublishedRun], repo_id: str) -> list[dict[str, Any]]:
+    """The ablations (`vldd ablate`) the configurations belong to, each with every variant it evaluated: name, what
+    it changes, its configurations (a link where pushed to this repository), scores; the baselines last."""
+    pushed = {r.config_name for r in runs}
+    found: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        ablation = run.manifest.get("ablation")
+        if not isinstance(ablation, dict) or not isinstance(ablation.get("variants"), list):
+            continue
+        key = json.dumps([v.get("config_names") for v in ablation["variants"]])
+        entry = found.setdefault(key, {"recipe": md_cell(", ".join(
+            str(x) for x in (f"{ablation.get('protocol')}-label protocol", ablation.get("student"),
+                             f"{ablation.get('image_size')} px", f"{ablation.get('epochs')} epochs",
+                             f"{ablation.get('repeats')} repeat(s)",
+                             f"seeds {', '.join(map(str, ablation.get('seeds') or []))}"))),
+            "members": [], "rows": []})
+        entry["members"].append(run.config_name)
+        if entry["rows"]:
+            continue
+        for v in ablation["variants"]:
+            names = v.get("config_names") or []
+            configs = ", ".join(f"[`{n}`]({DEFAULT_ENDPOINT}/datasets/{repo_id}/viewer/{n})" if n in pushed
+                                else f"`{n}` (not pushed)" for n in names) or "—"
+            scores = {k: v.get(k) for k in ("hlr_mean", "hlr_std", "ior_mean", "ior_std", "lrs_mean", "lrs_std")}
+            robust = {k: {"mean": scores[f"{k}_mean"], "std": scores[f"{k}_std"]} for k in ("hlr", "ior", "lrs")
+                      if isinstance(scores[f"{k}_mean"], (int, float))}
+            entry["rows"].append({"name": md_cell(v.get("name")), "changes": md_cell(v.get("changes")),
+                                  "configs": configs, "best": _mean_std(v, "best"), "final": _mean_std(v, "final"),
+                                  "robust": robust_text(robust) or "—"})
+    for entry in found.values():
+        entry["members"] = ", ".join(f"`{name}`" for name in entry["members"])
+    return list(found.values())
 
 
 def render_dataset_card(runs: Sequence[PublishedRun], repo_id: str, *, default_config: str,
@@ -670,7 +711,8 @@ def render_dataset_card(runs: Sequence[PublishedRun], repo_id: str, *, default_c
         sources=[_hub_link(s) for s in sources], unknown_license=unknown_license, license_name=license_,
         default_config=default_config, runs=[_run_context(r, default_config) for r in ordered],
         columns=[(c, DISTILLED_COLUMNS.get(c, "")) for c in _columns(metadata, default_config)],
-        bibtex=PAPER_BIBTEX, vldd_version=__version__, any_tiny=any(m.get("tiny") for m in manifests))
+        bibtex=PAPER_BIBTEX, vldd_version=__version__, any_tiny=any(m.get("tiny") for m in manifests),
+        ablations=_ablations(ordered, repo_id))
     return str(card)
 
 

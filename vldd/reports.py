@@ -10,10 +10,11 @@ from __future__ import annotations
 from statistics import fmean
 from typing import TYPE_CHECKING
 
-from .cards import size_text
+from .cards import robust_text, size_text
 from .config import TINY_NOTE
 
 if TYPE_CHECKING:
+    from .ablation import AblationResult
     from .distillation import DistillResult
     from .evaluation import EvalResult, RunResult
     from .finetuning import FinetuneResult
@@ -77,6 +78,9 @@ def evaluation_lines(result: EvalResult) -> list[str]:
         lines.append(line(name, run))
         if name == "distilled" and len(result.sets) > 1:
             lines += ["  " + line(f"set {i}", s) + f"  {s.name}" for i, s in enumerate(result.sets)]
+    robust = robust_text(result.report.get("robust"))
+    if robust:
+        lines.append(f"  robust    {robust}  (DD-Ranking, best top-1)")
     if "trainings" in result.report:
         reused = result.report["reused"]
         lines.append(f"  {result.report['trainings']} trainings, {_duration(result.report['seconds'])} of training"
@@ -112,10 +116,22 @@ def reproduce_lines(result: ReproduceResult) -> list[str]:
         diff = "" if row.difference is None else f"{row.difference:+.1f}"
         lines.append(f"  {row.name:12s} {paper:>6s}   {row.best_mean:6.1f} ± {row.best_std:4.1f}   "
                      f"{row.final_mean:6.1f} ± {row.final_std:4.1f}   {diff:>12s}")
+    robust = robust_text(result.robust)
+    if robust:
+        lines.append(f"  {'VLCP (vldd)':12s} {robust}  (DD-Ranking, best top-1)")
     lines.append("  comparable with the paper" if result.comparable else "  NOT comparable with the paper:")
     for note in result.notes:
         lines.append(f"    - {note}")
     lines.append(f"report: {result.report_path}")
+    return lines
+
+
+def ablation_lines(result: AblationResult) -> list[str]:
+    """The ablation table (as in OUTPUT/ablation.md) and where its files are."""
+    from .ablation import table_lines
+
+    lines = table_lines(result.rows, result.header, result.notes)
+    lines.append(f"table: {result.table_path}; report: {result.report_path}; plot: {result.plot_path}")
     return lines
 
 

@@ -95,6 +95,11 @@ class ReproduceResult:
     report_path: Path | None = None
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def robust(self) -> dict[str, Any]:
+        """DD-Ranking's IOR (and HLR/LRS when a full-data baseline was trained) of the distilled sets."""
+        return self.evaluation.report.get("robust") or {}
+
 
 def resolve_cell(cell: str | PublishedCell) -> PublishedCell:
     """Returns the `PublishedCell` named `cell` (see `CELLS`), or `cell` itself."""
@@ -211,6 +216,7 @@ def reproduce(cell: str | PublishedCell, output: str | Path, *, seeds: tuple[int
             "run_dirs": [str(d) for d in run_dirs], "finetuned": finetuned, "comparable": comparable,
             "notes": notes, "accuracy_unit": "top-1 percent; mean ± std (ddof=0) over sets x repeats",
             "rows": [{**asdict(r), "difference": r.difference} for r in rows],
+            "robust": result.robust, "robust_definition": evaluation.report.get("robust_definition"),
             "evaluation": str(evaluation.results_path)})
     processes.wait()
     return result

@@ -4,7 +4,7 @@ ZeroGPU gives each `@spaces.GPU` call the duration it requests, multiplied by a 
 that asks for more than the visitor's remaining daily quota. So the app plans a run before its first GPU call:
 one call per class, each request capped, the total (after the factor) compared with what the visitor can likely
 spend. The controller (`run_classes`) then loops in the main process: it skips classes already done (resume),
-reports after each class, and stops between calls when the event is cancelled.
+reports after each class, and stops between calls when the session's stop flag is set or the event is cancelled.
 
 Example:
     >>> plan = plan_gpu_calls({"circle": 20, "square": 20}, GpuQuota(), tier="anonymous")
@@ -78,13 +78,17 @@ class GpuPlan:
         return text + "."
 
 
-def plan_gpu_calls(per_class: dict[str, int], quota: GpuQuota, tier: str | None) -> GpuPlan:
+RUN_SHRINK = "Use fewer source images per class, a lower IPC, fewer steps, or published captions."
+
+
+def plan_gpu_calls(per_class: dict[str, int], quota: GpuQuota, tier: str | None, shrink: str = RUN_SHRINK) -> GpuPlan:
     """Checks a run's per-class GPU calls against the per-call cap and, on ZeroGPU, the visitor's daily quota.
 
     Args:
         per_class: class name -> estimated seconds of its call, for the classes still to do.
         quota: the cap, the factor and the daily quotas (spaces_config.yaml `zerogpu`).
         tier: "anonymous", "free" or "pro" on ZeroGPU; None elsewhere (no quota, no cap).
+        shrink: what the visitor can lower when one call is over the cap (a run's sizes; an evaluation's epochs).
 
     Raises:
         LimitError: a call over the cap, or a total over the tier's quota; the message says what to shrink.
@@ -96,8 +100,7 @@ def plan_gpu_calls(per_class: dict[str, int], quota: GpuQuota, tier: str | None)
     if over:
         name, seconds = next(iter(over.items()))
         raise LimitError(f"One class ({name!r}) is estimated at {seconds} s of GPU time in one call; this Space "
-                         f"requests at most {quota.max_call_seconds} s per call. Use fewer source images per class, "
-                         "a lower IPC, fewer steps, or published captions.")
+                         f"requests at most {quota.max_call_seconds} s per call. {shrink}")
     allowed = quota.daily_seconds[tier]
     if plan.total_seconds > allowed:
         better = [t for t in TIERS[TIERS.index(tier) + 1:] if quota.daily_seconds[t] >= plan.total_seconds]
@@ -108,6 +111,17 @@ def plan_gpu_calls(per_class: dict[str, int], quota: GpuQuota, tier: str | None)
                          f"about {allowed:.0f} s. Choose fewer classes, fewer source images per class, a lower IPC "
                          f"or fewer steps{hint}.")
     return plan
+
+
+def quota_ran_out(spaces_message: str, kept: list[str], total: int, tier: str | None) -> str:
+    """What a visitor reads when ZeroGPU refuses a call mid-run (its daily quota is used up): what is kept, that a
+    rerun resumes, and how to get more quota."""
+    more = {"anonymous": "or sign in with Hugging Face (a free account has a larger daily quota)",
+            "free": "or subscribe to PRO for a larger daily quota"}.get(tier or "", "or add ZeroGPU credits")
+    done = f"{len(kept)} of {total} classes are kept ({', '.join(kept)})" if kept else \
+        f"none of the {total} classes had finished"
+    return (f"ZeroGPU refused the next GPU call: {spaces_message.strip()} {done}; run again later (the run resumes "
+            f"after the finished classes), {more}.")
 
 
 # --- one class per call ----------------------------------------------------------------------------------------------
@@ -149,15 +163,19 @@ class ClassUpdate:
     total: int
     message: str
     result: ClassResult | None = None
+    stopped: bool = False  # the run stopped before class `done + 1` (Stop, or the session ended)
 
 
 def run_classes(config: DistillConfig, source: SourceDataset, stages: tuple[str, ...], *, seconds: int,
                 placement: tuple[str, str], gpu_call: Callable[[ClassJob], ClassResult],
-                decode: bool = False, cache_dir: str | None = None) -> Iterator[ClassUpdate]:
+                decode: bool = False, cache_dir: str | None = None,
+                stop: Callable[[], bool] | None = None) -> Iterator[ClassUpdate]:
     """Runs `stages` with one `gpu_call` per class, skipping classes already done; yields after each class.
 
-    Closing the generator between classes (what Gradio does on Stop) stops the run; finished classes stay on disk
-    and the next run resumes after them.
+    Before each class's call it asks `stop()`: when true, it yields a last update with `stopped` set and returns
+    (the app's Stop, `/stop` and a session's end set that flag). Closing the generator between classes (what Gradio
+    does when the browser cancels the event) stops it too. Finished classes stay on disk and the next run resumes
+    after them.
 
     Args:
         seconds: the duration each call requests (already capped).
@@ -173,6 +191,9 @@ def run_classes(config: DistillConfig, source: SourceDataset, stages: tuple[str,
         if marker.is_file() and not decode:
             yield ClassUpdate(i + 1, len(names), f"{what}: {i + 1}/{len(names)} classes ({name}: already done)")
             continue
+        if stop is not None and stop():
+            yield ClassUpdate(i, len(names), f"{what}: stopped after {i}/{len(names)} classes", stopped=True)
+            return
         one_config, one_source = one_class(config, source, label)
         result = gpu_call(ClassJob(one_config, stages, one_source, seconds, placement, decode, cache_dir))
         marker.parent.mkdir(parents=True, exist_ok=True)
