@@ -35,6 +35,7 @@ from vldd.evaluation import (
     resolve_recipe,
     soft_batch_size,
 )
+from vldd.profiles import PROFILES
 from vldd.reports import evaluation_lines
 from vldd.runs import read_manifest
 from vldd.sample import SAMPLE_CLASSES, load_sample
@@ -476,7 +477,8 @@ def _fake_training(calls):
     """Stands in for a training run: best/final accuracies chosen by hand per (training set, seed)."""
     table = {("distilled set 0", 0): (40.0, 30.0), ("distilled set 0", 1): (50.0, 50.0),
              ("distilled set 1", 0): (60.0, 60.0), ("distilled set 1", 1): (70.0, 50.0),
-             ("random", 0): (20.0, 20.0), ("random", 1): (30.0, 20.0)}
+             ("random", 0): (20.0, 20.0), ("random", 1): (30.0, 20.0), ("full", 0): (80.0, 80.0),
+             ("full", 1): (90.0, 80.0)}
 
     def train(train, test_batches, recipe, num_classes, teacher, *, seed, desc, **_):
         calls.append((desc, seed))
@@ -550,3 +552,181 @@ def test_finished_trainings_are_reused_and_a_changed_recipe_retrains(tmp_path, m
     assert len(calls) == 4 + 1 + 4
     evaluate(EvalConfig(**config, epochs=6, resume=False))
     assert len(calls) == 4 + 1 + 4 + 4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Baselines alone, several baselines, class names, totals
+
+
+def test_baselines_alone_without_a_distilled_set(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(evaluation, "_train_repeat", _fake_training(calls))
+    output = tmp_path / "baselines.json"
+    code = main(["evaluate", "--real", "sample", "--baseline", "random", "full", "--ipc", "2", "--repeats", "2",
+                 "--image-size", str(SIZE), "--output", str(output), "--quiet"])
+    assert code == 0
+    # each baseline trained once per repeat, nothing else
+    assert sorted(calls) == [("full #1", 0), ("full #2", 1), ("random #1", 0), ("random #2", 1)]
+    report = json.loads(output.read_text())
+    assert report["distilled"] is None and report["ipc"] == 2 and list(report["results"]) == ["random", "full"]
+    assert report["robust"] == {}  # HLR/IOR compare a distilled set with the baselines: none here
+    assert report["classes"] == SAMPLE_CLASSES  # every real class
+    assert report["results"]["random"]["train_images"] == 2 * len(SAMPLE_CLASSES)
+    assert report["results"]["full"]["train_images"] == 30 * len(SAMPLE_CLASSES)
+    subset = report["results"]["random"]["repeats"][0]["subset_rows"]
+    labels = load_sample("train")["label"]
+    assert sorted(labels[row] for row in subset) == sorted(list(range(len(SAMPLE_CLASSES))) * 2)  # 2 per class
+    printed = capsys.readouterr().out
+    assert "5 classes, IPC 2" in printed and "random    best" in printed and "distilled" not in printed
+    assert main(["evaluate", "--real", "sample", "--baseline", "random"]) == 2
+    assert "baselines alone need `ipc`" in capsys.readouterr().err
+    assert main(["evaluate", "--real", "sample", "--ipc", "2"]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err
+
+
+def test_both_baselines_beside_a_distilled_set_train_once_per_repeat(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "run")
+    calls = []
+    monkeypatch.setattr(evaluation, "_train_repeat", _fake_training(calls))
+    assert main(["evaluate", "--distilled", str(run), "--real", "sample", "--baseline", "random", "full",
+                 "--repeats", "2", "--image-size", str(SIZE), "--no-record", "--quiet",
+                 "--output", str(tmp_path / "r.json")]) == 0
+    assert sorted(calls) == [("distilled #1", 0), ("distilled #2", 1), ("full #1", 0), ("full #2", 1),
+                             ("random #1", 0), ("random #2", 1)]
+
+
+def numbered_set(root):
+    """A distilled set as RDED's folders name classes: labels 00000..00004 standing for the sample's classes."""
+    train = load_sample("train")
+    rows = [i for i, label in enumerate(train["label"]) if label in (0, 2, 4)][:: 10]  # circle, triangle, stripes
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=[f"{i:05d}" for i in range(5)])})
+    dataset = datasets.Dataset.from_dict({"image": [train[i]["image"] for i in rows],
+                                          "label": [train[i]["label"] for i in rows]}, features=features)
+    dataset.save_to_disk(str(root))
+    return root, [train[i]["label"] for i in rows]
+
+
+@pytest.mark.parametrize("kind", ["lines", "json list", "json map"])
+def test_class_names_file_maps_numbered_labels_to_the_real_names(tmp_path, monkeypatch, kind):
+    folder, labels = numbered_set(tmp_path / "numbered")
+    if kind == "lines":
+        names = tmp_path / "names.txt"
+        names.write_text("\n".join(SAMPLE_CLASSES) + "\n\n")
+    else:
+        names = tmp_path / "names.json"
+        names.write_text(json.dumps(SAMPLE_CLASSES if kind == "json list"
+                                    else {f"{i:05d}": n for i, n in enumerate(SAMPLE_CLASSES)}))
+    seen = []
+
+    def train(train, test_batches, recipe, num_classes, teacher, *, seed, desc, **_):
+        seen.append(train)
+        return RepeatResult(seed, [1], [50.0], len(train), 0.0)
+
+    monkeypatch.setattr(evaluation, "_train_repeat", train)
+    result = evaluate(EvalConfig(distilled=str(folder), real="sample", class_names=str(names), repeats=1,
+                                 image_size=SIZE, output=str(tmp_path / "r.json")))
+    assert result.classes == ["circle", "triangle", "stripes"]
+    (trained,) = seen
+    # every distilled image trains as the real class its number stands for
+    assert [result.classes[t] for t in trained.targets] == [SAMPLE_CLASSES[label] for label in labels]
+    assert result.report["distilled"]["class_names"] == str(names)
+
+
+def test_numbered_labels_without_names_are_a_clear_error(tmp_path):
+    folder, _ = numbered_set(tmp_path / "numbered")
+    with pytest.raises(ValueError, match=r"the distilled set's names are \['00000', '00002', '00004'\], the real "
+                                         r"set's \['circle', 'square', 'triangle', 'cross', 'stripes'\]"):
+        evaluate(EvalConfig(distilled=str(folder), real="sample", epochs=1, **TINY))
+    short = tmp_path / "short.txt"
+    short.write_text("circle\nsquare\n")
+    with pytest.raises(ValueError, match="holds 2 names; the distilled set has 5 labels"):
+        evaluate(EvalConfig(distilled=str(folder), real="sample", class_names=str(short), epochs=1, **TINY))
+
+
+def test_resumed_report_time_is_the_sum_of_all_its_trainings(tmp_path, monkeypatch, capsys):
+    run = make_run(tmp_path / "run")
+    seconds = {("distilled", 0): 10.0, ("distilled", 1): 20.0, ("random", 0): 30.0, ("random", 1): 40.0}
+    calls = []
+
+    def train(train, test_batches, recipe, num_classes, teacher, *, seed, desc, **_):
+        calls.append(desc)
+        return RepeatResult(seed, [1], [50.0], len(train), seconds[desc.rsplit(" #", 1)[0], seed])
+
+    monkeypatch.setattr(evaluation, "_train_repeat", train)
+    config = dict(distilled=[str(run)], real="sample", repeats=2, baselines=["random"], image_size=SIZE,
+                  output=str(tmp_path / "r.json"), record=False)
+    first = evaluate(EvalConfig(**config))
+    assert (first.report["seconds"], first.report["trainings"], first.report["reused"]) == (100.0, 4, 0)
+    (tmp_path / ".r.parts" / "distilled-0-1.json").unlink()  # interrupted: one training lost
+    again = evaluate(EvalConfig(**config))
+    assert calls[4:] == ["distilled #2"]
+    # 10 + 20 + 30 + 40: the three reused trainings count as much as the one trained now
+    assert (again.report["seconds"], again.report["trainings"], again.report["reused"]) == (100.0, 4, 3)
+    assert evaluation_lines(again)[-2] == "  4 trainings, 100.0s of training (3 reused from an earlier run)"
+
+
+@pytest.mark.parametrize(("family", "size", "factor"), [("cifar10", 32, 1), ("tiny-imagenet", 64, 2)])
+def test_report_names_the_dataset_profile_the_recipe_follows(tmp_path, monkeypatch, family, size, factor):
+    # whatever the detection decides (vldd.profiles), evaluate follows that profile and says which it was
+    from vldd.profiles import Recognition
+
+    monkeypatch.setattr(evaluation, "recognise_source",
+                        lambda *args, **kwargs: Recognition(PROFILES[family], "override", ("told",)))
+    monkeypatch.setattr(evaluation, "_train_repeat", _fake_training([]))
+    result = evaluate(EvalConfig(real="sample", baselines=["random"], ipc=1, repeats=1, protocol="soft",
+                                 teacher=str(_train_teacher(tmp_path / "t.pt")), output=str(tmp_path / "r.json")))
+    profile = result.report["profile"]
+    assert (profile["family"], profile["source"], profile["evidence"]) == (family, "override", ["told"])
+    assert (profile["image_size"], profile["shuffle_factor"], profile["small_stem"]) == (size, factor, True)
+    assert result.recipe.image_size == size and result.recipe.shuffle_factor == factor
+    assert f"  dataset profile {family} ({size} px, ShufflePatches {factor}, small ResNet stem)" == \
+        evaluation_lines(result)[1]
+
+
+@pytest.mark.slow  # a subprocess run of the benchmark script
+def test_cifar_random_subset_benchmark_runs_in_smoke_mode(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cifar_random_subsets.py"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--device", "cpu", "--workdir", str(tmp_path)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ConvNet-3, 32 px, vldd hard-label recipe" in done.stdout
+    assert "random IPC 1       14.4 ± 2.0" in done.stdout  # the DC paper's figure beside vldd's
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [row["set"] for row in summary] == ["random IPC 1", "random IPC 2"]
+    report = json.loads((tmp_path / "random-ipc1.json").read_text())
+    assert report["student"] == "convnet3" and report["recipe"]["image_size"] == 32 and report["distilled"] is None
+    assert report["results"]["random"]["train_images"] == 10 and len(report["classes"]) == 10
+
+
+def test_rded_teacher_file_with_a_names_file_aligns_its_outputs_by_name(tmp_path, monkeypatch):
+    import torchvision
+
+    rded = torchvision.models.resnet18(num_classes=len(SAMPLE_CLASSES))  # RDED's resnet18_modified, cut to 5 outputs
+    rded.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    rded.maxpool = torch.nn.Identity()
+    torch.save({"model": rded.state_dict()}, tmp_path / "rded.pth")
+    order = list(reversed(SAMPLE_CLASSES))  # the teacher's outputs in another order than the real set's labels
+    (tmp_path / "teacher-names.txt").write_text("\n".join(order) + "\n")
+    seen = []
+
+    def train(train, test_batches, recipe, num_classes, teacher, *, seed, desc, **_):
+        seen.append(teacher)
+        return RepeatResult(seed, [1], [50.0], len(train), 0.0)
+
+    monkeypatch.setattr(evaluation, "_train_repeat", train)
+    config = dict(real="sample", baselines=["random"], ipc=1, repeats=1, protocol="soft", image_size=32,
+                  teacher=str(tmp_path / "rded.pth"), output=str(tmp_path / "r.json"))
+    result = evaluate(EvalConfig(**config, teacher_class_names=str(tmp_path / "teacher-names.txt")))
+    # student class i (the real set's order) reads the teacher output that carries its name
+    assert seen[0].index.tolist() == [order.index(name) for name in SAMPLE_CLASSES] == [4, 3, 2, 1, 0]
+    assert result.report["teacher"]["arch"] == "rded:resnet18_modified"
+    with pytest.raises(ValueError, match="RDED teacher, which stores no class names"):
+        evaluate(EvalConfig(**config))
+    with pytest.raises(ValueError, match="`teacher_class_names` 'missing.txt' is not a file"):
+        evaluate(EvalConfig(**config, teacher_class_names="missing.txt"))

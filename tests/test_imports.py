@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vldd"
 LAYERS = [
     {"vldd", "config", "profiles", "runs", "devices", "seeding", "provenance", "cards"},  # no model code
     {"classnames", "data", "sample", "tiny", "shapes", "builtin", "prototypes", "text_prototypes", "captioning", "generation", "students", "augment"},
-    {"evaluation", "finetuning", "hub", "plan"},  # jobs built from the stages
+    {"evaluation", "teacher", "finetuning", "hub", "plan"},  # jobs built from the stages
     # the distillation orchestrator, and the recipes that run it (per seed, per ablation variant) then evaluate
     {"distillation", "reproduce", "ablation"},
     {"cli", "reports", "app_logic", "space_gpu", "space_uploads", "__main__"},  # entry points and the app's own code

@@ -128,3 +128,71 @@ def test_load_classifier_errors(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="not a vldd classifier checkpoint"):
         load_classifier(tmp_path / "plain.pt")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ConvNet-3/4: the dataset-distillation benchmark's students (DC, Zhao et al. ICLR 2021)
+
+
+@pytest.mark.parametrize(("name", "image_size", "side"),
+                         [("convnet3", 32, 4), ("ConvNet-4", 64, 4), ("convnet3", 64, 8)])
+def test_convnet3_and_4_follow_the_dc_benchmark(name, image_size, side):
+    model = build_student(name, num_classes=10, image_size=image_size)
+    depth = 3 if "3" in name else 4
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.AvgPool2d)]
+    assert len(convs) == len(norms) == len(pools) == depth
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.out_channels == 128 and c.bias is not None
+               for c in convs)
+    assert all(n.num_groups == n.num_channels == 128 and n.affine for n in norms)  # instance norm, affine
+    x = torch.randn(2, 3, image_size, image_size)
+    assert model.features(x).shape == (2, 128, side, side)
+    assert model.fc.in_features == 128 * side * side and model(x).shape == (2, 10)
+
+
+def test_convnet3_and_4_parameter_counts_by_hand():
+    # ConvNet-3, 32 px, 10 classes: conv 3->128 (3*128*9 + 128 = 3,584), two convs 128->128 (147,584 each), three
+    # instance norms (256 each), linear 2048->10 (20,490): 3,584 + 2 * 147,584 + 768 + 20,490 = 320,010.
+    assert count_parameters(build_student("convnet3", 10, 32)) == 320_010
+    # ConvNet-4, 64 px (-> 4x4), 200 classes (Tiny-ImageNet): 3,584 + 3 * 147,584 + 4 * 256 + (2048 * 200 + 200)
+    assert count_parameters(build_student("convnet4", 200, 64)) == 3_584 + 3 * 147_584 + 1_024 + 409_800 == 857_160
+    # CIFAR-100 on ConvNet-3: only the linear layer grows, 2048 * 100 + 100
+    assert count_parameters(build_student("convnet3", 100, 32)) == 320_010 - 20_490 + 204_900
+
+
+def test_convnet4_rejects_inputs_too_small():
+    with pytest.raises(ValueError, match="ConvNet-4 needs `image_size` >= 16 pixels, got 8"):
+        build_student("convnet4", 10, 8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RDED teacher files
+
+
+def rded_resnet18_modified(classes):
+    """RDED's `load_model("resnet18_modified")` (04_evaluation/RDED/synthesize/utils.py), written out here:
+    torchvision resnet18 (1000 outputs), conv1 -> 3x3 stride 1, maxpool -> Identity, fc rows cut to `classes`."""
+    model = torchvision.models.resnet18()
+    model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
+    model.maxpool = torch.nn.Identity()
+    model.fc.weight.data = model.fc.weight[classes]
+    model.fc.bias.data = model.fc.bias[classes]
+    return model.eval()
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_rded_teacher_state_dict_loads_with_names(tmp_path, prefix):
+    torch.manual_seed(0)
+    rded = rded_resnet18_modified(list(range(10)))
+    path = tmp_path / "cifar10_resnet18_modified.pth"
+    torch.save({"model": {prefix + k: v for k, v in rded.state_dict().items()}}, path)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    loaded, meta = load_classifier(path, class_names=names)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), rded(x))
+    assert meta["arch"] == "rded:resnet18_modified" and meta["class_names"] == names and meta["num_classes"] == 10
+    with pytest.raises(ValueError, match="RDED teacher, which stores no class names"):
+        load_classifier(path)
+    with pytest.raises(ValueError, match="9 class names given for an RDED teacher with 10 outputs"):
+        load_classifier(path, class_names=names[:9])

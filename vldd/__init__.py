@@ -23,6 +23,7 @@ _EXPORTS = {
     "plan_run": "plan", "StageEstimate": "plan",
     "evaluate": "evaluation", "EvalConfig": "evaluation", "EvalResult": "evaluation", "robust_scores": "evaluation",
     "ablate": "ablation",
+    "train_teacher": "teacher", "TeacherConfig": "teacher", "TeacherResult": "teacher",
     "finetune": "finetuning", "finetune_config": "finetuning", "FinetuneConfig": "finetuning",
     "FinetuneResult": "finetuning",
     "push_distilled": "hub", "push_captions": "hub", "push_model": "hub", "load_published_captions": "hub", "PushResult": "hub",
@@ -35,7 +36,8 @@ _EXPORTS = {
 __all__ = [  # the keys of _EXPORTS, spelled out for linters and IDEs (a test checks they agree)
     "__version__", "DistillConfig", "DataConfig", "CaptionConfig", "PrototypeConfig", "TextPrototypeConfig",
     "GenerationConfig", "load_config", "distill", "DistillResult", "Processes", "plan_run", "StageEstimate",
-    "evaluate", "EvalConfig", "EvalResult", "finetune", "finetune_config", "FinetuneConfig", "FinetuneResult",
+    "evaluate", "EvalConfig", "EvalResult", "train_teacher", "TeacherConfig", "TeacherResult", "finetune",
+    "finetune_config", "FinetuneConfig", "FinetuneResult",
     "push_distilled", "push_captions", "push_model", "load_published_captions",
     "PushResult", "HubError", "HubAuthError", "load_captioner", "caption_images", "load_pipeline", "build_tiny_models",
     "robust_scores", "ablate",
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
         push_model,
     )
     from .plan import StageEstimate, plan_run
+    from .teacher import TeacherConfig, TeacherResult, train_teacher
     from .tiny import build_tiny_models
 
 

@@ -157,3 +157,14 @@ def soft_train_transform(image_size: int, factor: int) -> T.Compose:
     return T.Compose([T.ToTensor(), ShufflePatches(factor),
                       T.RandomResizedCrop(image_size, scale=(1.0 / factor, 1.0)), T.RandomHorizontalFlip(),
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def teacher_train_transform(image_size: int) -> T.Compose:
+    """`vldd teacher`'s augmentation: at <= 64 px Resize + CenterCrop to the size, then RandomCrop with size/8 zero
+    padding (4 px at 32 px, the standard CIFAR recipe) and a flip; above, RandomResizedCrop (scale 0.08-1, the
+    ImageNet recipe) and a flip. Normalised with the ImageNet mean/std, as every evaluation transform is."""
+    if image_size <= 64:
+        crop = [T.Resize(image_size), T.CenterCrop(image_size), T.RandomCrop(image_size, padding=image_size // 8)]
+    else:
+        crop = [T.RandomResizedCrop(image_size)]
+    return T.Compose([*crop, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

@@ -367,10 +367,33 @@ def _add_evaluate(sub):
     add_config_flags(p, config_fields("evaluation", "EvalConfig"), dest="eval", switches=True,
                      flags=lambda name: ["--baseline"] if name == "baselines" else [f"--{name.replace('_', '-')}"],
                      choices={"protocol": constants["PROTOCOLS"], "baselines": constants["BASELINES"]},
-                     metavars={"distilled": "RUN_DIR|ID|DIR", "real": "ID|DIR", "output": "JSON"},
-                     required=["distilled"], several=["distilled"])
+                     metavars={"distilled": "RUN_DIR|ID|DIR", "real": "ID|DIR", "output": "JSON",
+                               "class_names": "FILE", "teacher_class_names": "FILE", "teacher": "FILE|ID"},
+                     several=["distilled", "baselines"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
+
+
+def _teacher(args) -> int:
+    from .teacher import TeacherConfig, train_teacher
+
+    values = {k[8:]: v for k, v in vars(args).items() if k.startswith("teacher:") and v is not None}
+    result = train_teacher(TeacherConfig(**values), progress=not args.quiet)
+    if result.is_main:
+        _print(reports.teacher_lines(result))
+    return 0
+
+
+def _add_teacher(sub):
+    help_text = "train the teacher the soft-label protocol needs on a real dataset (ResNet-18, SGD + cosine)"
+    p = sub.add_parser("teacher", help=help_text, description=f"{help_text}. Resumes a stopped run; runs under "
+                       "`accelerate launch`. Recipe: see vldd/teacher.py (TeacherConfig).")
+    add_config_flags(p, config_fields("teacher", "TeacherConfig"), dest="teacher", switches=True,
+                     flags=lambda name: [f"--{name.replace('_', '-')}"],
+                     choices={"mixed_precision": module_constants("teacher")["MIXED_PRECISION"]},
+                     metavars={"real": "ID|DIR", "output": "FILE"}, required=["real"])
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_teacher)
 
 
 def _plan(args) -> int:
@@ -500,7 +523,7 @@ def _add_reproduce(sub):
     _run_flags(p)  # --output DIR (seed<S>/ run dirs, evaluation/, reproduce.json); distillation overrides
     group = p.add_argument_group("evaluation overrides (see vldd/evaluation.py EvalConfig)")
     fields = [f for f in config_fields("evaluation", "EvalConfig")
-              if f.name not in ("distilled", "protocol", "baselines", "output")]
+              if f.name not in ("distilled", "protocol", "baselines", "output", "ipc", "class_names")]
     add_config_flags(group, fields, dest="eval", flags=lambda name: [f"--eval.{name}"])
     _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -551,15 +574,15 @@ def _add_ablate(sub):
     group = p.add_argument_group("evaluation overrides, one recipe for every variant (see vldd/evaluation.py "
                                  "EvalConfig)")
     fields = [f for f in config_fields("evaluation", "EvalConfig")
-              if f.name not in ("distilled", "baselines", "output", "record")]
+              if f.name not in ("distilled", "baselines", "output", "record", "ipc", "class_names")]
     add_config_flags(group, fields, dest="eval", flags=lambda name: [f"--eval.{name}"])
     _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablate)
 
 
-COMMANDS = [_add_stage_commands, _add_plan, _add_push, _add_evaluate, _add_finetune, _add_app, _add_reproduce,
-            _add_ablate]
+COMMANDS = [_add_stage_commands, _add_plan, _add_push, _add_evaluate, _add_teacher, _add_finetune, _add_app,
+            _add_reproduce, _add_ablate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,8 +13,9 @@ Two protocols, each as the harness VLCP's numbers come from (FAITHFULNESS.md):
 Image size, ShufflePatches factor and batch size follow the real dataset and the IPC (`vldd.profiles`). Several
 distilled sets (the paper's seeds 0/1/2) can be evaluated together: the report gives mean ± std over sets x repeats
 and each set's own. Both the best tested accuracy (what papers report) and the final-epoch accuracy are reported,
-optionally beside a random real subset of the same IPC or the full real train set trained identically. Finished
-trainings are kept beside the results file, so an interrupted evaluation resumes.
+optionally beside a random real subset of the same IPC or the full real train set trained identically (or those
+baselines alone, without a distilled set, at a given IPC). Finished trainings are kept beside the results file, so an
+interrupted evaluation resumes; the report's time sums every training it holds, reused ones included.
 
 Example:
     >>> result = evaluate(EvalConfig(distilled=["runs/nette/seed0", "runs/nette/seed1", "runs/nette/seed2"],
@@ -25,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -64,10 +66,17 @@ def _check(ok: bool, message: str) -> None:
 class EvalConfig:
     # distilled set(s): vldd run directory, Hub id, image folder, `save_to_disk` dir, or "sample"; several sets
     # (e.g. the seeds 0/1/2 of one recipe) are trained under the identical recipe and reported together
-    distilled: str | list[str]
+    # (none: the baselines alone, which then need `real` and `ipc`)
+    distilled: str | list[str] = field(default_factory=list)
     real: str | None = None  # real dataset (Hub id, folder, saved dir, "sample"); None = the run's source dataset
+    ipc: int | None = None  # images per class of the random baseline and the recipe, when no distilled set is given
+    # file naming the distilled set's labels for matching the real set's: one name per line in label-id order (e.g.
+    # labels 00000... -> airplane, ...), or a JSON object {"distilled label name": "real label name"}
+    class_names: str | None = None
     protocol: str = "hard"  # "hard" (IDC/Minimax hard labels) or "soft" (RDED soft labels from a teacher)
-    student: str | None = None  # "resnetap10", "convnet6" or "resnet18"; None = resnetap10 (hard) / resnet18 (soft)
+    # "resnetap10", "convnet3" (32 px), "convnet4" (64 px), "convnet6" or "resnet18"; None = resnetap10 (hard) /
+    # resnet18 (soft)
+    student: str | None = None
     student_width: float = 1.0  # channel multiplier of ResNetAP/ConvNet (1.0 = the published networks)
     image_size: int | None = None  # input side in pixels; None = the real dataset's (32 CIFAR, 64 Tiny, else 224)
     epochs: int | None = None  # None = the protocol's rule (hard: by IPC and class count; soft: 500, VLCP's scripts)
@@ -75,8 +84,12 @@ class EvalConfig:
     repeats: int = 3  # students trained from different seeds; mean ± std over them
     seed: int = 0  # repeat r uses seed + r for initialisation, data order, augmentation and random subsets
     baselines: list[str] = field(default_factory=list)  # also train on "random" (same-IPC real subset) and/or "full"
-    teacher: str | None = None  # soft only: vldd checkpoint file, "torchvision:<name>" or "timm:<name>"
+    # soft only: vldd checkpoint file (`vldd teacher`), RDED teacher file (with `teacher_class_names`),
+    # "torchvision:<name>" or "timm:<name>"
+    teacher: str | None = None
     teacher_pretrained: bool = False  # download the library weights of a torchvision/timm teacher id
+    # file naming the teacher's outputs in order, one per line: needed by an RDED teacher file (which stores none)
+    teacher_class_names: str | None = None
     temperature: float = 20.0  # soft-label distillation temperature T
     shuffle_factor: int | None = None  # soft: ShufflePatches factor; None = the real dataset's (1 CIFAR, else 2)
     eval_interval: int | None = None  # epochs between tests; None = hard: max(1, E // 100), soft: 10 (last 20% only)
@@ -97,7 +110,7 @@ class EvalConfig:
         if isinstance(self.distilled, str):
             self.distilled = [self.distilled]
         self.distilled = list(self.distilled)
-        _check(bool(self.distilled) and all(self.distilled),
+        _check(all(self.distilled),
                f"`distilled` must name run directories, dataset ids or paths, got {self.distilled!r}")
         _check(len(set(self.distilled)) == len(self.distilled),
                f"`distilled` names a set twice: {self.distilled!r}")
@@ -107,8 +120,8 @@ class EvalConfig:
         _check(self.student != "resnet18" or self.student_width == 1.0,
                f"`student_width` must be 1.0 for resnet18, got {self.student_width}")
         _check(self.image_size is None or self.image_size >= 8, f"`image_size` must be >= 8 pixels, got {self.image_size}")
-        _check(self.student != "convnet6" or self.image_size is None or self.image_size >= 64,
-               f"`image_size` must be >= 64 pixels for convnet6 (six 2x2 poolings), got {self.image_size}")
+        if self.image_size is not None:
+            _check_convnet_size(self.student, self.image_size)
         for name in ("epochs", "batch_size", "val_per_class", "eval_interval", "shuffle_factor"):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"`{name}` must be >= 1 or None, got {value}")
@@ -118,6 +131,17 @@ class EvalConfig:
         bad = [b for b in self.baselines if b not in BASELINES]
         _check(not bad, f"`baselines` must hold some of {list(BASELINES)}, got {self.baselines}")
         self.baselines = list(dict.fromkeys(self.baselines))
+        _check(self.ipc is None or self.ipc >= 1, f"`ipc` must be >= 1 or None, got {self.ipc}")
+        if self.distilled:
+            _check(self.ipc is None, f"`ipc` is for evaluating baselines alone; with distilled sets the IPC is "
+                                     f"theirs, got `ipc` {self.ipc}")
+        else:
+            _check(bool(self.baselines), "nothing to evaluate: give `distilled` set(s) and/or `baselines` "
+                                         f"(some of {list(BASELINES)})")
+            _check(self.real is not None, "baselines alone need `real`, the real dataset they are drawn from")
+            _check(self.ipc is not None, "baselines alone need `ipc`: the random subset's images per class, which "
+                                         "also selects the protocol's epochs and batch size")
+            _check(self.class_names is None, "`class_names` names a distilled set's labels; no distilled set given")
         if self.protocol == "soft":
             _check(bool(self.teacher), "the soft protocol needs a `teacher`: a vldd checkpoint file, "
                                        "'torchvision:<name>' or 'timm:<name>'")
@@ -131,6 +155,14 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_convnet_size(student: str, size: int) -> None:
+    from .students import CONVNET_DEPTHS
+
+    depth = CONVNET_DEPTHS.get(student)
+    _check(depth is None or size >> depth >= 1, f"`image_size` must be >= {2 ** (depth or 0)} pixels for {student}, "
+                                                 f"got {size} ({depth} 2x2 poolings)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,7 +254,7 @@ def resolve_recipe(config: EvalConfig, ipc: int, num_classes: int, real: str | N
     """
     profile = recognition.profile if recognition is not None else dataset_profile(real or "", num_classes)
     size = config.image_size or profile.eval_image_size
-    _check(config.student != "convnet6" or size >= 64, f"`image_size` must be >= 64 pixels for convnet6, got {size}")
+    _check_convnet_size(config.student, size)
     if config.protocol == "hard":
         epochs = config.epochs or hard_epochs(ipc, num_classes)
         interval = config.eval_interval or max(1, epochs // 100)
@@ -351,9 +383,46 @@ def align_classes(distilled_names: list[str], distilled_labels: np.ndarray, real
     classes = [distilled_names[label] for label in present]
     missing = [name for name in classes if name not in real_names]
     _check(not missing, f"{len(missing)} class(es) of the distilled set are not label names of the real dataset: "
-                        f"{missing[:10]}{' ...' if len(missing) > 10 else ''}; real names are "
-                        f"{real_names[:10]}{' ...' if len(real_names) > 10 else ''}")
+                        f"{missing[:10]}{' ...' if len(missing) > 10 else ''}; the distilled set's names are "
+                        f"{classes[:10]}{' ...' if len(classes) > 10 else ''}, the real set's "
+                        f"{real_names[:10]}{' ...' if len(real_names) > 10 else ''} (give the distilled set's names "
+                        "with `class_names`)")
     return classes, {label: i for i, label in enumerate(present)}, [real_names.index(n) for n in classes]
+
+
+def rename_classes(names: list[str], path: str | Path) -> list[str]:
+    """The distilled set's label names read through a `class_names` file.
+
+    Args:
+        names: the distilled set's label names, in label-id order (e.g. "00000", "00001", ...).
+        path: a text file with one name per line, in label-id order (blank lines ignored), or a `.json` file holding
+            such a list or an object mapping some of `names` to new names (the others keep theirs).
+    """
+    file = Path(path).expanduser()
+    _check(file.is_file(), f"`class_names` {str(path)!r} is not a file; expected one name per line, or a JSON list "
+                           "or object")
+    text = file.read_text(encoding="utf-8")
+    if file.suffix.lower() == ".json":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"`class_names` {str(path)!r} is not valid JSON: {err}") from None
+        if isinstance(value, dict):
+            unknown = [k for k in value if k not in names]
+            _check(not unknown, f"`class_names` {str(path)!r} maps labels the distilled set does not have: "
+                                f"{unknown[:10]}; its labels are {names[:10]}{' ...' if len(names) > 10 else ''}")
+            new = [str(value.get(n, n)) for n in names]
+        else:
+            _check(isinstance(value, list), f"`class_names` {str(path)!r} must hold a JSON list or object, got "
+                                            f"{type(value).__name__}")
+            new = [str(v).strip() for v in value]
+    else:
+        new = [line.strip() for line in text.splitlines() if line.strip()]
+    _check(len(new) == len(names), f"`class_names` {str(path)!r} holds {len(new)} names; the distilled set has "
+                                   f"{len(names)} labels: {names[:10]}{' ...' if len(names) > 10 else ''}")
+    twice = sorted({n for n in new if new.count(n) > 1})
+    _check(not twice, f"`class_names` {str(path)!r} gives two labels the same name: {twice[:10]}")
+    return new
 
 
 def _select(images, labels: np.ndarray, real_ids: list[int], per_class: int | None = None) -> LabelledImages:
@@ -478,8 +547,11 @@ def robust_scores(distilled: list[float], random: list[float] | None = None, ful
 
 
 def run_robust_scores(runs: dict[str, RunResult]) -> dict[str, dict[str, Any]]:
-    """`robust_scores` of the "distilled" run against the "random" and "full" baselines present in `runs`."""
+    """`robust_scores` of the "distilled" run against the "random" and "full" baselines present in `runs` (none
+    without a distilled run: baselines evaluated alone)."""
     best = {name: [r.best for r in run.repeats] for name, run in runs.items()}
+    if "distilled" not in best:
+        return {}
     return robust_scores(best["distilled"], best.get("random"), best.get("full"))
 
 
@@ -640,9 +712,15 @@ def _load_teacher(config: EvalConfig, recipe: Recipe, classes: list[str], real_n
                   real_ids: list[int], device) -> _Teacher:
     import torch
 
+    from .classnames import read_class_names
     from .students import load_classifier
 
-    model, meta = load_classifier(config.teacher, pretrained=config.teacher_pretrained, image_size=recipe.image_size)
+    names_file = config.teacher_class_names
+    _check(names_file is None or Path(names_file).expanduser().is_file(),
+           f"`teacher_class_names` {names_file!r} is not a file; expected one class name per line, in output order")
+    given = read_class_names(Path(names_file)) if names_file is not None else None
+    model, meta = load_classifier(config.teacher, pretrained=config.teacher_pretrained, image_size=recipe.image_size,
+                                  class_names=given)
     names = meta["class_names"]
     if names is not None:
         missing = [c for c in classes if c not in names]
@@ -687,12 +765,15 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
     workers = config.num_workers if config.num_workers is not None else (
         min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
 
-    # 1. Open the distilled sets (a run directory holds its set in dataset/ beside its manifest).
+    # 1. Open the distilled sets (a run directory holds its set in dataset/ beside its manifest); none = baselines only.
     sets = [_open_distilled(path, config.distilled_split) for path in config.distilled]
+    if config.class_names is not None:
+        for d in sets:
+            d.names = rename_classes(d.names, config.class_names)
     run_dir = sets[0].run_dir if len(sets) == 1 else None
 
     # 2. Open the real test split and align classes by label name; every set must cover the same classes.
-    source = sets[0].manifest.get("source", {})
+    source = sets[0].manifest.get("source", {}) if sets else {}
     real, config_name, revision = config.real, config.real_config_name, config.real_revision
     if real is None:  # the run's own source dataset, at the configuration and revision it was distilled from
         real, config_name = source.get("dataset"), config_name or source.get("config_name")
@@ -700,7 +781,10 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
     _check(real is not None, "`real` must name the real dataset (only a run directory's manifest can supply it)")
     val, val_split = open_validation(real, config.val_split, config_name=config_name, revision=revision)
     v_images, real_names, v_labels = _columns(val)
-    classes, _, real_ids = align_classes(sets[0].names, sets[0].labels, real_names)
+    if sets:
+        classes, _, real_ids = align_classes(sets[0].names, sets[0].labels, real_names)
+    else:  # baselines alone: every real class, IPC as given
+        classes, real_ids = list(real_names), list(range(len(real_names)))
     train_sets, set_counts = [], []
     for d in sets:
         d_classes, target_of, _ = align_classes(d.names, d.labels, real_names)
@@ -708,14 +792,15 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
                                      f"{d.source!r} has {d_classes[:10]}, {sets[0].source!r} has {classes[:10]}")
         train_sets.append(LabelledImages(d.images, list(range(len(d.labels))), [target_of[int(v)] for v in d.labels]))
         set_counts.append(np.bincount(train_sets[-1].targets, minlength=len(classes)).tolist())
-    counts = set_counts[0]
-    ipc = max(max(c) for c in set_counts)
+    counts = set_counts[0] if sets else [config.ipc] * len(classes)
+    ipc = max(max(c) for c in set_counts) if sets else config.ipc
     if any(min(c) != ipc for c in set_counts):
         logger.warning("the distilled sets have %d to %d images per class; rules use IPC %d",
                        min(min(c) for c in set_counts), ipc, ipc)
     test = _select(v_images, v_labels, real_ids, config.val_per_class)
-    logger.info("evaluating %d distilled set(s) of %d classes (IPC %d) on %d %r images of %s", len(sets),
-                len(classes), ipc, len(test), val_split, real)
+    logger.info("evaluating %s of %d classes (IPC %d) on %d %r images of %s",
+                f"{len(sets)} distilled set(s)" if sets else f"the baselines {config.baselines}", len(classes), ipc,
+                len(test), val_split, real)
 
     # 3. Real train images for the baselines.
     pool, pool_fingerprint = None, None
@@ -742,6 +827,8 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
         output = Path(config.output)
     elif run_dir is not None:
         output = run_dir / "evaluation" / f"{config.protocol}-{config.student}.json"
+    elif not sets:
+        output = Path(f"baselines-{config.protocol}-{config.student}-ipc{ipc}.json")
     else:
         output = Path(f"evaluation-{config.protocol}-{config.student}.json")
 
@@ -749,7 +836,7 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
     #    kept beside the report with a fingerprint of its inputs: a rerun reuses it (resume), and with several
     #    processes each takes its share of the jobs and the main process gathers them.
     processes = processes or Processes()
-    names = ["distilled", *config.baselines]
+    names = (["distilled"] if sets else []) + config.baselines
     jobs = [(name, i, r) for name in names for i in range(len(sets) if name == "distilled" else 1)
             for r in range(config.repeats)]
     common = [recipe.to_dict(), real, config_name, revision, val_split, config.val_per_class, len(test), classes,
@@ -759,14 +846,18 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
                              else [job[0], pool_fingerprint, config.train_split, counts])
             for job in jobs}
     parts = output.parent / f".{output.stem}.parts"
+    # Every process reads which jobs are finished before any trains, so all agree on what was reused.
+    kept = {job: read_json(parts / f"{job[0]}-{job[1]}-{job[2]}.json", default={}) if config.resume else {}
+            for job in jobs}
+    reused = {job for job in jobs if kept[job].get("key") == keys[job]}
+    processes.wait()
     done: dict[tuple[str, int, int], RepeatResult] = {}
     for job in processes.share(jobs):
         name, i, r = job
         part = parts / f"{name}-{i}-{r}.json"
         label = f"{name}{f' set {i}' if name == 'distilled' and len(sets) > 1 else ''} #{r + 1}"
-        kept = read_json(part, default={}) if config.resume else {}
-        if kept.get("key") == keys[job]:
-            done[job] = RepeatResult(**kept["result"])
+        if job in reused:
+            done[job] = RepeatResult(**kept[job]["result"])
             logger.info("%s: reusing the finished training in %s", label, part)
             continue
         seed = config.seed + r
@@ -789,7 +880,7 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
         done = {job: RepeatResult(**read_json(parts / f"{job[0]}-{job[1]}-{job[2]}.json")["result"]) for job in jobs}
     per_set = [RunResult(d.source, [done["distilled", i, r] for r in range(config.repeats)])
                for i, d in enumerate(sets)]
-    runs = {"distilled": RunResult("distilled", [rep for run in per_set for rep in run.repeats])}
+    runs = {"distilled": RunResult("distilled", [rep for run in per_set for rep in run.repeats])} if sets else {}
     runs.update({name: RunResult(name, [done[name, 0, r] for r in range(config.repeats)])
                  for name in config.baselines})
 
@@ -798,11 +889,12 @@ def evaluate(config: EvalConfig, *, device=None, progress: bool = False, process
                      device, amp, time.perf_counter() - started)
     report["robust"] = run_robust_scores(runs)  # HLR / IOR / LRS when the baselines they need were trained
     report["robust_definition"] = ROBUST_NOTE
+    report["trainings"], report["reused"] = len(jobs), len(reused)
     report["sets"] = [{"source": d.source, "run_dir": str(d.run_dir) if d.run_dir else None,
                        "images_per_class": dict(zip(classes, c, strict=True)), **run.to_dict()}
                       for d, c, run in zip(sets, set_counts, per_set, strict=True)]
     report["processes"] = processes.count
-    report["profile"] = recognition.to_dict()  # which per-dataset settings the recipe used, and why
+    report["profile"] = _profile_entry(recognition)  # which per-dataset settings the recipe used, and why
     result = EvalResult(config, recipe, classes, ipc, runs, report, sets=per_set)
     result.results_path, result.plot_path = output, output.with_suffix(".png")
     report["plot"] = result.plot_path.name
@@ -838,6 +930,14 @@ def _open_distilled(path: str, split: str) -> _DistilledSet:
     return _DistilledSet(path, run_dir, manifest, images, names, labels, content)
 
 
+def _profile_entry(recognition: Recognition) -> dict[str, Any]:
+    """The dataset profile the recipe's defaults came from, and why (explicit `image_size`/`shuffle_factor` override
+    it)."""
+    profile = recognition.profile
+    return {**recognition.to_dict(), "image_size": profile.eval_image_size, "shuffle_factor": profile.shuffle_factor,
+            "small_stem": profile.small_stem}
+
+
 def _report(config, recipe, classes, counts, real, val_split, num_test, run_dir, source, runs, teacher, device, amp,
             seconds) -> dict[str, Any]:
     import torch
@@ -851,7 +951,9 @@ def _report(config, recipe, classes, counts, real, val_split, num_test, run_dir,
         "accuracy_unit": "top-1 percent on the real test images; std over repeats with ddof=0",
         "distilled": {"source": config.distilled, "run_dir": str(run_dir) if run_dir else None,
                       "source_dataset": source.get("dataset"), "ipc": max(counts), "num_images": int(sum(counts)),
-                      "images_per_class": dict(zip(classes, counts, strict=True))},
+                      "images_per_class": dict(zip(classes, counts, strict=True)),
+                      "class_names": config.class_names} if config.distilled else None,
+        "ipc": max(counts),
         "real": {"dataset": real, "val_split": val_split, "val_per_class": config.val_per_class,
                  "num_test_images": num_test, "train_split": config.train_split if config.baselines else None},
         "classes": classes,
@@ -862,7 +964,10 @@ def _report(config, recipe, classes, counts, real, val_split, num_test, run_dir,
         "baselines": list(config.baselines),
         "device": str(device),
         "amp": str(amp).replace("torch.", "") if amp is not None else None,
-        "seconds": round(seconds, 1),
+        # every training the report holds, whether trained by this call or reused from an earlier one (with several
+        # processes: summed over them); "wall_seconds" is this call's time
+        "seconds": round(sum(rep.seconds for run in runs.values() for rep in run.repeats), 1),
+        "wall_seconds": round(seconds, 1),
         "versions": {"vldd": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__},
     }
 

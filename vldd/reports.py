@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .finetuning import FinetuneResult
     from .plan import StageEstimate
     from .reproduce import ReproduceResult
+    from .teacher import TeacherResult
 
 def distill_lines(result: DistillResult) -> list[str]:
     """What a distillation made and where it is (or which stages are done)."""
@@ -62,6 +63,11 @@ def evaluation_lines(result: EvalResult) -> list[str]:
     lines = [f"{result.config.protocol}-label protocol, {result.recipe.student}, {result.recipe.image_size} px, "
              f"{result.recipe.epochs} epochs, {len(result.classes)} classes, IPC {result.ipc} "
              f"(top-1 %, mean ± std over {over})"]
+    profile = result.report.get("profile")
+    if profile:
+        shuffle = f", ShufflePatches {result.recipe.shuffle_factor}" if result.recipe.shuffle_factor else ""
+        lines.append(f"  dataset profile {profile['family']} ({profile['image_size']} px{shuffle}"
+                     f"{', small ResNet stem' if profile['small_stem'] else ''})")
 
     def line(name: str, run: RunResult) -> str:
         s = run.stats()
@@ -75,10 +81,25 @@ def evaluation_lines(result: EvalResult) -> list[str]:
     robust = robust_text(result.report.get("robust"))
     if robust:
         lines.append(f"  robust    {robust}  (DD-Ranking, best top-1)")
+    if "trainings" in result.report:
+        reused = result.report["reused"]
+        lines.append(f"  {result.report['trainings']} trainings, {_duration(result.report['seconds'])} of training"
+                     + (f" ({reused} reused from an earlier run)" if reused else ""))
     if result.results_path is not None:
         lines.append(f"results: {result.results_path}")
     return lines
 
+
+def teacher_lines(result: TeacherResult) -> list[str]:
+    """What the teacher reached, and the command that evaluates with it."""
+    last = result.history[-1]
+    best = max(result.history, key=lambda h: h["val_top1"])
+    resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
+    return [f"teacher {result.arch} at {result.image_size} px, {len(result.class_names)} classes, "
+            f"{result.epochs} epochs{resumed}: val top-1 {last['val_top1']:.2f}% (best {best['val_top1']:.2f}% at "
+            f"epoch {best['epoch']}), train loss {last['loss']:.4f}",
+            f"checkpoint: {result.output}",
+            f"evaluate with it: vldd evaluate --protocol soft --teacher {result.output} --distilled RUN_DIR"]
 
 
 def reproduce_lines(result: ReproduceResult) -> list[str]:

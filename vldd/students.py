@@ -1,6 +1,7 @@
 """Student and teacher networks of the evaluation protocols, and the classifier checkpoint format.
 
 Students (DESIGN.md §4): ResNetAP-10 and ConvNet-6 with instance norm (the hard-label recipe of IDC/Minimax),
+ConvNet-3 (32 px) and ConvNet-4 (64 px), the classic dataset-distillation benchmark's students (DC/DM/MTT),
 torchvision's ResNet-18 with batch norm (the soft-label recipe of RDED; the 3x3-stem, no-max-pool variant for inputs
 <= 64 px), and the same ResNet-18 with instance norm (Minimax's hard-label ResNet-18).
 
@@ -21,7 +22,8 @@ from torch.nn import functional as F
 
 logger = logging.getLogger(__name__)
 
-STUDENTS = ("resnetap10", "convnet6", "resnet18")
+STUDENTS = ("resnetap10", "convnet3", "convnet4", "convnet6", "resnet18")
+CONVNET_DEPTHS = {"convnet3": 3, "convnet4": 4, "convnet6": 6}
 CHECKPOINT_FORMAT = "vldd.classifier"
 CHECKPOINT_VERSION = 1
 
@@ -104,10 +106,15 @@ class ResNetAP(nn.Module):
 class ConvNet(nn.Module):
     """ConvNet-D: D x (3x3 conv, instance norm, ReLU, 2x2 average pool), then a linear layer on the flat features.
 
+    This is the dataset-distillation benchmark's ConvNet (DC, Zhao et al. ICLR 2021; also DM, MTT, DD-Ranking): conv
+    3x3 with bias and padding 1, width 128, instance norm as GroupNorm(128, 128) with a learned affine, ReLU,
+    AvgPool2d(2). ConvNet-3 at 32 px (CIFAR) ends in 128 x 4 x 4 = 2048 features; ConvNet-4 is its 64 px variant
+    (Tiny-ImageNet); ConvNet-6 is the hard-label recipe's (IDC/Minimax) for 128-224 px.
+
     Args:
         num_classes: outputs of the final linear layer.
-        image_size: input side in pixels; must survive `depth` halvings (>= 64 px for depth 6).
-        depth: number of conv blocks (6 for ConvNet-6).
+        image_size: input side in pixels; must survive `depth` halvings (>= 8 px for depth 3, >= 64 px for 6).
+        depth: number of conv blocks (3, 4 or 6 for ConvNet-3/4/6).
         width: channels of every conv layer (128 in the published network).
     """
 
@@ -157,20 +164,20 @@ def build_student(name: str, num_classes: int, image_size: int = 224, width: flo
     """Builds a freshly initialised student network (uses the global torch RNG: seed it first).
 
     Args:
-        name: "resnetap10", "convnet6" or "resnet18" (spellings like "ResNetAP-10" work too).
+        name: a name in `STUDENTS` (spellings like "ResNetAP-10" or "ConvNet-3" work too).
         num_classes: number of outputs.
         image_size: input side in pixels (selects stems; sizes ConvNet's classifier).
         width: channel multiplier (1.0 = published networks); not available for ResNet-18.
         norm: ResNet-18's normalisation, "batch" (soft-label protocol) or "instance" (hard-label protocol; see
-            `resnet18`). ResNetAP-10 and ConvNet-6 always use instance norm.
+            `resnet18`). ResNetAP-10 and the ConvNets always use instance norm.
     """
     name = canonical_student(name)
     if width <= 0:
         raise ValueError(f"`width` must be > 0, got {width}")
     if name == "resnetap10":
         return ResNetAP(num_classes, image_size, depth=10, width=width)
-    if name == "convnet6":
-        return ConvNet(num_classes, image_size, depth=6, width=max(1, int(128 * width)))
+    if name in CONVNET_DEPTHS:
+        return ConvNet(num_classes, image_size, depth=CONVNET_DEPTHS[name], width=max(1, int(128 * width)))
     if width != 1.0:
         raise ValueError(f"ResNet-18 comes at width 1.0 only, got `width` {width}")
     return resnet18(num_classes, image_size, norm)
@@ -181,7 +188,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def save_classifier(model: nn.Module, path: str | Path, *, arch: str, class_names: list[str] | None,
-                    image_size: int, width: float = 1.0) -> Path:
+                    image_size: int, width: float = 1.0, extra: dict[str, Any] | None = None) -> Path:
     """Saves a classifier (e.g. a teacher for the soft protocol) in vldd's checkpoint format.
 
     The file is `torch.save` of a plain dict, loadable with `weights_only=True`: `format` ("vldd.classifier"),
@@ -195,16 +202,19 @@ def save_classifier(model: nn.Module, path: str | Path, *, arch: str, class_name
         class_names: the label name of every output, used to align outputs with another dataset's classes.
         image_size: input side in pixels the model expects.
         width: channel multiplier for vldd students.
+        extra: more plain entries to store (e.g. `vldd teacher` adds its recipe and val accuracy).
     """
+    from .runs import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     num_classes = _output_features(model)
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names given for a model with {num_classes} outputs")
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": arch, "num_classes": num_classes,
-                "class_names": list(class_names) if class_names is not None else None, "image_size": image_size,
-                "width": width, "state_dict": state}, path)
+    with atomic_path(path, suffix=path.suffix) as tmp:  # a run killed mid-write leaves no half checkpoint
+        torch.save({**(extra or {}), "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": arch,
+                    "num_classes": num_classes, "class_names": list(class_names) if class_names is not None else None,
+                    "image_size": image_size, "width": width, "state_dict": state}, tmp)
     return path
 
 
@@ -233,16 +243,61 @@ def _build_arch(arch: str, num_classes: int | None, image_size: int, width: floa
     return build_student(arch, num_classes, image_size, width)
 
 
-def load_classifier(spec: str | Path, *, pretrained: bool = False, image_size: int = 224,
-                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Loads a classifier from a vldd checkpoint file or a model id, in eval mode.
+def _rded_state_dict(checkpoint: Any) -> dict[str, torch.Tensor] | None:
+    """The ResNet-18 state dict inside an RDED teacher file (`{"model": state_dict}` or a bare state dict), else None.
+
+    RDED's CIFAR/Tiny-ImageNet teachers ("<dataset>_resnet18_modified.pth") are torchvision's `resnet18` with `conv1`
+    replaced by a 3x3 stride-1 convolution and `maxpool` by `nn.Identity()` (which has no parameters), its `fc` cut to
+    the dataset's classes; the keys are torchvision's (`conv1.weight`, `bn1.*`, `layer1.0.conv1.weight`, ...,
+    `fc.weight`, `fc.bias`). A "module." prefix (saved from DataParallel/DDP) is removed.
+    """
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return None
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state if {"conv1.weight", "fc.weight", "layer4.1.bn2.weight"} <= set(state) else None
+
+
+def load_rded_teacher(state: dict[str, torch.Tensor], class_names: list[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Builds RDED's `resnet18_modified` (3x3 stem, no max-pool) or plain `resnet18` from its state dict.
 
     Args:
-        spec: a checkpoint written by `save_classifier`, "torchvision:<name>" or "timm:<name>".
+        state: torchvision ResNet-18 keys (see `_rded_state_dict`).
+        class_names: the label name of every output, in output order (RDED files store none).
+    """
+    num_classes = state["fc.weight"].shape[0]
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names given for an RDED teacher with {num_classes} outputs")
+    kernel = state["conv1.weight"].shape[-1]
+    if kernel not in (3, 7):
+        raise ValueError(f"unexpected RDED teacher stem: conv1 is {kernel}x{kernel}, expected 3x3 (resnet18_modified) "
+                         "or 7x7 (resnet18)")
+    model = resnet18(num_classes, 32 if kernel == 3 else 224, norm="batch")  # 3x3 stem and no max-pool below 64 px
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"the RDED teacher's state dict does not fit ResNet-18: {first}") from None
+    arch = "rded:resnet18_modified" if kernel == 3 else "rded:resnet18"
+    meta = {"arch": arch, "num_classes": num_classes, "class_names": list(class_names), "image_size": None,
+            "width": 1.0, "pretrained": False}
+    return model.eval(), meta
+
+
+def load_classifier(spec: str | Path, *, pretrained: bool = False, image_size: int = 224,
+                    map_location: str | torch.device = "cpu", class_names: list[str] | None = None
+                    ) -> tuple[nn.Module, dict[str, Any]]:
+    """Loads a classifier from a vldd checkpoint file, an RDED teacher file or a model id, in eval mode.
+
+    Args:
+        spec: a checkpoint written by `save_classifier`, an RDED teacher file (`resnet18_modified` state dict; needs
+            `class_names`), "torchvision:<name>" or "timm:<name>".
         pretrained: for model ids, download the library's pretrained weights (ImageNet-1K classes). Required for
             ids: a randomly initialised teacher would teach noise.
         image_size: input side in pixels (used only to describe model ids).
         map_location: where checkpoint tensors are loaded.
+        class_names: the label name of every output, in output order; required for RDED files, and replaces the
+            names of a vldd checkpoint that stores none.
 
     Returns:
         (model, meta) where meta holds `arch`, `num_classes`, `class_names` (None when unknown) and `image_size`.
@@ -262,12 +317,27 @@ def load_classifier(spec: str | Path, *, pretrained: bool = False, image_size: i
                                 "'timm:<name>'")
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{spec!r} is not a vldd classifier checkpoint (expected a dict with format "
-                         f"{CHECKPOINT_FORMAT!r}; write one with vldd.students.save_classifier)")
+        state = _rded_state_dict(checkpoint)
+        if state is None:
+            raise ValueError(f"{spec!r} is not a vldd classifier checkpoint (a dict with format "
+                             f"{CHECKPOINT_FORMAT!r}; write one with vldd.students.save_classifier or `vldd teacher`) "
+                             "nor an RDED ResNet-18 teacher ({'model': state_dict})")
+        if class_names is None:
+            raise ValueError(f"{spec!r} is an RDED teacher, which stores no class names: give the name of every "
+                             "output in order (`teacher_class_names`, a file with one name per line)")
+        return load_rded_teacher(state, class_names)
+    stored = checkpoint.get("class_names")
+    if class_names is not None and stored is not None and list(class_names) != list(stored):
+        raise ValueError(f"{spec!r} stores its class names {stored[:5]}...; the names given differ "
+                         f"({list(class_names)[:5]}...): leave them out for a vldd checkpoint")
+    if class_names is not None and len(class_names) != checkpoint["num_classes"]:
+        raise ValueError(f"{len(class_names)} class names given for {spec!r}, which has {checkpoint['num_classes']} "
+                         "outputs")
     model = _build_arch(checkpoint["arch"], checkpoint["num_classes"], checkpoint["image_size"],
                         checkpoint.get("width", 1.0), pretrained=False)
     model.load_state_dict(checkpoint["state_dict"])
     meta = {k: checkpoint.get(k) for k in ("arch", "num_classes", "class_names", "image_size", "width")}
+    meta["class_names"] = stored if stored is not None else (list(class_names) if class_names else None)
     meta["pretrained"] = False
     return model.eval(), meta
 
