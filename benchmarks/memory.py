@@ -1,6 +1,6 @@
 """Peak memory of the image-prototype stage for few vs many classes: it must not grow with the class count.
 
-The stage works one class at a time (DESIGN.md §7: memory bounded by the largest class, not the dataset), so a run
+The stage works one class at a time (docs/method.md, "Scale": memory bounded by the largest class, not the dataset), so a run
 over 8 classes should peak where a run over 2 classes of the same size does. Each setting runs `distill(...,
 stages=("prototypes",))` on the tiny preset in a fresh subprocess; the settings alternate (2, 8, 8, 2, ...) so drift
 hits both. The source is a synthetic image dataset written with `save_to_disk`. Linux only (reads /proc).

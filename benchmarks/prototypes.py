@@ -1,4 +1,4 @@
-"""vldd's torch LOF + k-means against scikit-learn's, at ImageNet scale (DESIGN.md §3 step 3 and §7).
+"""vldd's torch LOF + k-means against scikit-learn's, at ImageNet scale (docs/method.md, "3. Image prototypes" and "Scale").
 
 Per class: LocalOutlierFactor(n_neighbors=10, contamination=0.1), then KMeans(n_clusters=IPC, n_init=10,
 random_state=seed) on the inliers. The torch side is `vldd.prototypes.build_prototypes`, exactly what the pipeline

@@ -1,4 +1,4 @@
-"""Per-dataset settings of the paper's scripts, derived from the source (FAITHFULNESS.md, DESIGN.md §3-4).
+"""Per-dataset settings of the paper's scripts, derived from the source (docs/faithfulness.md, "Per-dataset settings"; docs/evaluation.md).
 
 The official scripts set output size, outlier contamination, the class-common threshold, the fine-tuning resolution
 and the evaluation image size by hand for each dataset. vldd derives them from the source so a user never has to:
