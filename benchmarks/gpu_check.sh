@@ -18,6 +18,7 @@ OUT=${1:-$ROOT/benchmarks/results}
 TESTS_S=120
 SCALE_S=330
 SCALE_ARGS=(--device cuda --decode-tokens 128 --caption-batches 1,16 --repeats 2)
+SCALE_REDUCED="decode timed over 128 new tokens, extrapolated to 1024; captioning at batches 1 and 16 only; 2 repeats of the speed comparisons"
 
 if ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     echo "gpu_check.sh: no CUDA device (torch.cuda.is_available() is False for $PYTHON); run it on a machine with an NVIDIA GPU" >&2
@@ -42,20 +43,18 @@ scale_rc=$?
 scale_s=$((SECONDS - start))
 
 "$PYTHON" - "$OUT/gpu_check.json" "$tests_rc" "$tests_s" "$TESTS_S" "$scale_rc" "$scale_s" "$SCALE_S" \
-    "${SCALE_ARGS[*]}" <<'EOF'
-import json, sys
-path, tests_rc, tests_s, tests_budget, scale_rc, scale_s, scale_budget, scale_args = sys.argv[1:]
+    "${SCALE_ARGS[*]}" "$SCALE_REDUCED" <<'EOF'
+import json, os, sys
+path, tests_rc, tests_s, tests_budget, scale_rc, scale_s, scale_budget, scale_args, reduced = sys.argv[1:]
 summary = {"budget_s": 480,
            "tests": {"command": "python -m pytest -m gpu", "exit_code": int(tests_rc), "seconds": int(tests_s),
                      "timeout_s": int(tests_budget)},
            "paper_scale": {"command": f"python benchmarks/paper_scale.py {scale_args}", "exit_code": int(scale_rc),
                            "seconds": int(scale_s), "timeout_s": int(scale_budget),
-                           "result": "paper_scale_cuda.json",
-                           "reduced": "decode timed over 128 new tokens and extrapolated to 1024; captioning batches "
-                                      "1 and 16 only; 2 repeats of the speed comparisons"}}
+                           "result": "paper_scale_cuda.json", "reduced": reduced}}
 with open(path + ".tmp", "w") as f:
     json.dump(summary, f, indent=1)
-import os; os.replace(path + ".tmp", path)
+os.replace(path + ".tmp", path)  # atomic
 EOF
 
 echo "== README rows (README.md 'Cost at the paper's scale'; benchmarks/README.md projections)"
