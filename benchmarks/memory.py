@@ -138,7 +138,7 @@ def main() -> None:
     if args.worker is not None:
         return worker(args)
     if args.smoke:
-        args.classes, args.images, args.size, args.ipc, args.repeats = [1, 2], 4, 32, 2, 1
+        args.classes, args.images, args.size, args.ipc, args.repeats, args.threads = [1, 2], 4, 32, 2, 1, 1
     if args.workdir:
         return measure(args, Path(args.workdir))
     with tempfile.TemporaryDirectory(prefix="vldd-memory-") as work:

@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="60 x 64 values, IPC 4, one class: checks the script")
     args = parser.parse_args()
     if args.smoke:
-        args.n, args.dim, args.ipc, args.repeats = 60, 64, [4], 1
+        args.n, args.dim, args.ipc, args.repeats, args.threads = 60, 64, [4], 1, 1
 
     from threadpoolctl import threadpool_limits
 
