@@ -4,6 +4,7 @@ repository. Also `benchmarks/gpu_check.sh`: its README rows from a hand-made res
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,7 @@ def test_paper_scale_smoke(tmp_path, tiny_cache):
     written = Path(re.search(r"^wrote (.+) \(\d+ s\)$", out, re.M).group(1))
     assert ROOT not in written.parents and tmp_path not in written.parents
     result = json.loads(written.read_text())
+    shutil.rmtree(written.parent)  # the script's own temporary directory
     assert result["smoke"] and result["settings"]["decode_tokens"] == 3 and result["settings"]["resolution"] == 64
     assert set(result["stages"]) == {"caption", "encode", "generate", "finetune", "prototypes"}
     for stage in ("caption", "encode", "generate", "finetune"):
