@@ -7,6 +7,7 @@ per-call overhead that batching amortises.
 
     python benchmarks/batching.py                 # captioning 16 vs 1, generation 10 vs 1, VAE encoding 32 vs 1
     python benchmarks/batching.py --repeats 2     # a quick run
+    python benchmarks/batching.py --smoke         # 4 images, batches of 2, one repeat: checks the script
 """
 
 from __future__ import annotations
@@ -64,7 +65,11 @@ def main() -> None:
     parser.add_argument("--generate-batch", type=int, default=10, help="the tiny preset's generation.batch_size")
     parser.add_argument("--encode-batch", type=int, default=32, help="the tiny preset's encode_batch_size")
     parser.add_argument("--items", type=int, default=40, help="images captioned and encoded per timed call")
+    parser.add_argument("--smoke", action="store_true", help="4 images, batches of 2, one repeat, 1 thread: checks the script")
     args = parser.parse_args()
+    if args.smoke:
+        args.items, args.repeats, args.caption_batch, args.generate_batch, args.encode_batch = 4, 1, 2, 2, 2
+        args.threads = 1  # tiny shapes are overhead-bound; a second thread only waits on a busy machine
     _quiet()
 
     from vldd.captioning import caption_images, load_captioner

@@ -7,6 +7,7 @@ every version has; the module-count column says whether torch was imported.
 
     python benchmarks/cli_startup.py --baseline /tmp/vldd-main
     python benchmarks/cli_startup.py --baseline /tmp/vldd-main --repeats 3 --commands "" distill
+    python benchmarks/cli_startup.py --smoke     # `vldd --help` once, this checkout against itself: checks the script
 """
 
 from __future__ import annotations
@@ -43,11 +44,17 @@ def run(root: Path, command: list[str]) -> tuple[float, float, bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", type=Path, required=True, help="another vldd checkout to compare with")
+    parser.add_argument("--baseline", type=Path, help="another vldd checkout to compare with (required)")
     parser.add_argument("--repeats", type=int, default=7, help="runs of each command on each side")
     parser.add_argument("--commands", nargs="*", default=["", "distill", "evaluate", "finetune"],
                         help='subcommands whose --help is timed ("" = `vldd --help`)')
+    parser.add_argument("--smoke", action="store_true",
+                        help="`vldd --help` once, this checkout against itself (no --baseline): checks the script")
     args = parser.parse_args()
+    if args.smoke:
+        args.baseline, args.repeats, args.commands = args.baseline or HERE, 1, [""]
+    if args.baseline is None:
+        parser.error("--baseline is required (another vldd checkout, e.g. `git worktree add /tmp/vldd-main main`)")
     sides = {"this": HERE, "baseline": args.baseline.resolve()}
     print(f"{'command':21s} {'wall: this':>10s} {'baseline':>9s} {'ratio':>6s}   {'CPU: this':>9s} {'baseline':>9s} "
           f"{'ratio':>6s}   torch imported (this/baseline)")

@@ -1,6 +1,6 @@
 """Peak memory of the image-prototype stage for few vs many classes: it must not grow with the class count.
 
-The stage works one class at a time (DESIGN.md §7: memory bounded by the largest class, not the dataset), so a run
+The stage works one class at a time (docs/method.md, "Scale": memory bounded by the largest class, not the dataset), so a run
 over 8 classes should peak where a run over 2 classes of the same size does. Each setting runs `distill(...,
 stages=("prototypes",))` on the tiny preset in a fresh subprocess; the settings alternate (2, 8, 8, 2, ...) so drift
 hits both. The source is a synthetic image dataset written with `save_to_disk`. Linux only (reads /proc).
@@ -14,6 +14,7 @@ fork and exec), so it would measure this script rather than the run.
 
     python benchmarks/memory.py                                      # 2 vs 8 classes x 300 images of 256 px
     python benchmarks/memory.py --images 40 --size 64 --repeats 1    # a quick run
+    python benchmarks/memory.py --smoke                              # 1 vs 2 classes x 4 images of 32 px
 """
 
 from __future__ import annotations
@@ -122,7 +123,10 @@ def main() -> None:
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2, help="runs per class count")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--workdir", default=None, help="where the dataset, tiny models and runs go (default: temp)")
+    parser.add_argument("--workdir", default=None,
+                        help="where the dataset, tiny models and runs go (default: a temp dir, removed at the end)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 vs 2 classes x 4 images of 32 px, IPC 2, one run each: checks the script")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # a run over this many classes
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -133,10 +137,18 @@ def main() -> None:
     _quiet()
     if args.worker is not None:
         return worker(args)
+    if args.smoke:
+        args.classes, args.images, args.size, args.ipc, args.repeats, args.threads = [1, 2], 4, 32, 2, 1, 1
+    if args.workdir:
+        return measure(args, Path(args.workdir))
+    with tempfile.TemporaryDirectory(prefix="vldd-memory-") as work:
+        measure(args, Path(work))
 
+
+def measure(args, work: Path) -> None:
+    """Writes the dataset and the tiny models into `work`, then runs and compares the two class counts."""
     from vldd.tiny import build_tiny_models
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="vldd-memory-"))
     dataset, cache = work / "dataset", work / "cache"
     few, many = args.classes
     if not dataset.exists():

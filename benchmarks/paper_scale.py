@@ -6,6 +6,8 @@ weights. Each stage is timed, then the wall time of ImageNette IPC 10 and ImageN
 
     python benchmarks/paper_scale.py --device cpu --quick     # a few minutes on 2 cores; extrapolated, see labels
     python benchmarks/paper_scale.py --device cuda            # fp16, full depth, the full 1024-token budget
+    python benchmarks/paper_scale.py --smoke                  # the tiny models, seconds: checks the script runs
+    python benchmarks/paper_scale.py --rows RESULT.json       # the README table rows of a finished run
 
 On CPU (fp32) LLaVA runs with 2 of its 32 decoder layers (vision tower whole): every forward call is timed with
 hooks, and the time spent in the decoder layers is scaled by 16 (identical layers); decoding is timed over a few
@@ -21,6 +23,7 @@ import gc
 import json
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,14 +32,16 @@ import torch
 from PIL import Image
 
 from vldd.captioning import load_captioner
-from vldd.config import load_config
+from vldd.config import TINY_CAPTIONER, TINY_DIFFUSION, load_config
 from vldd.finetuning import finetune_config
 from vldd.generation import load_pipeline
 from vldd.plan import PeakMemory, caption_cost, decoder_layer_bytes, finetune_cost, generation_cost, timed, unet_calls
 from vldd.prototypes import build_prototypes, encode_images
 from vldd.shapes import LLAVA_TEXT, SHAPES_CAPTIONER, SHAPES_DIFFUSION
 
-PAPER = load_config()  # the paper preset's settings: 1024 tokens, 512 px, 50 steps x 0.7, guidance 10
+# The paper preset's settings (1024 tokens, 512 px, 50 steps x 0.7, guidance 10), with the dataset-derived ones
+# (LOF contamination 0.1) of ImageNet-1K, which ImageNette shares.
+PAPER = load_config(overrides={"data": {"profile": "imagenet-1k"}}).resolve()[0]
 RECIPE = finetune_config("paper", captions="-")  # batch 32 x 4, 8 epochs, 512 px, gradient checkpointing
 # (train images, classes) of the projected runs.
 DATASETS = {"ImageNette": (9_469, 10), "ImageNet-1K": (1_281_167, 1_000)}
@@ -52,7 +57,7 @@ def captioning(args, device, dtype) -> dict:
     """Prefill and decode rates at each batch size; on CPU with 2 of the 32 decoder layers, their time scaled."""
     layers = LLAVA_TEXT["num_hidden_layers"]
     present = 2 if args.per_layer else layers
-    model_id = SHAPES_CAPTIONER + (f"?layers={present}" if present != layers else "")
+    model_id = args.caption_model + (f"?layers={present}" if present != layers else "")
     c = PAPER.caption
     rows = {}
     for batch in args.caption_batches:
@@ -84,9 +89,9 @@ def captioning(args, device, dtype) -> dict:
 
 
 def _prompt(captioner, c) -> str:
-    from vldd.captioning import _chat_text, build_prompt
+    from vldd.captioning import build_prompt, conversation_text
 
-    return _chat_text(captioner.processor, build_prompt(c.prompt, "tench, Tinca tinca"))
+    return conversation_text(captioner, build_prompt(c.prompt, "tench, Tinca tinca"), c.conversation)
 
 
 def _best(rows: dict, stage: str, notes: list[str]) -> dict:
@@ -95,7 +100,7 @@ def _best(rows: dict, stage: str, notes: list[str]) -> dict:
 
 
 def encoding(args, pipe, device) -> dict:
-    r = PAPER.prototypes.resolution
+    r = args.resolution
     rows = {}
     for batch in args.encode_batches:
         images = photos(batch)
@@ -109,7 +114,8 @@ def encoding(args, pipe, device) -> dict:
 
 def prototypes(args, device) -> dict:
     p = PAPER.prototypes
-    latents = torch.randn(1300, 16384, generator=torch.Generator().manual_seed(0)).to(device)
+    n, dim = args.latents
+    latents = torch.randn(n, dim, generator=torch.Generator().manual_seed(0)).to(device)
     out = {}
     for ipc in (10, 50):
         with PeakMemory(device) as peak:
@@ -118,7 +124,7 @@ def prototypes(args, device) -> dict:
                       device, warmup=False)
         out[ipc] = {"ipc": ipc, "seconds_per_class": s, "peak_gb": peak.gb}
         print(f"  prototypes IPC {ipc}: {s:.3g} s/class", flush=True)
-    return {"stage": "prototypes", "rows": list(out.values()), "notes": ["1300 x 16,384 random latents per class"]}
+    return {"stage": "prototypes", "rows": list(out.values()), "notes": [f"{n} x {dim:,} random latents per class"]}
 
 
 def generation(args, pipe, device) -> dict:
@@ -132,19 +138,24 @@ def generation(args, pipe, device) -> dict:
             s = generation_cost(pipe, latents, g)
         rows[batch] = {"batch": batch, "seconds": s, "images_per_s": batch / s, "peak_gb": peak.gb}
         print(f"  generate batch {batch}: {batch / s:.4g} images/s", flush=True)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     return _best(rows, "generate", [f"{calls} UNet calls ({g.num_inference_steps} steps x {g.strength}, PNDM), CFG "
-                                    f"{g.guidance_scale}, 512 px; UNet calls timed one by one on a 2-call run, scaled to {calls}"])
+                                    f"{g.guidance_scale}, {size} px; UNet calls timed one by one on a 2-call run, "
+                                    f"scaled to {calls}"])
 
 
 def finetuning(args, pipe, device) -> dict:
     b = args.finetune_batch
     mixed = "fp16" if device.type == "cuda" else "no"
+    dtype = pipe.unet.dtype
     if device.type == "cuda":
         pipe.unet.to(torch.float32)  # the recipe: fp32 weights trained under fp16 autocast
     with PeakMemory(device) as peak:
-        s = finetune_cost(pipe, b, RECIPE.resolution, gradient_checkpointing=True, mixed_precision=mixed)
+        s = finetune_cost(pipe, b, args.resolution, gradient_checkpointing=True, mixed_precision=mixed)
+    pipe.unet.to(dtype)  # the speed comparisons that follow run the UNet as generation does
     print(f"  finetune micro-batch {b}: {b / s:.4g} images/s", flush=True)
-    notes = ["UNet forward + backward, gradient checkpointing, 512 px; optimizer and EMA updates not timed"]
+    notes = [f"UNet forward + backward, gradient checkpointing, {args.resolution} px; optimizer and EMA updates "
+             "not timed"]
     if b != RECIPE.train_batch_size:
         notes.append(f"micro-batch {b} instead of {RECIPE.train_batch_size}, rate scaled per image")
     row = {"batch": b, "seconds": s, "images_per_s": b / s, "peak_gb": peak.gb}
@@ -264,63 +275,131 @@ def table(result: dict) -> list[str]:
     return lines
 
 
+_UNITS = {"y": "years", "d": "days", "h": "h", "min": "min", "s": "s"}
+
+
+def _words(seconds: float) -> str:
+    """`_duration` with the README's unit names: "2.7 years", "85 days"."""
+    value, unit = _duration(seconds).split()
+    return f"{value} {_UNITS[unit]}"
+
+
+def readme_rows(result: dict) -> list[str]:
+    """The rows of README.md's "Cost at the paper's scale" table and of benchmarks/README.md's projection table."""
+    if not result.get("projections"):
+        raise SystemExit(f"paper_scale.py: the result has no projections (skipped: {result.get('skipped')}, stages "
+                         f"measured: {sorted(result.get('stages', {}))}): every stage must run for the table rows")
+    st, runs = result["stages"], {p["run"]: p for p in result["projections"]}
+    rate = {key: f"{st[key]['best']['images_per_s']:.2g} images/s (batch {st[key]['best']['batch']})"
+            for key in ("caption", "encode", "finetune", "generate")}
+    caption_gb = max(r["peak_gb"] for r in st["caption"]["rows"])
+    extrapolated = " (extrapolated)" if result.get("settings", {}).get("per_layer") else ""
+    how = ["measured"] + (["`--quick`"] if result["quick"] else []) + (["`--smoke`"] if result.get("smoke") else [])
+    decode = result.get("settings", {}).get("decode_tokens")
+    if decode and decode < PAPER.caption.max_new_tokens:
+        how.append(f"decode timed over {decode} tokens")
+    cells = [f"{result['device_name']} ({', '.join(how)})", result["dtype"], rate["caption"], rate["encode"],
+             rate["finetune"], rate["generate"],
+             f"{caption_gb:.1f} GB caption{extrapolated}, {st['finetune']['best']['peak_gb']:.1f} GB fine-tune",
+             _words(runs["ImageNette IPC 10"]["total_s"]), _words(runs["ImageNet-1K IPC 10"]["total_s"])]
+    rows = ["| " + " | ".join(cells) + " |"]
+    for p in result["projections"]:
+        rows.append("| " + " | ".join([p["run"], *(_words(v) for v in p["seconds"].values())])
+                    + f" | **{_words(p['total_s'])}** |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="few tokens, batches 1-2, per-layer LLaVA (CPU)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the tiny models at 64 px, 3 tokens, no compile: checks the script in seconds; the JSON "
+                             "goes to a temp dir unless --output is given")
+    parser.add_argument("--rows", default=None, metavar="JSON",
+                        help="print the README table rows of a result JSON written by this script, and exit")
     parser.add_argument("--cache-dir", default=None, help="where the real-shape models are built (~/.cache/vldd)")
     parser.add_argument("--output", default=None, help="JSON file (default: paper_scale_<device>.json)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each side-by-side speed comparison")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--diffusion-model", default=SHAPES_DIFFUSION, help="e.g. tiny://stable-diffusion to try")
     parser.add_argument("--caption-batches", dest="caption_batches_flag", default=None, help="comma-separated captioning batch sizes")
-    parser.add_argument("--skip", default="", help="comma-separated stages not to run (caption,speed,...)")
+    parser.add_argument("--decode-tokens", type=int, default=None,
+                        help="new tokens timed per caption, extrapolated to the paper's 1024 (default: 4 with "
+                             "--quick, else 1024)")
+    parser.add_argument("--skip", default="", help="comma-separated stages not to run (caption,speed,compile,...)")
     args = parser.parse_args()
+    if args.rows:
+        print("\n".join(readme_rows(json.loads(Path(args.rows).read_text()))))
+        return
     device = torch.device(args.device)
     cpu = device.type == "cpu"
+    if args.smoke:
+        args.threads = args.threads or 1  # tiny shapes are overhead-bound; a second thread only waits on a busy machine
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = torch.float32 if cpu else torch.float16
-    args.per_layer = cpu  # 7B in fp32 does not fit a CPU's memory budget; full depth on a GPU
-    args.decode_tokens = 4 if args.quick else PAPER.caption.max_new_tokens
-    args.caption_batches = [1] if args.quick else ([1, 4] if cpu else [1, 8, 16, 32])
+    args.caption_model = TINY_CAPTIONER if args.smoke else SHAPES_CAPTIONER
+    if args.smoke:
+        args.diffusion_model = TINY_DIFFUSION
+    args.per_layer = cpu and not args.smoke  # 7B in fp32 does not fit a CPU's memory budget; full depth on a GPU
+    args.decode_tokens = args.decode_tokens or (3 if args.smoke else 4 if args.quick else PAPER.caption.max_new_tokens)
+    if not 2 <= args.decode_tokens <= PAPER.caption.max_new_tokens:
+        parser.error(f"--decode-tokens must be in [2, {PAPER.caption.max_new_tokens}], got {args.decode_tokens}")
+    small = args.quick or args.smoke
+    args.caption_batches = [1] if small else ([1, 4] if cpu else [1, 8, 16, 32])
     if args.caption_batches_flag:
         args.caption_batches = [int(b) for b in args.caption_batches_flag.split(",")]
-    args.encode_batches = [1, 2] if args.quick else ([1, 4] if cpu else [1, 16, 32])
-    args.generate_batches = [1] if args.quick else ([1, 4] if cpu else [1, 8, 16])
+    args.encode_batches = [1, 2] if small else ([1, 4] if cpu else [1, 16, 32])
+    args.generate_batches = [1] if small else ([1, 4] if cpu else [1, 8, 16])
     args.finetune_batch = 1 if cpu else RECIPE.train_batch_size
-    skip = set(filter(None, args.skip.split(",")))
+    args.resolution = 64 if args.smoke else PAPER.prototypes.resolution  # 512: encoding and fine-tuning
+    args.latents = (120, 256) if args.smoke else (1300, 16384)  # one class: images x latent values
+    if args.smoke:
+        args.repeats = 1
+    skip = set(filter(None, args.skip.split(","))) | ({"compile"} if args.smoke else set())
     start = time.perf_counter()
     name = torch.cuda.get_device_name(device) if not cpu else f"{platform.processor() or platform.machine()}, " \
         f"{torch.get_num_threads()} threads"
+    settings = {k: getattr(args, k) for k in ("caption_model", "diffusion_model", "per_layer", "decode_tokens",
+                                             "caption_batches", "encode_batches", "generate_batches",
+                                             "finetune_batch", "resolution", "latents", "repeats")}
     result = {"device": device.type, "device_name": name, "dtype": str(dtype).removeprefix("torch."),
-              "torch": torch.__version__, "quick": args.quick, "stages": {}, "speed": {}, "projections": []}
-    stages, output = result["stages"], Path(args.output or f"paper_scale_{device.type}.json")
+              "torch": torch.__version__, "quick": args.quick, "smoke": args.smoke, "settings": settings,
+              "skipped": sorted(skip), "stages": {}, "speed": {}, "projections": []}
+    default = Path(tempfile.mkdtemp(prefix="paper-scale-")) if args.smoke else Path(".")
+    stages, output = result["stages"], Path(args.output or default / f"paper_scale_{device.type}.json")
 
     def save():  # after every stage, so a long run keeps what it measured
         result["wall_s"] = time.perf_counter() - start
-        output.write_text(json.dumps(result, indent=1) + "\n")
+        partial = output.with_name(output.name + ".partial")
+        partial.write_text(json.dumps(result, indent=1) + "\n")
+        partial.replace(output)  # atomic: a reader never sees half a file
 
     if "caption" not in skip:
-        print("captioning (LLaVA-1.5-7B shapes)", flush=True)
+        print(f"captioning ({args.caption_model})", flush=True)
         stages["caption"] = captioning(args, device, dtype)
         save()
     print(f"Stable Diffusion v1.5 ({args.diffusion_model})", flush=True)
     pipe = load_pipeline(args.diffusion_model, device=device, dtype=dtype, cache_dir=args.cache_dir)
-    for stage, run in (("encode", encoding), ("generate", generation), ("speed", speed_settings),
-                       ("compile", compile_speed), ("finetune", finetuning)):
+    for stage, run in (("encode", encoding), ("generate", generation), ("finetune", finetuning)):
         if stage not in skip:
-            if stage == "compile":
-                result["speed"]["compile"] = run(args, pipe, device)
-            else:
-                (result if stage == "speed" else stages)[stage] = run(args, pipe, device)
+            stages[stage] = run(args, pipe, device)
             save()
     if "prototypes" not in skip:
         stages["prototypes"] = prototypes(args, device)
     if not skip & {"caption", "finetune", "encode", "generate", "prototypes"}:
         result["projections"] = project(stages)
-    save()
+    save()  # the stages and projections first: a run stopped during the speed comparisons keeps them
+    if "speed" not in skip:
+        result["speed"] = speed_settings(args, pipe, device)
+        save()
+    if "compile" not in skip:
+        result["speed"]["compile"] = compile_speed(args, pipe, device)
+        save()
     print("\n".join(table(result)) if result["projections"] else json.dumps(result, indent=1))
+    if result["projections"]:
+        print("\nREADME rows:\n" + "\n".join(readme_rows(result)))
     print(f"wrote {output} ({result['wall_s']:.0f} s)")
 
 

@@ -1,4 +1,4 @@
-"""vldd's torch LOF + k-means against scikit-learn's, at ImageNet scale (DESIGN.md §3 step 3 and §7).
+"""vldd's torch LOF + k-means against scikit-learn's, at ImageNet scale (docs/method.md, "3. Image prototypes" and "Scale").
 
 Per class: LocalOutlierFactor(n_neighbors=10, contamination=0.1), then KMeans(n_clusters=IPC, n_init=10,
 random_state=seed) on the inliers. The torch side is `vldd.prototypes.build_prototypes`, exactly what the pipeline
@@ -8,6 +8,7 @@ ratios hold on a busy machine; every repeat draws a new class.
     python benchmarks/prototypes.py                                  # 1300 x 16384 per class, IPC 10 and 50
     python benchmarks/prototypes.py --n 300 --dim 2048 --repeats 2   # a quick run
     python benchmarks/prototypes.py --device cuda                    # the torch side on a GPU
+    python benchmarks/prototypes.py --smoke                          # 60 x 64, IPC 4, one class: seconds
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ def main() -> None:
     parser.add_argument("--contamination", type=float, default=0.1)
     parser.add_argument("--n-init", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="60 x 64 values, IPC 4, one class: checks the script")
     args = parser.parse_args()
+    if args.smoke:
+        args.n, args.dim, args.ipc, args.repeats, args.threads = 60, 64, [4], 1, 1
 
     from threadpoolctl import threadpool_limits
 

@@ -1,7 +1,7 @@
 """A small Hugging Face Hub-compatible HTTP server for offline tests.
 
 It implements what the real `huggingface_hub` and `datasets` clients call to create a dataset repository, push
-parquet shards and a dataset card, and load the dataset back (see DESIGN.md §5):
+parquet shards and a dataset card, and load the dataset back (see docs/testing.md, "A local Hub"):
 
     GET  /api/whoami-v2
     POST /api/repos/create                               (409 still carries `url`)

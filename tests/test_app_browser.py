@@ -15,7 +15,7 @@ from PIL import Image
 from test_app import ROOT, launch_app
 
 CHROMIUM = Path("/usr/bin/chromium")
-# DESIGN.md section 6: headless Chromium on a machine without a GPU, a sandbox or the network.
+# docs/testing.md, "The browser": headless Chromium on a machine without a GPU, a sandbox or the network.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 TABS = ["Dataset", "Captions", "Prototypes", "Generate", "Evaluate", "Publish"]

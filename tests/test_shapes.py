@@ -1,4 +1,4 @@
-"""Real-shape models: the paper's architectures from their published configs (DESIGN.md §9), random weights."""
+"""Real-shape models: the paper's architectures from their published configs (docs/testing.md, "Real-shape models"), random weights."""
 
 import pytest
 import torch

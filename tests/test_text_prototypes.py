@@ -1,4 +1,4 @@
-"""Text prototypes: hand-worked cases of the official word-frequency selection (DESIGN.md §3 step 4)."""
+"""Text prototypes: hand-worked cases of the official word-frequency selection (docs/method.md, "4. Text prototypes")."""
 
 import pytest
 

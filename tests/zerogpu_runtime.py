@@ -1,6 +1,6 @@
 """ZeroGPU on a CPU machine, for tests: a fake of the scheduler API and a launcher of app.py under `spaces`' emulation.
 
-The scheduler (`spaces/zero/api.py`, DESIGN.md section 8) answers `/startup-report`, `/schedule`, `/allow` and
+The scheduler (`spaces/zero/api.py`, docs/zerogpu.md) answers `/startup-report`, `/schedule`, `/allow` and
 `/release`; it grants requests (refusing `/schedule` with 429 once `quota_calls` are used) and records each one (path
 and query), so a test can read the durations asked.
 

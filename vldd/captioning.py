@@ -1,8 +1,8 @@
-"""Stage 1: a vision-language model describes every training image (DESIGN.md §3, step 1).
+"""Stage 1: a vision-language model describes every training image (docs/method.md, "1. Captions").
 
 The paper captions with LLaVA-v1.5-7B (`llava-hf/llava-1.5-7b-hf`), sampling at temperature 0.2 with up to 1024 new
 tokens, from a prompt that names the class. For LLaVA-1.5 models vldd reproduces LLaVA's own `model_vqa.py` set-up
-(FAITHFULNESS.md, "Captioning"): the `llava_v1` conversation with its system prompt, and images padded to a centred
+(docs/faithfulness.md, "Captioning"): the `llava_v1` conversation with its system prompt, and images padded to a centred
 square with the processor's mean colour (`expand2square`) before the processor; captions then get the official
 post-processing (`"` and `'s` removed). Any other image-text-to-text model uses its processor's chat template.
 

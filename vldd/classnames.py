@@ -1,4 +1,4 @@
-"""Class names for the captioning prompt and the text-prototype filter (FAITHFULNESS.md, "Class names").
+"""Class names for the captioning prompt and the text-prototype filter (docs/faithfulness.md, "Class names").
 
 The official code names every class by its full ImageNet synonym string ("garbage truck, dustcart"), looked up from
 the class folder's WordNet id. Sources label their classes differently: WordNet ids (image folders,

@@ -20,7 +20,7 @@ import yaml
 if TYPE_CHECKING:
     from .profiles import Recognition
 
-# The paper's prompt, verbatim, including the missing space after "image." (DESIGN.md §3).
+# The paper's prompt, verbatim, including the missing space after "image." (docs/method.md, "1. Captions").
 PAPER_PROMPT = (
     "Describe the physical appearance of the {class_name} in the image."
     "Include details about its shape, posture, color, and any distinct features."

@@ -1,6 +1,6 @@
-"""Scoring a distilled set the way the field does (DESIGN.md §4): train a student on it, test it on real val images.
+"""Scoring a distilled set the way the field does (docs/evaluation.md): train a student on it, test it on real val images.
 
-Two protocols, each as the harness VLCP's numbers come from (FAITHFULNESS.md):
+Two protocols, each as the harness VLCP's numbers come from (docs/faithfulness.md, "Evaluation harnesses"):
 
 - "hard" (Minimax; ImageNette, ImageWoof, ImageIDC, ImageNet-100): ResNetAP-10 (or ConvNet-6, or ResNet-18 with
   instance norm), SGD + MultiStepLR, CutMix every batch, Resize + CenterCrop then RandomResizedCrop/flip/IDC colour

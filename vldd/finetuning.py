@@ -1,4 +1,4 @@
-"""Fine-tuning Stable Diffusion on the (image, caption) pairs (DESIGN.md §3 step 2), full or LoRA.
+"""Fine-tuning Stable Diffusion on the (image, caption) pairs (docs/method.md, "2. Fine-tuning"), full or LoRA.
 
 The paper runs diffusers' text-to-image recipe on every captioned training image: 512 px, center crop, random flip,
 EMA, fp16 mixed precision, gradient checkpointing, AdamW at a constant 1e-5, gradient norm clipped at 1, 8 epochs of

@@ -1,4 +1,4 @@
-"""Stage 4: generation (DESIGN.md §3 step 5) with the stock `StableDiffusionImg2ImgPipeline`.
+"""Stage 4: generation (docs/method.md, "5. Generation") with the stock `StableDiffusionImg2ImgPipeline`.
 
 Each prototype latent (already scaled) is noised to `strength` of the schedule and denoised under its text prototype.
 Prompts are never truncated: as the official code does, their token ids are sliced every 77, each chunk is encoded by
@@ -93,7 +93,7 @@ def prompt_token_ids(tokenizer, prompts: list[str], negative_prompt: str = "", c
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The token ids the text encoder sees, `model_max_length` (77) at a time, for prompts and the negative prompt.
 
-    "official" is the paper's `get_pipeline_embeds` (FAITHFULNESS.md, "Long prompts"): each text is tokenized with
+    "official" is the paper's `get_pipeline_embeds` (docs/faithfulness.md, "Long prompts"): each text is tokenized with
     BOS and EOS, neither truncated nor padded, and the shorter padded with the pad id to the longer; the ids are then
     sliced every 77, so the first chunk is BOS + 76 ids, later chunks carry no BOS and the last is not padded to 77.
     The official code picks the text that sets the length by whitespace word count and pads the other to it; wherever

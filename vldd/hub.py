@@ -8,7 +8,7 @@ Example:
 A push runs as idempotent steps: create the repository, upload the data with `Dataset.push_to_hub` (parquet shards;
 it also merges `configs`/`dataset_info` into README.md), then load that card, render the new one around the same
 metadata and commit it with the run's manifest and preview under `parent_commit`, so nothing that `push_to_hub` or a
-concurrent push wrote is lost (DESIGN.md §5). Transient network errors are retried with backoff; the run directory is
+concurrent push wrote is lost (docs/method.md, "Publishing"). Transient network errors are retried with backoff; the run directory is
 only read, so a failed push leaves it untouched and running the same push again completes it.
 
 Tokens come from the explicit argument, else `huggingface_hub.get_token()` (`HF_TOKEN`, then `hf auth login`). They

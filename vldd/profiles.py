@@ -1,4 +1,5 @@
-"""Per-dataset settings of the paper's scripts, recognised from what the source is.
+"""Per-dataset settings of the paper's scripts, recognised from what the source is (docs/faithfulness.md,
+"Per-dataset settings"; docs/evaluation.md).
 
 The official scripts set output size, outlier contamination, the class-common threshold, the fine-tuning resolution
 and the evaluation image size by hand for each dataset. vldd recognises the dataset family from the source's content

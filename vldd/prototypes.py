@@ -1,4 +1,4 @@
-"""Stage 2: image prototypes (DESIGN.md §3 step 3).
+"""Stage 2: image prototypes (docs/method.md, "3. Image prototypes").
 
 Each image is resized to a square, scaled to [-1, 1] and VAE-encoded (one latent sample x scaling factor). Per class,
 LocalOutlierFactor drops outliers and k-means (k-means++ init, best of `n_init`) clusters the inliers; the cluster

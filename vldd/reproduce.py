@@ -62,7 +62,7 @@ def _cells() -> dict[str, PublishedCell]:
     return {cell.name: cell for cell in cells}
 
 
-CELLS: dict[str, PublishedCell] = _cells()  # the published anchors of DESIGN.md §4
+CELLS: dict[str, PublishedCell] = _cells()  # the published numbers of docs/evaluation.md
 
 
 @dataclass

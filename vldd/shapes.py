@@ -2,7 +2,7 @@
 
 A forward pass costs the same time and memory whatever the weights' values, so these stand in for the real
 checkpoints when measuring cost (`benchmarks/paper_scale.py`, `vldd plan`) where no weights can be downloaded. They
-load through the same code paths as the real ones, like the `tiny://` models (DESIGN.md §9):
+load through the same code paths as the real ones, like the `tiny://` models (docs/testing.md, "Real-shape models"):
 
 - `shapes://sd15`: Stable Diffusion v1.5 (UNet 859,520,964 parameters, VAE 83,653,863, CLIP ViT-L/14 text encoder
   123,060,480 with the real CLIP tokenizer, PNDM scheduler), as a `StableDiffusionPipeline` directory.

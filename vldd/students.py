@@ -1,6 +1,6 @@
 """Student and teacher networks of the evaluation protocols, and the classifier checkpoint format.
 
-Students (DESIGN.md §4): ResNetAP-10 and ConvNet-6 with instance norm (the hard-label recipe of IDC/Minimax),
+Students (docs/evaluation.md): ResNetAP-10 and ConvNet-6 with instance norm (the hard-label recipe of IDC/Minimax),
 ConvNet-3 (32 px) and ConvNet-4 (64 px), the classic dataset-distillation benchmark's students (DC/DM/MTT),
 torchvision's ResNet-18 with batch norm (the soft-label recipe of RDED; the 3x3-stem, no-max-pool variant for inputs
 <= 64 px), and the same ResNet-18 with instance norm (Minimax's hard-label ResNet-18).

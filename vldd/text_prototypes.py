@@ -1,4 +1,4 @@
-"""Stage 3: text prototypes (DESIGN.md §3 step 4) — word frequencies, no embeddings, no language model.
+"""Stage 3: text prototypes (docs/method.md, "4. Text prototypes") — word frequencies, no embeddings, no language model.
 
 For each k-means cluster, the description whose words best cover the cluster's most frequent distinctive words is
 chosen. Exactly as the official code computes it:
