@@ -22,6 +22,7 @@ import gradio as gr
 
 from vldd import app_logic as logic
 from vldd import space_gpu
+from vldd.cli import hub_kernels_for_process
 from vldd.hub import HubError
 
 HERE = Path(__file__).resolve().parent
@@ -531,6 +532,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=str(HERE / "spaces_config.yaml"), help="the app's settings file")
     args = parser.parse_args(argv)
     settings = default_settings(args.config)
+    # Hub kernels: off unless a preset sets `hub_kernels: true` (and the Hub is online), for the lazily loaded ones too
+    hub_kernels_for_process(any(p.config().hub_kernels for p in settings.space.presets.values()))
     if settings.zero_gpu:
         preload(settings)
     demo = build_demo(settings)

@@ -484,19 +484,22 @@ class ModelCache:
 
         device, dtype = where or placement(config)
         c = config.caption
-        return self._get(("captioner", c.model, c.revision, device, dtype), lambda: load_captioner(
-            c.model, revision=c.revision, device=device, dtype=_dtype(dtype), cache_dir=self.cache_dir))
+        kernels = config.hub_kernels
+        return self._get(("captioner", c.model, c.revision, device, dtype, kernels), lambda: load_captioner(
+            c.model, revision=c.revision, device=device, dtype=_dtype(dtype), cache_dir=self.cache_dir,
+            hub_kernels=kernels))
 
     def pipeline(self, config: DistillConfig, where: Placement | None = None):
         from .generation import load_pipeline
 
         device, dtype = where or placement(config)
         g = config.generation
-        key = ("pipeline", g.model, g.revision, g.scheduler, g.lora, device, dtype)
+        key = ("pipeline", g.model, g.revision, g.scheduler, g.lora, device, dtype, config.hub_kernels)
         if key not in self._models and device.startswith("cuda"):
             self.evict_captioners_unless_free(self.keep_both_bytes)
         return self._get(key, lambda: load_pipeline(g.model, revision=g.revision, device=device, dtype=_dtype(dtype),
-                                                    scheduler=g.scheduler, lora=g.lora, cache_dir=self.cache_dir))
+                                                    scheduler=g.scheduler, lora=g.lora, cache_dir=self.cache_dir,
+                                                    hub_kernels=config.hub_kernels))
 
     def evict_captioners_unless_free(self, needed: int | None) -> list[str]:
         """Drops every loaded captioner unless `needed` bytes of GPU memory are free (the CLI frees the captioner
