@@ -938,8 +938,8 @@ def check_space_files(root: str | Path, space: SpaceConfig) -> list[str]:
         problems.append("requirements.txt is missing: a Space installs its dependencies from it")
     else:
         lines = [line.split("#")[0].strip().replace(" ", "") for line in requirements.read_text().splitlines()]
-        if f"gradio[oauth]=={expected['sdk_version']}" not in lines:
-            problems.append(f"requirements.txt must pin gradio[oauth]=={expected['sdk_version']} (the sdk_version)")
+        if not {f"gradio=={expected['sdk_version']}", f"gradio[oauth]=={expected['sdk_version']}"} & set(lines):
+            problems.append(f"requirements.txt must pin gradio=={expected['sdk_version']} (the sdk_version)")
         if not any(re.match(r"^spaces([<>=!~].*)?$", line) for line in lines):
             problems.append("requirements.txt must list `spaces` (ZeroGPU)")
         offered = [str(v) for v in space.space.get("zerogpu_torch") or []]
