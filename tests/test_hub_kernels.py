@@ -59,6 +59,20 @@ def test_allowed_only_when_asked_for_and_online(monkeypatch):
         load_config(overrides={"preset": "tiny", "hub_kernels": "yes"})
 
 
+def test_the_entry_points_turn_off_the_lazily_loaded_kernels_unless_asked_for_and_online(monkeypatch):
+    import huggingface_hub
+
+    from vldd.cli import hub_kernels_for_process
+
+    hub_kernels_for_process(True)  # offline (conftest): off even when asked for
+    assert os.environ.pop("USE_HUB_KERNELS") == "0"
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
+    hub_kernels_for_process(True)
+    assert "USE_HUB_KERNELS" not in os.environ  # left to transformers (on by default)
+    hub_kernels_for_process(False)
+    assert os.environ["USE_HUB_KERNELS"] == "0"
+
+
 def test_transformers_default_is_on_so_the_spy_can_tell(tiny_cache, kernel_choices):
     """Without vldd's choice, transformers turns kernels on (so the tests below would see True where vldd did not
     pass False)."""
