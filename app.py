@@ -22,6 +22,7 @@ import gradio as gr
 
 from vldd import app_logic as logic
 from vldd import space_gpu
+from vldd.cli import hub_kernels_for_process
 from vldd.hub import HubError
 
 HERE = Path(__file__).resolve().parent
@@ -580,6 +581,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = default_settings(args.config, host=args.host, share=args.share,
                                 allow_local_paths=args.allow_local_paths)
+    # Hub kernels: off unless a preset sets `hub_kernels: true` (and the Hub is online), for the lazily loaded ones too
+    hub_kernels_for_process(any(p.config().hub_kernels for p in settings.space.presets.values()))
     if settings.zero_gpu:
         preload(settings)
     demo = build_demo(settings)

@@ -20,6 +20,15 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _no_process_wide_kernel_switch():
+    """Every test starts with USE_HUB_KERNELS unset, as on a fresh machine, and leaves it so: the CLI sets it for its
+    process (`vldd.cli.hub_kernels_for_process`), and in-process CLI tests must not pass that on to later tests."""
+    os.environ.pop("USE_HUB_KERNELS", None)
+    yield
+    os.environ.pop("USE_HUB_KERNELS", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
     """A cache directory holding the tiny models, built once for the whole session."""

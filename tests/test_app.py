@@ -329,7 +329,7 @@ def test_space_file_check_catches_disagreements(tmp_path, space):
     (tmp_path / "README.md").write_text(f"---\n{yaml.safe_dump({**front, 'sdk_version': '5.0.0'})}---\n")
     (tmp_path / "requirements.txt").write_text("gradio\ntorch>=2.8\n")
     problems = "\n".join(logic.check_space_files(tmp_path, space))
-    assert "`sdk_version` is '5.0.0'" in problems and "must pin gradio[oauth]==" in problems
+    assert "`sdk_version` is '5.0.0'" in problems and f"must pin gradio=={s['sdk_version']} " in problems
     assert "must list `spaces`" in problems and "must pin torchvision" in problems
     assert "must pin torch to one version ZeroGPU offers (2.8.0, 2.9.1, 2.10.0, 2.11.0), got no torch== line" in problems
     (tmp_path / "requirements.txt").write_text("torch==2.14.1\n")

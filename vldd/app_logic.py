@@ -691,19 +691,22 @@ class ModelCache:
 
         device, dtype = where or placement(config)
         c = config.caption
-        return self._get(("captioner", c.model, c.revision, device, dtype), lambda: load_captioner(
-            c.model, revision=c.revision, device=device, dtype=_dtype(dtype), cache_dir=self.cache_dir))
+        kernels = config.hub_kernels
+        return self._get(("captioner", c.model, c.revision, device, dtype, kernels), lambda: load_captioner(
+            c.model, revision=c.revision, device=device, dtype=_dtype(dtype), cache_dir=self.cache_dir,
+            hub_kernels=kernels))
 
     def pipeline(self, config: DistillConfig, where: Placement | None = None):
         from .generation import load_pipeline
 
         device, dtype = where or placement(config)
         g = config.generation
-        key = ("pipeline", g.model, g.revision, g.scheduler, g.lora, device, dtype)
+        key = ("pipeline", g.model, g.revision, g.scheduler, g.lora, device, dtype, config.hub_kernels)
         if key not in self._models and device.startswith("cuda"):
             self.evict_captioners_unless_free(self.keep_both_bytes)
         return self._get(key, lambda: load_pipeline(g.model, revision=g.revision, device=device, dtype=_dtype(dtype),
-                                                    scheduler=g.scheduler, lora=g.lora, cache_dir=self.cache_dir))
+                                                    scheduler=g.scheduler, lora=g.lora, cache_dir=self.cache_dir,
+                                                    hub_kernels=config.hub_kernels))
 
     def evict_captioners_unless_free(self, needed: int | None) -> list[str]:
         """Drops every loaded captioner unless `needed` bytes of GPU memory are free (the CLI frees the captioner
@@ -1142,8 +1145,8 @@ def check_space_files(root: str | Path, space: SpaceConfig) -> list[str]:
         problems.append("requirements.txt is missing: a Space installs its dependencies from it")
     else:
         lines = [line.split("#")[0].strip().replace(" ", "") for line in requirements.read_text().splitlines()]
-        if f"gradio[oauth]=={expected['sdk_version']}" not in lines:
-            problems.append(f"requirements.txt must pin gradio[oauth]=={expected['sdk_version']} (the sdk_version)")
+        if not {f"gradio=={expected['sdk_version']}", f"gradio[oauth]=={expected['sdk_version']}"} & set(lines):
+            problems.append(f"requirements.txt must pin gradio=={expected['sdk_version']} (the sdk_version)")
         if not any(re.match(r"^spaces([<>=!~].*)?$", line) for line in lines):
             problems.append("requirements.txt must list `spaces` (ZeroGPU)")
         offered = [str(v) for v in space.space.get("zerogpu_torch") or []]

@@ -57,6 +57,7 @@ def load_captioner(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     cache_dir: str | Path | None = None,
+    hub_kernels: bool = False,
 ) -> Captioner:
     """Loads an image-text-to-text model and its processor, ready for `caption_images`.
 
@@ -66,17 +67,22 @@ def load_captioner(
         device: where to put the model.
         dtype: weights' dtype (e.g. `torch.float16` on GPU).
         cache_dir: where `tiny://` models are built and kept; defaults to `~/.cache/vldd`.
+        hub_kernels: let transformers swap layers for kernels downloaded from the Hub (on CUDA; never offline);
+            off, the model runs PyTorch's own layers and nothing is fetched (`vldd.devices.hub_kernels_allowed`).
 
     Raises:
         ValueError: when `model_id` names no loadable image-text-to-text model. Remote code is never trusted.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from .devices import hub_kernels_allowed
+
     source = resolve_model(model_id, cache_dir=cache_dir)
     pinned = resolve_revision(source, revision, remote=True) or revision  # model and processor load one commit
     try:
         model = AutoModelForImageTextToText.from_pretrained(
-            source, revision=pinned, dtype=dtype, device_map=str(torch.device(device)), trust_remote_code=False)
+            source, revision=pinned, dtype=dtype, device_map=str(torch.device(device)), trust_remote_code=False,
+            use_kernels=hub_kernels_allowed(hub_kernels))
         processor = AutoProcessor.from_pretrained(source, revision=pinned, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(

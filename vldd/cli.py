@@ -272,9 +272,23 @@ def _cache_dir_flag(parser: argparse.ArgumentParser, default: str | None = None)
                         help="where the tiny preset's models are built (default: $VLDD_CACHE or ~/.cache/vldd)")
 
 
+def hub_kernels_for_process(requested: bool) -> None:
+    """Unless Hub kernels were asked for and the Hub is online, sets USE_HUB_KERNELS=0 for this process.
+
+    vldd's loaders choose per call (`use_kernels=`), but a few transformers layers (FP8 and NVFP4 quantized weights,
+    some mixture-of-experts) fetch their kernel from the Hub on first use, reading only this process-wide variable;
+    so the entry points (this CLI and app.py) set it, and the library never touches the environment.
+    """
+    from .devices import hub_kernels_allowed
+
+    if not hub_kernels_allowed(requested):
+        os.environ["USE_HUB_KERNELS"] = "0"
+
+
 def _run_stages(stages):
     def run(args):
         config = config_from_args(args)
+        hub_kernels_for_process(config.hub_kernels)
         with run_dir_lock(config.output, launch=_launch_key()):
             from .distillation import distill
 
@@ -400,6 +414,7 @@ def _plan(args) -> int:
     from .plan import plan_run
 
     config = config_from_args(args)
+    hub_kernels_for_process(config.hub_kernels)
     estimates = plan_run(config, cache_dir=args.cache_dir, processes=args.processes)
     _print(reports.plan_lines(estimates, args.processes))
     if config.is_tiny:
@@ -427,6 +442,7 @@ def _finetune(args) -> int:
     if not values["captions"]:
         raise ValueError("give the captions: a run directory (vldd finetune RUN_DIR ...) or --captions HUB_ID")
     config = finetune_config(args.preset, **values)
+    hub_kernels_for_process(config.hub_kernels)
     check_output_dir(config.output, "output directory")
     result = finetune(config, cache_dir=args.cache_dir, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, only the main process reports
@@ -497,6 +513,7 @@ def _reproduce(args) -> int:
     output = distill_overrides.pop("output", None)
     if not output:
         raise ValueError("`--output` must name the reproduction's directory")
+    hub_kernels_for_process(distill_overrides.get("hub_kernels", False))
     eval_overrides = _nested(args, "eval")
     processes, device = _processes(eval_overrides.get("device", "auto"))
     if processes is not None:

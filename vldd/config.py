@@ -212,6 +212,9 @@ class DistillConfig:
     preset: str = "paper"  # name of the preset the run started from (informational once resolved)
     device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
     dtype: str = "auto"  # "auto" (fp16 on cuda, fp32 on cpu), "fp32", "fp16" or "bf16"
+    # let transformers replace layers of the captioner and SD's text encoder with compute kernels downloaded from the
+    # Hub (kernels-community, CUDA only); off = PyTorch's own layers, nothing fetched. Never tried while offline
+    hub_kernels: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
@@ -225,6 +228,7 @@ class DistillConfig:
                f"`device` must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         _check(self.dtype in ("auto", "fp32", "fp16", "bf16"),
                f"`dtype` must be 'auto', 'fp32', 'fp16' or 'bf16', got {self.dtype!r}")
+        _check(isinstance(self.hub_kernels, bool), f"`hub_kernels` must be true or false, got {self.hub_kernels!r}")
         _check(self.preset in PRESETS, f"`preset` must be one of {sorted(PRESETS)}, got {self.preset!r}")
 
     @property

@@ -61,3 +61,18 @@ def resolve_dtype(dtype: str, device):
     if dtype not in table:
         raise ValueError(f"dtype must be 'auto' or one of {list(table)}, got {dtype!r}")
     return table[dtype]
+
+
+def hub_kernels_allowed(requested: bool) -> bool:
+    """Whether a model loader lets transformers swap layers for compute kernels downloaded from the Hub.
+
+    transformers (5.25 and later) does it by default on CUDA (`kernels-community/activation`, `.../liger_kernels`,
+    ...): code nobody vetted, fetched at load, and a failed load offline. vldd's loaders pass
+    `use_kernels=hub_kernels_allowed(config.hub_kernels)` to every `from_pretrained`, so this happens only when the
+    user asked for it (`hub_kernels`, off by default), and never while huggingface_hub is offline (`HF_HUB_OFFLINE`).
+    """
+    if not requested:
+        return False
+    from huggingface_hub import is_offline_mode
+
+    return not is_offline_mode()

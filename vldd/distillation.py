@@ -399,7 +399,7 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
             from .captioning import load_captioner
 
             captioner = load_captioner(config.caption.model, revision=config.caption.revision, device=device,
-                                       dtype=dtype, cache_dir=cache_dir)
+                                       dtype=dtype, cache_dir=cache_dir, hub_kernels=config.hub_kernels)
         caption_stage(source, config, dirs["caption"], captioner, mine, progress)
         _free(captioner)
         captioner = None
@@ -432,7 +432,8 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
         g = config.generation
         model, revision, lora = _diffusion_model(config, tune, dirs, for_generation=needs_generate)
         pipeline = load_pipeline(model, revision=revision, device=device, dtype=dtype, scheduler=g.scheduler,
-                                 lora=lora, cache_dir=cache_dir, compile_unet=g.compile and needs_generate)
+                                 lora=lora, cache_dir=cache_dir, compile_unet=g.compile and needs_generate,
+                                 hub_kernels=config.hub_kernels)
     if "prototypes" in stages:
         t = time.perf_counter()
         prototype_stage(source, config, dirs["prototypes"], pipeline.vae if needs_pipe else None, plan, mine,
@@ -484,7 +485,7 @@ def _diffusion_model(config: DistillConfig, tune: FinetuneConfig | None, dirs: d
 
 # Fine-tuning settings that change no weight: where things go, how often to checkpoint, how to load data.
 _FINETUNE_UNFINGERPRINTED = {"captions", "output", "checkpointing_steps", "checkpoints_total_limit", "resume",
-                             "dataloader_num_workers", "push_to_hub", "private"}
+                             "dataloader_num_workers", "push_to_hub", "private", "hub_kernels"}
 
 
 def share_stage(stage: StageDir, donor: Path) -> int:
@@ -536,7 +537,10 @@ def _stage_dirs(run_dir: Path, config: DistillConfig, source: SourceDataset, pro
                            config.data.label_column)
     fp: dict[str, str] = {}
     names = [source.prompt_names] if source.prompt_names != source.class_names else []  # the prompts name them
-    fp["caption"] = fingerprint(data_key, config.caption, config.seed, *names)
+    # Hub kernels may change results' last bits (as torch.compile does): named only when on, so the fingerprints of
+    # runs made before the option existed still match. They reach the fine-tuning through the captions' fingerprint.
+    kernels = ["hub_kernels"] if config.hub_kernels else []
+    fp["caption"] = fingerprint(data_key, config.caption, config.seed, *names, *kernels)
     if tune is not None:
         fp["finetune"] = fingerprint(fp["caption"], {k: v for k, v in tune.to_dict().items()
                                                      if k not in _FINETUNE_UNFINGERPRINTED})
@@ -549,7 +553,7 @@ def _stage_dirs(run_dir: Path, config: DistillConfig, source: SourceDataset, pro
     text = {k: v for k, v in vars(config.text).items() if (k, v) != ("mode", "prototypes")}
     fp["text"] = fingerprint(fp["caption"], fp["prototypes"], text)
     gen = {k: v for k, v in vars(config.generation).items() if k != "batch_size"}  # batching changes no result
-    fp["generate"] = fingerprint(fp["text"], gen, config.seed, fp.get("finetune"))
+    fp["generate"] = fingerprint(fp["text"], gen, config.seed, fp.get("finetune"), *kernels)
     paths = {"finetune": run_dir / "finetune" / f"seed{config.seed}"}
     dirs = {}
     if processes.is_main:  # only the main process may clear a stale stage

@@ -46,6 +46,7 @@ import torch
 from . import __version__, seeding
 from .cards import MODEL_SUMMARY, render_model_card
 from .config import TINY_DIFFUSION
+from .devices import hub_kernels_allowed
 
 if TYPE_CHECKING:
     from .config import DistillConfig
@@ -64,7 +65,8 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # Settings that may change when a run is resumed: they decide how long to train and what to do with the result, not
 # how any step is computed.
 RESUMABLE_CHANGES = {"output", "max_train_steps", "num_train_epochs", "checkpointing_steps",
-                     "checkpoints_total_limit", "resume", "dataloader_num_workers", "push_to_hub", "private"}
+                     "checkpoints_total_limit", "resume", "dataloader_num_workers", "push_to_hub", "private",
+                     "hub_kernels"}  # kernels change the frozen text encoder's rounding, not what is trained
 
 
 def _check(ok: bool, message: str) -> None:
@@ -113,6 +115,9 @@ class FinetuneConfig:
     dataloader_num_workers: int = 0  # image-decoding worker processes per training process
     push_to_hub: str | None = None  # model repository ("namespace/name", or "name" in your namespace) to upload to
     private: bool = False  # create that repository private
+    # let transformers replace layers of the frozen text encoder with compute kernels downloaded from the Hub
+    # (kernels-community, CUDA only); off = PyTorch's own layers, nothing fetched. Never tried while offline
+    hub_kernels: bool = False
 
     def __post_init__(self):
         _check(bool(self.captions), "`captions` must be a run directory, a captions directory or a Hub dataset id, "
@@ -363,7 +368,8 @@ def _load_models(config: FinetuneConfig, path: str):
     kw = {"revision": config.revision}
     try:
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
+                                                     use_kernels=hub_kernels_allowed(config.hub_kernels), **kw)
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
         noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kw)
@@ -453,7 +459,7 @@ def finetune_settings(config: DistillConfig, run_dir: str | Path, dtype: torch.d
     return finetune_config(config.preset if config.preset in PRESETS else "paper", **values,
                            captions=str(run_dir), output=str(Path(run_dir) / "finetune" / f"seed{config.seed}"),
                            base_model=f.base_model or g.model, revision=None if f.base_model else g.revision,
-                           seed=config.seed, lora=f.lora, mixed_precision=mixed)
+                           seed=config.seed, lora=f.lora, mixed_precision=mixed, hub_kernels=config.hub_kernels)
 
 
 def _model_given(config: DistillConfig) -> bool:
@@ -641,6 +647,7 @@ def finetune(config: FinetuneConfig, *, cache_dir: str | Path | None = None, pro
 def _save_model(unet, config: FinetuneConfig, base_path: str, output: Path) -> int:
     """Writes the pipeline (full) or the LoRA adapter into `output`; returns the size of the trained weights."""
     from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
 
     if config.lora:
         state, metadata = _lora_state(unet)
@@ -648,8 +655,11 @@ def _save_model(unet, config: FinetuneConfig, base_path: str, output: Path) -> i
                                                   safe_serialization=True)
         return (output / LORA_WEIGHTS).stat().st_size
     # The frozen components are loaded afresh from the base, so they are saved in their original precision.
-    pipe = StableDiffusionPipeline.from_pretrained(base_path, unet=unet, revision=config.revision,
-                                                   safety_checker=None, requires_safety_checker=False)
+    text_encoder = CLIPTextModel.from_pretrained(base_path, subfolder="text_encoder", revision=config.revision,
+                                                 use_kernels=hub_kernels_allowed(config.hub_kernels))
+    pipe = StableDiffusionPipeline.from_pretrained(base_path, unet=unet, text_encoder=text_encoder,
+                                                   revision=config.revision, safety_checker=None,
+                                                   requires_safety_checker=False)
     if config.prediction_type is not None:
         pipe.scheduler.register_to_config(prediction_type=config.prediction_type)
     pipe.save_pretrained(output, safe_serialization=True)

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def load_pipeline(model_id: str, *, revision: str | None = None, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, scheduler: str | None = None, lora: str | None = None,
-                  cache_dir=None, compile_unet: bool = False):
+                  cache_dir=None, compile_unet: bool = False, hub_kernels: bool = False):
     """Loads a Stable Diffusion checkpoint (Hub id or directory) as a stock img2img pipeline.
 
     Args:
@@ -36,16 +36,24 @@ def load_pipeline(model_id: str, *, revision: str | None = None, device: str | t
         cache_dir: where tiny models are built.
         compile_unet: wrap the UNet in `torch.compile` (opt-in: the first call compiles, for minutes at SD's size;
             fused kernels may change an image's last bits, so it is part of the generate stage's fingerprint).
+        hub_kernels: let transformers swap layers of the text encoder for kernels downloaded from the Hub (on CUDA;
+            never offline). diffusers loads a pipeline's transformers components with transformers' defaults, which
+            turn them on, so the text encoder is loaded here, with the choice made explicit, and handed over.
     """
     import diffusers
     from diffusers import StableDiffusionImg2ImgPipeline
+    from transformers import CLIPTextModel
 
     from .builtin import resolve_model
+    from .devices import hub_kernels_allowed
 
     path = resolve_model(model_id, cache_dir)
     try:
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", revision=revision, dtype=dtype,
+                                                     use_kernels=hub_kernels_allowed(hub_kernels))
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-            path, revision=revision, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+            path, revision=revision, dtype=dtype, text_encoder=text_encoder, safety_checker=None,
+            requires_safety_checker=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"could not load Stable Diffusion model {model_id!r}: {err}") from err
     if scheduler is not None:

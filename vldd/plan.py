@@ -213,7 +213,7 @@ def caption_cost(captioner: Captioner, images: list, class_name: str, c: Caption
     return timer.scaled(0, factor) + outside, sum(decode) / len(decode) if decode else 0.0
 
 
-def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype, cache_dir
+def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype, cache_dir, hub_kernels: bool
                  ) -> tuple[float, float, str, str]:
     """Seconds per image, peak GB, the model measured and a note, for the whole token budget."""
     from .captioning import load_captioner
@@ -224,7 +224,7 @@ def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype,
         full, model_id = parse_shape_id(model_id)[1]["layers"], f"{model_id}?layers=2"
     with PeakMemory(device) as peak:
         captioner = load_captioner(model_id, revision=None if model_id != c.model else c.revision, device=device,
-                                   dtype=dtype, cache_dir=cache_dir)
+                                   dtype=dtype, cache_dir=cache_dir, hub_kernels=hub_kernels)
         prefill, decode = caption_cost(captioner, images, class_name, c, full_layers=full)
         layer_gb = decoder_layer_bytes(captioner) / 2**30
         del captioner
@@ -357,14 +357,16 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
     if not c.from_hub:
         name = source.class_names[source.classes[0]]
         batch = images[: min(c.batch_size, len(images))]
-        rows.append(("caption", n_images, "image", *_caption_row(c, batch, name, device, dtype, cache_dir)))
+        rows.append(("caption", n_images, "image",
+                     *_caption_row(c, batch, name, device, dtype, cache_dir, config.hub_kernels)))
 
     # 3. Encoding, fine-tuning, clustering and generation with the SD pipeline.
     g, p = config.generation, config.prototypes
     model_id = stand_in(g.model)
     with PeakMemory(device) as peak:
         pipe = load_pipeline(model_id, revision=g.revision if model_id == g.model else None, device=device,
-                             dtype=dtype, scheduler=g.scheduler, lora=g.lora, cache_dir=cache_dir)
+                             dtype=dtype, scheduler=g.scheduler, lora=g.lora, cache_dir=cache_dir,
+                             hub_kernels=config.hub_kernels)
         latents = encode_images(pipe.vae, images, resolution=p.resolution, batch_size=p.encode_batch_size)
         per_image = timed(lambda: encode_images(pipe.vae, images, resolution=p.resolution,
                                                 batch_size=p.encode_batch_size), device, warmup=False) / len(images)
