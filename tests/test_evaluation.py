@@ -509,7 +509,7 @@ def test_several_sets_report_mean_and_std_over_sets_and_repeats(tmp_path, monkey
     assert report["results"]["random"]["best_mean"] == 25.0
     assert "evaluation" not in read_manifest(runs[0])  # several sets: the report stands apart from the runs
     printed = capsys.readouterr().out
-    assert "mean ± std over 2 sets x 2 repeats" in printed
+    assert "mean ± std over 4 trainings: 2 sets x 2 trainings per set (seeds 0..1)" in printed
     assert "distilled best  55.0 ± 11.2   final  47.5 ± 10.9" in printed
     assert f"set 1     best  65.0 ± 5.0   final  55.0 ± 5.0   (8 images)  {runs[1]}" in printed
     assert sorted(calls) == sorted([("distilled set 0 #1", 0), ("distilled set 0 #2", 1), ("distilled set 1 #1", 0),

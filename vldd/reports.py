@@ -58,8 +58,9 @@ def finetune_lines(result: FinetuneResult) -> list[str]:
 
 def evaluation_lines(result: EvalResult) -> list[str]:
     """The recipe in one line, then best and final top-1 (mean ± std) per training set."""
-    over = (f"{len(result.sets)} sets x {result.config.repeats} repeats" if len(result.sets) > 1
-            else f"{result.config.repeats}")
+    sets, repeats = len(result.sets), result.config.repeats
+    over = (f"{sets * repeats} trainings: {sets} set{'s' if sets > 1 else ''} x {repeats} training"
+            f"{'s' if repeats > 1 else ''} per set (seeds {result.config.seed}..{result.config.seed + repeats - 1})")
     lines = [f"{result.config.protocol}-label protocol, {result.recipe.student}, {result.recipe.image_size} px, "
              f"{result.recipe.epochs} epochs, {len(result.classes)} classes, IPC {result.ipc} "
              f"(top-1 %, mean ± std over {over})"]
