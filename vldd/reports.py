@@ -137,16 +137,22 @@ def ablation_lines(result: AblationResult) -> list[str]:
 
 
 def plan_lines(estimates: list[StageEstimate], processes: int = 1) -> list[str]:
-    """Per-stage estimates as a small table for the terminal."""
-    lines = [f"{'stage':<9} {'items':>10} {'s/item':>9} {'time':>10} {'peak mem':>9}   (with {processes} process(es))"]
+    """Per-stage estimates as a small table for the terminal: the median time per item and the spread measured
+    (min-max over the timed repeats), model loading, then how each stage was measured and what was extrapolated."""
+    lines = [f"{'stage':<9} {'items':>10} {'s/item':>9} {'min-max (n)':>20} {'load':>7} {'time':>10} {'peak mem':>9}"
+             f"   (with {processes} process(es))"]
     for e in estimates:
-        lines.append(f"{e.stage:<9} {e.items:>8} {e.unit[:2]:<1} {e.seconds_per_item:>9.3f} "
-                     f"{_duration(e.seconds):>10} {e.peak_memory_gb:>7.2f}GB")
-    lines.append(f"{'total':<9} {'':>10} {'':>9} {_duration(sum(e.seconds for e in estimates)):>10}")
+        spread = f"{e.spread[0]:.3g}-{e.spread[2]:.3g} ({e.samples})"
+        lines.append(f"{e.stage:<9} {e.items:>8} {e.unit[:2]:<1} {e.seconds_per_item:>9.3f} {spread:>20} "
+                     f"{_duration(e.load_seconds):>7} {_duration(e.seconds):>10} {e.peak_memory_gb:>7.2f}GB")
+    lines.append(f"{'total':<9} {'':>10} {'':>9} {'':>20} {'':>7} {_duration(sum(e.seconds for e in estimates)):>10}")
     for e in estimates:
-        if e.model.startswith("shapes://") or e.note:
-            model = f"{e.model} (real shapes, random weights)" if e.model.startswith("shapes://") else e.model
-            lines.append(f"  {e.stage}: " + "; ".join(x for x in (model, e.note) if x))
+        model = f"{e.model} (real shapes, random weights)" if e.model.startswith("shapes://") else e.model
+        parts = [x for x in (model, e.note) if x]
+        if e.extrapolation:
+            parts.append(f"EXTRAPOLATED: {e.extrapolation}")
+        if parts:
+            lines.append(f"  {e.stage}: " + "; ".join(parts))
     return lines
 
 
