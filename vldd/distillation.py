@@ -439,10 +439,13 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     if needs_pipe and pipeline is None:
         from .generation import load_pipeline
 
+        t = time.perf_counter()
+
         g = config.generation
         model, revision, lora = _diffusion_model(config, tune, dirs, for_generation=needs_generate)
         pipeline = load_pipeline(model, revision=revision, device=device, dtype=dtype, scheduler=g.scheduler,
                                  lora=lora, cache_dir=cache_dir, compile_unet=g.compile and needs_generate)
+        timings["pipeline"] = time.perf_counter() - t  # loading the SD pipeline (prototypes and generation share it)
     if "prototypes" in stages:
         t = time.perf_counter()
         _record(dirs["prototypes"], record, processes, ".pt", source.classes)

@@ -440,13 +440,15 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
             tol=p.tol), device, warmup=warmup))
     rows.append(("cluster", len(source.classes), "class", {"values": values, "per": 1, "peak": peak.gb, "model": "",
                                                            "note": f"{largest} latents, k={k}"}))
-    batch = min(g.batch_size, len(latents))
+    # One image per call: `generate_images` batches only prompts of one token length, and captions rarely share one
+    # (so a run generates one image per pipeline call, whatever `generation.batch_size` says).
+    batch = 1
     with PeakMemory(device) as peak:
         values = sample(lambda warmup: generation_cost(pipe, latents[:batch], g, warmup=warmup))
     calls = unet_calls(pipe, g.num_inference_steps, g.strength)
     timed_calls = next(n for n in (unet_calls(pipe, s, g.strength) for s in range(1, 1000)) if n >= 2)
     rows.append(("generate", n_outputs, "image", {
-        "values": values, "per": batch, "peak": peak.gb, "model": model_id, "note": f"batch of {batch}",
+        "values": values, "per": batch, "peak": peak.gb, "model": model_id, "note": "one image per call (prompts of different lengths are not batched)",
         "extrapolation": f"{timed_calls} UNet calls timed one by one, projected to the run's {calls} (x"
                          f"{calls / timed_calls:.3g})" if calls != timed_calls else ""}))
     estimates = []
