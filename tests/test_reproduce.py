@@ -99,7 +99,8 @@ def test_cli_prints_the_table_beside_the_paper(reproduced, tiny_cache, capsys):
     assert main(["reproduce", "imagenette-ipc10", "--output", str(out), "--cache-dir", str(tiny_cache), "--quiet",
                  *DISTILL_FLAGS, *EVAL_FLAGS]) == 0  # resumes: nothing is computed again
     printed = capsys.readouterr().out
-    assert "imagenette-ipc10: hard-label protocol, resnetap10, 2 epochs, 3 sets (seeds 0, 1, 2) x 1 repeats" in printed
+    assert ("imagenette-ipc10: hard-label protocol, resnetap10, 2 epochs, 3 sets (seeds 0, 1, 2) x 1 trainings per set "
+            "— top-1 %, mean ± std over the 3 trainings") in printed
     assert "VLCP (vldd)    64.8" in printed and "random real    54.2" in printed
     assert "  VLCP (vldd)  IOR " in printed and "HLR" not in printed
     assert "NOT comparable with the paper" in printed and f"report: {out / 'reproduce.json'}" in printed

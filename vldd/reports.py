@@ -109,8 +109,8 @@ def reproduce_lines(result: ReproduceResult) -> list[str]:
     e = result.evaluation
     seeds = ", ".join(map(str, result.seeds))
     lines.append(f"{result.cell.name}: {e.config.protocol}-label protocol, {e.recipe.student}, {e.recipe.epochs} "
-                 f"epochs, {len(result.run_dirs)} sets (seeds {seeds}) x {e.config.repeats} repeats — top-1 %, "
-                 "mean ± std")
+                 f"epochs, {len(result.run_dirs)} sets (seeds {seeds}) x {e.config.repeats} trainings per set — "
+                 f"top-1 %, mean ± std over the {len(result.run_dirs) * e.config.repeats} trainings")
     lines.append(f"  {'':12s} {'paper':>6s}   {'best':>13s}   {'final':>13s}   {'best - paper':>12s}")
     for row in result.rows:
         paper = "—" if row.published is None else f"{row.published:.1f}"
