@@ -117,6 +117,7 @@ def _changed_values(tmp_path, tiny_cache):
         "data.config_name": "other", "data.split": "test", "data.revision": "v1", "data.image_column": "img",
         "data.label_column": "lbl", "data.classes": ["circle"], "data.max_images_per_class": 10,
         "data.too_few_images": "reduce", "data.streaming": True, "data.class_names": None,  # set below
+        "data.numeric_names": True, "data.profile": "cifar10",
         "caption.model": "tiny://other", "caption.revision": "v1", "caption.prompt": "the {class_name}",
         "caption.do_sample": False, "caption.temperature": 0.5, "caption.max_new_tokens": 5,
         "caption.batch_size": 3, "caption.conversation": "chat_template", "caption.pad_to_square": False,
@@ -124,6 +125,7 @@ def _changed_values(tmp_path, tiny_cache):
         "prototypes.resolution": 32, "prototypes.encode_batch_size": 4, "prototypes.lof_neighbors": 5,
         "prototypes.contamination": 0.2, "prototypes.n_init": 2, "prototypes.max_iter": 10, "prototypes.tol": 1e-3,
         "text.top_k": 5, "text.common_threshold": 0.5, "text.fallback": "class_name",
+        "text.mode": "class_name",
         "generation.model": sd, "generation.revision": "v1", "generation.lora": "someone/lora",
         "generation.scheduler": "DDIMScheduler", "generation.num_inference_steps": 20, "generation.strength": 0.5,
         "generation.guidance_scale": 3.0, "generation.eta": 0.5, "generation.compile": True,
@@ -144,8 +146,9 @@ def test_every_setting_is_fingerprinted_or_listed_as_not(tiny_cache, tmp_path):
     assert UNFINGERPRINTED <= set(changed)
 
     def fingerprints(values):
-        config, _ = load_config(overrides=values).resolve(2)
+        config = load_config(overrides=values)
         source = load_source(config.data)
+        config, _ = config.resolve(source.profile)
         dtype = resolve_dtype(config.dtype, resolve_device(config.device))
         tune = finetune_settings(config, config.output, dtype)
         return stage_fingerprints(config, source, tune, dtype, tiny_cache)
@@ -166,7 +169,7 @@ def test_every_setting_is_fingerprinted_or_listed_as_not(tiny_cache, tmp_path):
             # settings themselves, plus the source's revision)
             import vldd.distillation as d
 
-            config, _ = load_config(overrides=values).resolve(2)
+            config, _ = load_config(overrides=values).resolve(sample.profile)
             dtype = torch.float32
             after = d.stage_fingerprints(config, sample, finetune_settings(config, config.output, dtype), dtype,
                                          tiny_cache)

@@ -572,7 +572,6 @@ def _add_ablate(sub):
               if f.name not in ("distilled", "baselines", "output", "record", "ipc", "class_names")]
     add_config_flags(group, fields, dest="eval", flags=lambda name: [f"--eval.{name}"])
     _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablate)
 
 

@@ -553,10 +553,11 @@ def _link_or_copy(src, dst) -> None:
 # stage's results (`stages.<name>.computed_with`), next to the device, dtype and process count.
 RECORDED_SETTINGS = {"caption": (), "finetune": ("finetune.checkpointing_steps",), "prototypes": (), "text": (),
                      "generate": ("generation.batch_size",)}
-# Settings that choose what the run holds or where, not how a result is computed: the run directory itself and which
-# classes the dataset holds (the manifest's source.classes). `device` is recorded per stage (above); every other
+# Settings that choose what the run holds or where, or what it accepts, not how a result is computed: the run
+# directory itself, which classes the dataset holds (the manifest's source.classes), and whether numeric class names
+# are accepted (the names used are in the caption fingerprint). `device` is recorded per stage (above); every other
 # setting is in the fingerprint of each stage it changes (the preset through the fine-tuning recipe it selects).
-UNFINGERPRINTED = {"output", "device", "data.classes"} | {s for names in RECORDED_SETTINGS.values()
+UNFINGERPRINTED = {"output", "device", "data.classes", "data.numeric_names"} | {s for names in RECORDED_SETTINGS.values()
                                                                        for s in names}
 
 
