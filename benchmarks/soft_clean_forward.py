@@ -54,8 +54,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="2 epochs, 1 seed, 16 px: seconds")
     args = parser.parse_args()
-    if args.smoke:
-        args.epochs, args.repeats, args.size = 2, 1, 16
+    if args.smoke:  # one thread: the tiny shapes are overhead-bound
+        args.epochs, args.repeats, args.size, args.threads = 2, 1, 16, 1
     torch.set_num_threads(args.threads)
     from vldd.evaluation import EvalConfig, evaluate
 

@@ -389,7 +389,6 @@ def _add_teacher(sub):
                      flags=lambda name: [f"--{name.replace('_', '-')}"],
                      choices={"mixed_precision": module_constants("teacher")["MIXED_PRECISION"]},
                      metavars={"real": "ID|DIR", "output": "FILE"}, required=["real"])
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_teacher)
 
 
