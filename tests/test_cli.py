@@ -250,3 +250,40 @@ def test_launch_key(monkeypatch):
                        "TORCHELASTIC_RUN_ID": "run7"}.items():
         monkeypatch.setenv(key, value)
     assert cli._launch_key() == "10.0.0.1:29500:run7"
+
+
+def test_verbose_is_accepted_after_any_command(tmp_path, capsys):
+    parser = build_parser()
+    for name, command in subcommands(parser).items():
+        flags = {option for action in command._actions for option in action.option_strings}
+        assert {"-v", "--verbose", "--quiet"} <= flags, name
+    assert parser.parse_args(["distill", "-v"]).verbose is True
+    assert parser.parse_args(["-v", "distill"]).verbose is True  # before the command, as before
+    assert parser.parse_args(["distill"]).verbose is False
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [")
+    assert main(["distill", "--config", str(bad), "-v"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "not valid YAML" in err.splitlines()[-1]
+
+
+def test_quiet_silences_the_libraries_progress_bars_too(tiny_cache, tmp_path, capsys):
+    import datasets
+    from conftest import tiny_overrides
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    config = tmp_path / "run.yaml"
+    for name, quiet in (("loud", []), ("quiet", ["--quiet"])):
+        config.write_text(json.dumps(tiny_overrides(tmp_path / name)))
+        assert main(["distill", "--config", str(config), "--cache-dir", str(tiny_cache), *quiet]) == 0
+        err = capsys.readouterr().err
+        if not quiet:  # vldd's bars, transformers' and diffusers' (loading models) and datasets' (saving the set)
+            for bar in ("generate:", "Loading weights", "Loading pipeline components", "Saving the dataset"):
+                assert bar in err, (bar, err[-3000:])
+        else:
+            assert "it/s" not in err and "%|" not in err, err[-2000:]
+    # the libraries' switches are back as they were, and so is the environment
+    assert not are_progress_bars_disabled() and datasets.is_progress_bar_enabled()
+    assert diffusers_logging.is_progress_bar_enabled()
+    assert "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ

@@ -509,7 +509,7 @@ def test_several_sets_report_mean_and_std_over_sets_and_repeats(tmp_path, monkey
     assert report["results"]["random"]["best_mean"] == 25.0
     assert "evaluation" not in read_manifest(runs[0])  # several sets: the report stands apart from the runs
     printed = capsys.readouterr().out
-    assert "mean ± std over 2 sets x 2 repeats" in printed
+    assert "mean ± std over 4 trainings: 2 sets x 2 trainings per set (seeds 0..1)" in printed
     assert "distilled best  55.0 ± 11.2   final  47.5 ± 10.9" in printed
     assert f"set 1     best  65.0 ± 5.0   final  55.0 ± 5.0   (8 images)  {runs[1]}" in printed
     assert sorted(calls) == sorted([("distilled set 0 #1", 0), ("distilled set 0 #2", 1), ("distilled set 1 #1", 0),
@@ -730,3 +730,32 @@ def test_rded_teacher_file_with_a_names_file_aligns_its_outputs_by_name(tmp_path
         evaluate(EvalConfig(**config))
     with pytest.raises(ValueError, match="`teacher_class_names` 'missing.txt' is not a file"):
         evaluate(EvalConfig(**config, teacher_class_names="missing.txt"))
+
+
+@pytest.mark.parametrize("clean_forward", [True, False])
+def test_soft_clean_forward_runs_the_student_on_the_unmixed_batch_first(tmp_path, monkeypatch, clean_forward):
+    import vldd.students
+
+    run = make_run(tmp_path / "run")
+    teacher = save_classifier(build_student("resnetap10", len(SAMPLE_CLASSES), SIZE, WIDTH).eval(),
+                              tmp_path / "teacher.pt", arch="resnetap10", class_names=SAMPLE_CLASSES, image_size=SIZE,
+                              width=WIDTH)
+    calls = []  # (train mode, gradients on) of every student forward
+    real_build = vldd.students.build_student
+
+    def counting_build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.register_forward_hook(lambda m, i, o: calls.append((m.training, torch.is_grad_enabled())))
+        return model
+
+    monkeypatch.setattr(vldd.students, "build_student", counting_build)
+    config = EvalConfig(distilled=str(run), protocol="soft", teacher=str(teacher), student="resnetap10", epochs=1,
+                        batch_size=4, shuffle_factor=1, record=False, clean_forward=clean_forward, **TINY)
+    result = evaluate(config)
+    steps = calls.count((True, True))
+    assert steps == 3  # 12 images in batches of 4
+    assert calls.count((True, False)) == (steps if clean_forward else 0)
+    if clean_forward:  # the extra forward comes first in each step
+        train_calls = [c for c in calls if c[0]]
+        assert train_calls == [(True, False), (True, True)] * steps
+    assert result.report["recipe"]["clean_forward"] is clean_forward

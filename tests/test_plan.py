@@ -100,10 +100,16 @@ def test_plan_counts_the_work_and_measures_each_stage(tiny_cache, tmp_path):
     assert one["cluster"].items == 2 and one["generate"].items == 2 * 3
     for e in one.values():
         assert 0.3 < e.peak_memory_gb < lifetime - 1.5, e
-        assert e.seconds == pytest.approx(e.items * e.seconds_per_item)
+        assert e.seconds == pytest.approx(e.load_seconds + e.items * e.seconds_per_item)
+        assert e.samples >= 3 and e.spread[0] <= e.seconds_per_item == e.spread[1] <= e.spread[2], e
     four = {e.stage: e for e in plan_run(config, cache_dir=tiny_cache, sample_items=2, processes=4)}
     assert "finetune" not in four
-    assert four["generate"].seconds == pytest.approx(four["generate"].items * four["generate"].seconds_per_item / 4)
+    assert four["generate"].seconds == pytest.approx(four["generate"].load_seconds + four["generate"].items
+                                                     * four["generate"].seconds_per_item / 4)
+    assert one["encode"].load_seconds > 0 and one["caption"].load_seconds > 0
+    assert one["generate"].extrapolation == "2 UNet calls timed one by one, projected to the run's 8 (x4)"
+    assert one["caption"].extrapolation == ("decoding timed over 3 steps, projected to the budget of 12 new tokens "
+                                            "(x3.67)")
     assert not (tmp_path / "dataset").exists()  # planning runs nothing
 
 
@@ -112,4 +118,37 @@ def test_plan_cli_prints_a_table(tiny_cache, tmp_path, capsys):
                  "--classes", "circle", "--ipc", "2", "--max-images-per-class", "6"]) == 0
     out = capsys.readouterr().out
     assert "caption" in out and "generate" in out and "total" in out and "tiny preset" in out
-    assert "36 UNet calls" in out
+    assert "EXTRAPOLATED: 2 UNet calls timed one by one, projected to the run's 36 (x18)" in out
+    assert "min-max (n)" in out
+
+
+class StepClock:
+    """perf_counter advances by `step` seconds per measurement taken."""
+
+    def __init__(self, step):
+        self.now, self.step = 0.0, step
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_sample_warms_up_once_and_repeats_until_stable(monkeypatch):
+    def run(step, **limits):
+        clock = StepClock(step)
+        monkeypatch.setattr(plan, "time", clock)
+        warmups = []
+
+        def measure(warmup):
+            warmups.append(warmup)
+            clock.now += step
+            return step
+
+        return plan.sample(measure, **limits), warmups
+
+    values, warmups = run(0.01)  # fast: 3 repeats are only 0.03 s, so it goes on until 1 s or 10 repeats
+    assert len(values) == 10 and warmups == [True] + [False] * 9
+    assert len(run(0.5)[0]) == 3  # 1.5 s after 3
+    assert len(run(0.25)[0]) == 4  # 3 repeats and 1 s
+    assert len(run(40.0)[0]) == 1  # past 30 s: one measurement is all there is time for
+    assert len(run(20.0)[0]) == 2
+    assert plan.spread([3.0, 1.0, 2.0, 10.0], per=2) == (0.5, 1.25, 5.0)

@@ -31,9 +31,13 @@ def test_finetune_lines_give_the_loss_trend_and_the_generate_command():
 
 
 def test_plan_lines_total_the_stages_and_name_stand_ins():
-    estimates = [StageEstimate("caption", 100, "image", 2.0, 200.0, 1.5, "shapes://llava-1.5-7b?layers=2", "x32"),
-                 StageEstimate("generate", 10, "image", 30.0, 300.0, 2.25)]
+    estimates = [StageEstimate("caption", 100, "image", 2.0, 210.0, 1.5, "shapes://llava-1.5-7b?layers=2", "batch 4",
+                               (1.5, 2.0, 3.25), 5, 10.0, "decoder layers timed at 2 of 32, their time scaled x16"),
+                 StageEstimate("generate", 10, "image", 30.0, 300.0, 2.25, spread=(29.0, 30.0, 31.0), samples=3)]
     lines = reports.plan_lines(estimates, processes=2)
-    assert "(with 2 process(es))" in lines[0]
-    assert lines[3].split() == ["total", "8.3min"]  # 500 s
-    assert lines[4] == "  caption: shapes://llava-1.5-7b?layers=2 (real shapes, random weights); x32"
+    assert "(with 2 process(es))" in lines[0] and "min-max (n)" in lines[0]
+    assert lines[1].split() == ["caption", "100", "im", "2.000", "1.5-3.25", "(5)", "10.0s", "3.5min", "1.50GB"]
+    assert lines[3].split() == ["total", "8.5min"]  # 510 s
+    assert lines[4] == ("  caption: shapes://llava-1.5-7b?layers=2 (real shapes, random weights); batch 4; "
+                        "EXTRAPOLATED: decoder layers timed at 2 of 32, their time scaled x16")
+    assert len(lines) == 5  # nothing to say about generate

@@ -99,7 +99,8 @@ def test_cli_prints_the_table_beside_the_paper(reproduced, tiny_cache, capsys):
     assert main(["reproduce", "imagenette-ipc10", "--output", str(out), "--cache-dir", str(tiny_cache), "--quiet",
                  *DISTILL_FLAGS, *EVAL_FLAGS]) == 0  # resumes: nothing is computed again
     printed = capsys.readouterr().out
-    assert "imagenette-ipc10: hard-label protocol, resnetap10, 2 epochs, 3 sets (seeds 0, 1, 2) x 1 repeats" in printed
+    assert ("imagenette-ipc10: hard-label protocol, resnetap10, 2 epochs, 3 sets (seeds 0, 1, 2) x 1 trainings per set "
+            "— top-1 %, mean ± std over the 3 trainings") in printed
     assert "VLCP (vldd)    64.8" in printed and "random real    54.2" in printed
     assert "  VLCP (vldd)  IOR " in printed and "HLR" not in printed
     assert "NOT comparable with the paper" in printed and f"report: {out / 'reproduce.json'}" in printed
@@ -117,3 +118,26 @@ def test_bad_requests_are_clear_errors(tmp_path, capsys):
         reproduce(cell, tmp_path, seeds=(0, 0))
     assert main(["reproduce", "imagenette-ipc10", "--output", str(tmp_path), "--seed", "3"]) == 2
     assert "`seed` is set by the reproduction" in capsys.readouterr().err
+
+
+def test_comparability_follows_the_official_test_sets():
+    from vldd.reproduce import NETTE_VAL, comparability
+
+    nette, imagenet = CELLS["imagenette-ipc10"], CELLS["imagenet1k-ipc10"]
+    finished = [True, True, True]
+    # the official hard-label script tests on ImageNette's own val split: the Hub's validation split is that set
+    ok, notes = comparability(nette, "paper", [], finished,
+                              {"dataset": "frgfm/imagenette", "val_split": "validation", "num_test_images": NETTE_VAL})
+    assert ok and notes == []
+    ok, notes = comparability(nette, "paper", [], finished,
+                              {"dataset": "frgfm/imagenette", "val_split": "validation", "num_test_images": 500})
+    assert not ok and notes == ["tested on 500 images of 'frgfm/imagenette' ('validation'); the official harness "
+                                "tests on ImageNette's val split (3925 images)"]
+    # RDED tests on the 50 ImageNet val images of each class
+    real = {"dataset": "ILSVRC/imagenet-1k", "val_split": "validation", "num_test_images": 50_000}
+    assert comparability(imagenet, "paper", [], finished, real) == (True, [])
+    ok, notes = comparability(imagenet, "paper", ["epochs"], finished, real)
+    assert not ok and notes == ["recipe changed (epochs): not comparable with the paper"]
+    ok, notes = comparability(imagenet, "tiny", [], [True, False, None], real)
+    assert not ok and notes == ["preset 'tiny': mechanics only, not comparable with the paper",
+                                "some seeds generated without a fine-tuned model (D4M-style): not the paper's method"]

@@ -317,7 +317,6 @@ def _add_stage_commands(sub):
         p = sub.add_parser(name, help=help_text, description=help_text)
         _run_flags(p)
         _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=_run_stages(stages), reuse_config=name != "distill")
 
 
@@ -353,7 +352,6 @@ def _add_push(sub):
     p.add_argument("--default", action="store_true",
                    help="make this configuration the one load_dataset(repo) loads (the first one pushed always is)")
     p.add_argument("--max-shard-size", metavar="SIZE", help="largest parquet shard, e.g. 500MB (the default)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_push)
 
 
@@ -384,7 +382,6 @@ def _add_evaluate(sub):
                      metavars={"distilled": "RUN_DIR|ID|DIR", "real": "ID|DIR", "output": "JSON",
                                "class_names": "FILE", "teacher_class_names": "FILE", "teacher": "FILE|ID"},
                      several=["distilled", "baselines"])
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
 
 
@@ -406,7 +403,6 @@ def _add_teacher(sub):
                      flags=lambda name: [f"--{name.replace('_', '-')}"],
                      choices={"mixed_precision": module_constants("teacher")["MIXED_PRECISION"]},
                      metavars={"real": "ID|DIR", "output": "FILE"}, required=["real"])
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_teacher)
 
 
@@ -465,7 +461,6 @@ def _add_finetune(sub):
                      metavars={"captions": "RUN_DIR|DIR|HUB_ID", "base_model": "SD_ID|DIR", "push_to_hub": "REPO",
                                "output": "DIR"})
     _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_finetune)
 
 
@@ -543,7 +538,6 @@ def _add_reproduce(sub):
               if f.name not in ("distilled", "protocol", "baselines", "output", "ipc", "class_names")]
     add_config_flags(group, fields, dest="eval", flags=lambda name: [f"--eval.{name}"])
     _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_reproduce)
 
 
@@ -594,7 +588,6 @@ def _add_ablate(sub):
               if f.name not in ("distilled", "baselines", "output", "record", "ipc", "class_names")]
     add_config_flags(group, fields, dest="eval", flags=lambda name: [f"--eval.{name}"])
     _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablate)
 
 
@@ -602,13 +595,64 @@ COMMANDS = [_add_stage_commands, _add_plan, _add_push, _add_evaluate, _add_teach
             _add_reproduce, _add_ablate]
 
 
+VERBOSE_HELP = "debug logging, and tracebacks with errors"
+QUIET_HELP = "no progress bars (vldd's, and those of datasets, transformers, diffusers and huggingface_hub)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vldd", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks with errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
+    for command in sub.choices.values():  # -v also after the command (`vldd distill -v`), where errors suggest it
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        command.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     return parser
+
+
+# The environment variables that silence the Hugging Face libraries' bars in libraries imported later and in child
+# processes (`accelerate launch` ranks); libraries already imported are silenced through their functions.
+_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+# Commands that load diffusers anyway: silencing its bars (a module flag, no environment variable) imports it.
+_DIFFUSERS_COMMANDS = {"distill", "caption", "prototypes", "generate", "plan", "finetune", "reproduce", "app"}
+
+
+@contextlib.contextmanager
+def library_progress_bars(enabled: bool, diffusers: bool = True):
+    """Within the block, turns the progress bars of huggingface_hub, datasets, transformers and (with `diffusers`)
+    diffusers off unless `enabled`; restores them and the environment afterwards."""
+    if enabled:
+        yield
+        return
+    saved_env = {k: os.environ.get(k) for k in _QUIET_ENV}
+    os.environ.update(_QUIET_ENV)
+    restore: list[Callable[[], None]] = []
+    switches = [  # module, "are the bars on?", disable, enable
+        ("huggingface_hub.utils", lambda m: not m.are_progress_bars_disabled(), "disable_progress_bars",
+         "enable_progress_bars"),
+        ("datasets", lambda m: m.is_progress_bar_enabled(), "disable_progress_bars", "enable_progress_bars"),
+        ("transformers.utils.logging", lambda m: m.is_progress_bar_enabled(), "disable_progress_bar",
+         "enable_progress_bar"),
+        ("diffusers.utils.logging", lambda m: m.is_progress_bar_enabled(), "disable_progress_bar",
+         "enable_progress_bar")]
+    for module, is_on, disable, enable in switches:
+        lib = sys.modules.get(module)
+        if lib is None and module.startswith("diffusers") and diffusers:
+            lib = importlib.import_module(module)
+        if lib is not None and is_on(lib):
+            getattr(lib, disable)()
+            restore.append(getattr(lib, enable))
+    try:
+        yield
+    finally:
+        for enable in restore:
+            enable()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _is_user_error(err: Exception) -> bool:
@@ -626,7 +670,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "filelock", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return args.func(args) or 0
+        with library_progress_bars(not args.quiet, diffusers=args.command in _DIFFUSERS_COMMANDS):
+            return args.func(args) or 0
     except Exception as err:
         if not _is_user_error(err):
             raise

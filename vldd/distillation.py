@@ -369,13 +369,12 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     run_dir = check_output_dir(config.output)  # a clear error when it cannot be created (e.g. under a file)
     timings: dict[str, float] = {}
 
-    # 1. Prepare the run directory; config.yaml keeps the user's settings (derived ones go to the manifest).
-    if processes.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", config.to_yaml())
-
-    # 2. Load the source dataset, derive the settings left unset, check every class has enough images for IPC, and
-    #    take this process's share.
+    # 1. Check everything before touching the run directory: the device and dtype, the source (every class has enough
+    #    images for IPC), the settings derived from it, and each stage's inputs (which reads the VAE). A command that
+    #    fails here leaves config.yaml, the manifest and every stage's results as they were.
+    user_config = config
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
     t = time.perf_counter()
     source = source if source is not None else load_source(config.data)
     config, derived = config.resolve(source.profile)
@@ -383,18 +382,27 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
         logger.info("%s", source.profile.describe())
     plan = source.clusters(config)
     mine = processes.share(source.classes)
+    tune = finetune_settings(config, run_dir, dtype)
+    fps = stage_fingerprints(config, source, tune, dtype, cache_dir)
     timings["load"] = time.perf_counter() - t
 
-    # 3. Name each stage's inputs: a changed setting recomputes that stage and what depends on it, nothing else.
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    tune = finetune_settings(config, run_dir, dtype)
-    dirs = _stage_dirs(run_dir, config, source, processes, tune, cache_dir, share_from)
+    # 2. Checked: config.yaml keeps the user's settings (derived ones go to the manifest); opening each stage clears
+    #    results whose inputs changed, so a changed setting recomputes that stage and what depends on it, nothing else.
+    if processes.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", user_config.to_yaml())
+    dirs = _open_stages(run_dir, config, fps, processes, share_from)
+    if processes.is_main and dirs["generate"].cleared and "generate" not in stages:
+        # the dataset and preview were made from the deleted images: remove them rather than keep a stale set
+        shutil.rmtree(run_dir / "dataset", ignore_errors=True)
+        (run_dir / "preview.png").unlink(missing_ok=True)
+    record = _execution_record(config, device, dtype, processes.count)
 
     # 4. Captions: load the captioner once, caption every class not yet done, free it; then the captions dataset.
     if "caption" in stages:
         t = time.perf_counter()
         todo = [label for label in mine if not dirs["caption"].has(label, ".json")]
+        _record(dirs["caption"], record, processes, ".json", source.classes)
         if todo and captioner is None and not config.caption.from_hub:
             from .captioning import load_captioner
 
@@ -419,6 +427,8 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
         if "finetune" not in stages and not (dirs["finetune"].path / SUMMARY).is_file():
             raise ValueError(f"generation needs this run's fine-tuned model ({dirs['finetune'].path} is not finished); "
                              "run `vldd distill`, or generate with the base model (--no-finetune)")
+        if processes.is_main and not (dirs["finetune"].path / SUMMARY).is_file():
+            dirs["finetune"].record(record["finetune"])
         finetune_stage(config, tune, dirs["finetune"], source, run_dir, processes, cache_dir, progress)
         timings["finetune"] = time.perf_counter() - t
 
@@ -429,13 +439,17 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     if needs_pipe and pipeline is None:
         from .generation import load_pipeline
 
+        t = time.perf_counter()
+
         g = config.generation
         model, revision, lora = _diffusion_model(config, tune, dirs, for_generation=needs_generate)
         pipeline = load_pipeline(model, revision=revision, device=device, dtype=dtype, scheduler=g.scheduler,
                                  lora=lora, cache_dir=cache_dir, compile_unet=g.compile and needs_generate,
                                  hub_kernels=config.hub_kernels)
+        timings["pipeline"] = time.perf_counter() - t  # loading the SD pipeline (prototypes and generation share it)
     if "prototypes" in stages:
         t = time.perf_counter()
+        _record(dirs["prototypes"], record, processes, ".pt", source.classes)
         prototype_stage(source, config, dirs["prototypes"], pipeline.vae if needs_pipe else None, plan, mine,
                         progress)
         timings["prototypes"] = time.perf_counter() - t
@@ -443,11 +457,13 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
         t = time.perf_counter()
         _require(source, dirs["caption"], ".json", "captions", "caption", mine)
         _require(source, dirs["prototypes"], ".pt", "image prototypes", "prototypes", mine)
+        _record(dirs["text"], record, processes, ".json", source.classes)
         text_stage(source, config, dirs["text"], dirs["caption"], dirs["prototypes"], mine)
         timings["text"] = time.perf_counter() - t
     if "generate" in stages:
         t = time.perf_counter()
         _require(source, dirs["text"], ".json", "text prototypes", "text", mine)
+        _record(dirs["generate"], record, processes, "", source.classes)
         generate_stage(source, config, dirs["generate"], dirs["text"], dirs["prototypes"], pipeline, mine, progress)
         timings["generate"] = time.perf_counter() - t
 
@@ -505,6 +521,7 @@ def share_stage(stage: StageDir, donor: Path) -> int:
             return 0
         with atomic_path(stage.path) as tmp:
             shutil.copytree(donor, tmp, copy_function=_link_or_copy)
+        stage.computed_with = read_json(stage.path / "fingerprint.json", default={}).get("computed_with", [])
         return 1
     taken = 0
     for entry in sorted(donor.iterdir()):
@@ -520,6 +537,8 @@ def share_stage(stage: StageDir, donor: Path) -> int:
     if taken:
         logger.info("stage %r: reused %d result(s) of %s (same fingerprint %s)", stage.name, taken, donor,
                     stage.fingerprint)
+        for settings in read_json(donor / "fingerprint.json", default={}).get("computed_with", []):
+            stage.record(settings)  # what computed the results taken
     return taken
 
 
@@ -530,17 +549,42 @@ def _link_or_copy(src, dst) -> None:
         shutil.copy2(src, dst)
 
 
-def _stage_dirs(run_dir: Path, config: DistillConfig, source: SourceDataset, processes: Processes,
-                tune: FinetuneConfig | None, cache_dir, share_from: Sequence[str | Path] = ()) -> dict[str, StageDir]:
+# Settings that are in no stage's fingerprint although they may change the last bits of a result (where it ran, how
+# it was batched or checkpointed): the manifest records, per stage, the values of every command that computed some of the
+# stage's results (`stages.<name>.computed_with`), next to the device, dtype and process count.
+RECORDED_SETTINGS = {"caption": (), "finetune": ("finetune.checkpointing_steps",), "prototypes": (), "text": (),
+                     "generate": ("generation.batch_size",)}
+# Settings that choose what the run holds or where, or what it accepts, not how a result is computed: the run
+# directory itself, which classes the dataset holds (the manifest's source.classes), and whether numeric class names
+# are accepted (the names used are in the caption fingerprint). `device` is recorded per stage (above); every other
+# setting is in the fingerprint of each stage it changes (the preset through the fine-tuning recipe it selects).
+UNFINGERPRINTED = {"output", "device", "data.classes", "data.numeric_names"} | {s for names in RECORDED_SETTINGS.values()
+                                                                       for s in names}
+
+
+def stage_fingerprints(config: DistillConfig, source: SourceDataset, tune: FinetuneConfig | None, dtype,
+                       cache_dir) -> dict[str, str]:
+    """Each stage's fingerprint: every setting and upstream result its results depend on (see `UNFINGERPRINTED`).
+
+    Args:
+        config: the run, resolved (`DistillConfig.resolve`).
+        source: the opened source (its revision and the names the prompts use).
+        tune: the fine-tuning stage's settings (`vldd.finetuning.finetune_settings`); None = no fine-tuning.
+        dtype: the resolved torch dtype the models run in (captioner, VAE, UNet).
+        cache_dir: where tiny models are built (the VAE is fingerprinted by its weights).
+    """
     data_key = fingerprint(config.data.dataset, config.data.config_name, config.data.split, config.data.revision,
                            source.revision, config.data.max_images_per_class, config.data.image_column,
                            config.data.label_column)
+    dtype_name = str(dtype).replace("torch.", "")
     fp: dict[str, str] = {}
     names = [source.prompt_names] if source.prompt_names != source.class_names else []  # the prompts name them
     # Hub kernels may change results' last bits (as torch.compile does): named only when on, so the fingerprints of
     # runs made before the option existed still match. They reach the fine-tuning through the captions' fingerprint.
     kernels = ["hub_kernels"] if config.hub_kernels else []
-    fp["caption"] = fingerprint(data_key, config.caption, config.seed, *names, *kernels)
+    # the captioner runs in the run's dtype: fp16 captions differ from fp32 ones (published captions do not)
+    fp["caption"] = fingerprint(data_key, config.caption, config.seed, *names,
+                                *([] if config.caption.from_hub else [dtype_name]), *kernels)
     if tune is not None:
         fp["finetune"] = fingerprint(fp["caption"], {k: v for k, v in tune.to_dict().items()
                                                      if k not in _FINETUNE_UNFINGERPRINTED})
@@ -548,21 +592,46 @@ def _stage_dirs(run_dir: Path, config: DistillConfig, source: SourceDataset, pro
     vae_model = (tune.base_model, tune.revision) if tune is not None else (config.generation.model,
                                                                             config.generation.revision)
     fp["prototypes"] = fingerprint(data_key, config.prototypes, config.ipc, config.data.too_few_images, config.seed,
-                                   vae_fingerprint(*vae_model, cache_dir=cache_dir))
+                                   vae_fingerprint(*vae_model, cache_dir=cache_dir), dtype_name)
     # `text.mode` at its default is left out, so runs made before the setting existed keep their fingerprints
     text = {k: v for k, v in vars(config.text).items() if (k, v) != ("mode", "prototypes")}
     fp["text"] = fingerprint(fp["caption"], fp["prototypes"], text)
     gen = {k: v for k, v in vars(config.generation).items() if k != "batch_size"}  # batching changes no result
-    fp["generate"] = fingerprint(fp["text"], gen, config.seed, fp.get("finetune"), *kernels)
+    fp["generate"] = fingerprint(fp["text"], gen, config.seed, fp.get("finetune"), dtype_name, *kernels)
+    return fp
+
+
+def _open_stages(run_dir: Path, config: DistillConfig, fps: dict[str, str], processes: Processes,
+                 share_from: Sequence[str | Path] = ()) -> dict[str, StageDir]:
     paths = {"finetune": run_dir / "finetune" / f"seed{config.seed}"}
     dirs = {}
     if processes.is_main:  # only the main process may clear a stale stage
-        dirs = {name: StageDir(run_dir, name, fp[name], paths.get(name)) for name in fp}
+        dirs = {name: StageDir(run_dir, name, fps[name], paths.get(name)) for name in fps}
         for stage in dirs.values():
             for donor in share_from:
                 share_stage(stage, Path(donor) / stage.path.relative_to(run_dir))
     processes.wait()
-    return dirs or {name: StageDir(run_dir, name, fp[name], paths.get(name)) for name in fp}
+    return dirs or {name: StageDir(run_dir, name, fps[name], paths.get(name)) for name in fps}
+
+
+def _execution_record(config: DistillConfig, device, dtype, n_processes: int) -> dict[str, dict[str, Any]]:
+    """Per stage, the settings this command computes its results with that the stage's fingerprint leaves out."""
+    common = {"device": torch.device(device).type, "dtype": str(dtype).replace("torch.", ""),
+              "processes": n_processes}
+    record = {}
+    for stage, names in RECORDED_SETTINGS.items():
+        record[stage] = dict(common)
+        for dotted in names:
+            section, name = dotted.split(".")
+            record[stage][dotted] = getattr(getattr(config, section), name)
+    return record
+
+
+def _record(stage: StageDir, record: dict[str, dict[str, Any]], processes: Processes, suffix: str,
+            classes: list[int]) -> None:
+    """Before a stage computes anything: adds this command's settings to the stage's record (main process)."""
+    if processes.is_main and any(not stage.has(c, suffix) for c in classes):
+        stage.record(record[stage.name])
 
 
 def _require(source: SourceDataset, stage: StageDir, suffix: str, what: str, name: str, classes: list[int]) -> None:
@@ -624,7 +693,8 @@ def _manifest(run_dir, config, derived, tune, source, stages, timings, dirs, dty
             counts["text_fallbacks"] += sum(1 for t in read_json(dirs["text"].file(label, ".json")) if t["fallback"])
     finetuned = _finetune_record(config, tune, dirs)
     ran = {s for s in stages if s != "finetune" or tune is not None}  # a run that does not fine-tune skips it
-    done = sorted(set(previous.get("stages_done", [])) | ran, key=STAGES.index)
+    cleared = {name for name, d in dirs.items() if d.cleared}  # a changed setting deleted these stages' results
+    done = sorted((set(previous.get("stages_done", [])) - cleared) | ran, key=STAGES.index)
     return update_manifest(
         run_dir,
         vldd_version=__version__,
@@ -648,5 +718,8 @@ def _manifest(run_dir, config, derived, tune, source, stages, timings, dirs, dty
         timings={**previous.get("timings", {}), **{k: round(v, 3) for k, v in timings.items()}},
         counts=counts,
         fingerprints={name: d.fingerprint for name, d in dirs.items()},
+        # per stage, the settings outside its fingerprint that computed its results (`RECORDED_SETTINGS`): the
+        # `config` above is the last command's, which may have reused results computed with other values of these
+        stages={name: {"fingerprint": d.fingerprint, "computed_with": d.computed_with} for name, d in dirs.items()},
         stages_done=done,
     )

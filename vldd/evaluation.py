@@ -91,6 +91,10 @@ class EvalConfig:
     # file naming the teacher's outputs in order, one per line: needed by an RDED teacher file (which stores none)
     teacher_class_names: str | None = None
     temperature: float = 20.0  # soft-label distillation temperature T
+    # soft: before each CutMix step, one more forward of the student on the un-mixed batch, in train mode without
+    # gradients, as RDED's harness does (it computes its train accuracy so): batch-norm statistics are updated twice
+    # per batch. On by default, as VLCP's published soft-label numbers were measured with that harness
+    clean_forward: bool = True
     shuffle_factor: int | None = None  # soft: ShufflePatches factor; None = the real dataset's (1 CIFAR, else 2)
     eval_interval: int | None = None  # epochs between tests; None = hard: max(1, E // 100), soft: 10 (last 20% only)
     distilled_split: str = "train"  # split read from a Hub/folder distilled set (run directories have one)
@@ -234,6 +238,7 @@ class Recipe:
     test_transform: str
     eval_epochs: tuple[int, ...]  # 1-based epochs after which the student is tested
     amp: bool  # mixed precision requested (the harnesses train in fp32)
+    clean_forward: bool = False  # soft: the student also sees the un-mixed batch (no gradient) before each step
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -280,7 +285,7 @@ def resolve_recipe(config: EvalConfig, ipc: int, num_classes: int, real: str | N
                   "no T^2", config.temperature, 1.0, 1.0,
                   (f"ShufflePatches({factor})", f"RandomResizedCrop({size}, scale=(1/{factor}, 1))",
                    "RandomHorizontalFlip"), factor, f"Resize({size // 7 * 8}), CenterCrop({size}), ImageNet mean/std",
-                  tuple(tests), config.amp)
+                  tuple(tests), config.amp, clean_forward=config.clean_forward)
 
 
 def build_optimizer(model, recipe: Recipe):
@@ -681,6 +686,9 @@ def _train_repeat(train: LabelledImages, test_batches, recipe: Recipe, num_class
             model.train()
             for images, targets in loader:
                 images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                if recipe.clean_forward:  # RDED's `pred_label = student_model(images)`: batch-norm statistics only
+                    with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        model(images)
                 images, perm, lam = cutmix(images, rng, recipe.cutmix_beta)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits = model(images).float()

@@ -1,7 +1,9 @@
 """`vldd plan`: what a run will cost, measured on this device before running it.
 
 Each heavy stage is timed on a few real items with the configured models, then scaled by the dataset's counts and
-the number of processes: captioning (prefill and per-token decoding, projected to the full token budget), VAE
+the number of processes. Every measurement is warmed up once (kernels, caches, lazy imports) and then repeated until
+it is stable enough to trust (at least 3 times and 1 s, at most 10 times or 30 s; `sample`): the estimate uses the
+median, and the spread seen (min / median / max) is reported with it, as is the time to load each model. The stages: captioning (prefill and per-token decoding, projected to the full token budget), VAE
 encoding, clustering one class-sized set of latents, generation (per UNet call, projected to the configured steps)
 and, when asked, fine-tuning (forward and backward of the UNet). Peak memory is measured per stage: allocated GPU
 memory on CUDA, the process's resident memory sampled while the stage runs on CPU.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import copy
 import gc
 import os
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -49,11 +52,39 @@ class StageEstimate:
     stage: str  # caption, finetune, encode, cluster, generate
     items: int  # how many items the whole run processes in this stage
     unit: str  # what an item is
-    seconds_per_item: float  # measured on this device
-    seconds: float  # items x seconds_per_item / processes
+    seconds_per_item: float  # measured on this device: the median of the repeated measurements
+    seconds: float  # load_seconds + items x seconds_per_item / processes
     peak_memory_gb: float  # peak while this stage was measured (GPU memory on CUDA, resident memory on CPU)
     model: str = ""  # the model measured (a `shapes://` id when the real weights are not cached)
-    note: str = ""  # what was extrapolated, if anything
+    note: str = ""  # how it was measured
+    spread: tuple[float, float, float] = (0.0, 0.0, 0.0)  # min, median, max seconds per item over the repeats
+    samples: int = 1  # timed repeats (after the warm-up)
+    load_seconds: float = 0.0  # loading the stage's model (imports included), paid once per process
+    extrapolation: str = ""  # what was measured at another shape than the run's, and by what factor it was scaled
+
+
+# How long `sample` repeats a measurement: at least MIN_REPEATS times and MIN_SECONDS, at most MAX_REPEATS times or
+# MAX_SECONDS (then at least once).
+MIN_REPEATS, MIN_SECONDS, MAX_REPEATS, MAX_SECONDS = 3, 1.0, 10, 30.0
+
+
+def sample(measure: Callable[[bool], float], *, min_repeats: int = MIN_REPEATS, min_seconds: float = MIN_SECONDS,
+           max_repeats: int = MAX_REPEATS, max_seconds: float = MAX_SECONDS) -> list[float]:
+    """Repeated measurements: `measure(warmup)` returns one measurement, warming up first when `warmup` (True on the
+    first call only). Repeats until there are `min_repeats` values and `min_seconds` have passed, or `max_repeats`
+    values, or `max_seconds` have passed."""
+    values: list[float] = []
+    start = time.perf_counter()
+    while True:
+        values.append(measure(not values))
+        spent = time.perf_counter() - start
+        if len(values) >= max_repeats or spent >= max_seconds or (len(values) >= min_repeats and spent >= min_seconds):
+            return values
+
+
+def spread(values: list[float], per: float = 1.0) -> tuple[float, float, float]:
+    """(min, median, max) of `values`, each divided by `per`."""
+    return min(values) / per, statistics.median(values) / per, max(values) / per
 
 
 class PeakMemory:
@@ -179,7 +210,7 @@ class CallTimer:
 # --- captioning -------------------------------------------------------------------------------------------------------
 
 def caption_cost(captioner: Captioner, images: list, class_name: str, c: CaptionConfig, *, decode_tokens: int = 4,
-                 full_layers: int | None = None) -> tuple[float, float]:
+                 full_layers: int | None = None, warmup: bool = True) -> tuple[float, float]:
     """Seconds of one `caption_images` batch of `images`: (prefill, one decoding step).
 
     Generation is forced to run `decode_tokens` tokens (`min_new_tokens`), so a random-weight model that would stop
@@ -201,7 +232,8 @@ def caption_cost(captioner: Captioner, images: list, class_name: str, c: Caption
 
     config.min_new_tokens = decode_tokens
     try:
-        run()  # warm-up: kernels, caches, lazy imports
+        if warmup:  # kernels, caches, lazy imports
+            run()
         with CallTimer(model, layers) as timer:
             total = timed(run, device, warmup=False)
     finally:
@@ -214,27 +246,41 @@ def caption_cost(captioner: Captioner, images: list, class_name: str, c: Caption
 
 
 def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype, cache_dir, hub_kernels: bool
-                 ) -> tuple[float, float, str, str]:
-    """Seconds per image, peak GB, the model measured and a note, for the whole token budget."""
+                 ) -> dict:
+    """The caption stage's estimate fields, per image, for the whole token budget."""
     from .captioning import load_captioner
 
     model_id = stand_in(c.model)
     full = None
     if model_id == SHAPES_CAPTIONER and device.type == "cpu":  # 7B in fp32 does not fit: 2 layers, scaled
         full, model_id = parse_shape_id(model_id)[1]["layers"], f"{model_id}?layers=2"
+    decode_tokens = 4
     with PeakMemory(device) as peak:
+        start = time.perf_counter()
         captioner = load_captioner(model_id, revision=None if model_id != c.model else c.revision, device=device,
                                    dtype=dtype, cache_dir=cache_dir, hub_kernels=hub_kernels)
-        prefill, decode = caption_cost(captioner, images, class_name, c, full_layers=full)
+        load = time.perf_counter() - start
+
+        def measure(warmup: bool, captioner=captioner) -> float:
+            prefill, decode = caption_cost(captioner, images, class_name, c, decode_tokens=decode_tokens,
+                                           full_layers=full, warmup=warmup)
+            return prefill + (c.max_new_tokens - 1) * decode
+
+        values = sample(measure)
         layer_gb = decoder_layer_bytes(captioner) / 2**30
-        del captioner
+        del captioner, measure
         gc.collect()
-    note = f"full budget of {c.max_new_tokens} new tokens, decode rate from 4"
+    steps = (c.max_new_tokens - 1) / (decode_tokens - 1)
+    extrapolation = [f"decoding timed over {decode_tokens - 1} steps, projected to the budget of {c.max_new_tokens} "
+                     f"new tokens (x{steps:.3g})"] if steps != 1 else []
+    note = f"batch of {len(images)} images"
     gb = peak.gb
     if full:
         gb += (full - 2) * layer_gb
-        note += f"; decoder layers timed at 2 of {full}, scaled; peak + {full - 2} layers' weights"
-    return (prefill + (c.max_new_tokens - 1) * decode) / len(images), gb, model_id, note
+        extrapolation.append(f"decoder layers timed at 2 of {full}, their time scaled x{full / 2:g}; peak memory + "
+                             f"{full - 2} layers' weights")
+    return {"values": values, "per": len(images), "peak": gb, "model": model_id, "note": note, "load": load,
+            "extrapolation": "; ".join(extrapolation)}
 
 
 def decoder_layer_bytes(captioner: Captioner) -> int:
@@ -255,7 +301,7 @@ def unet_calls(pipe, num_inference_steps: int, strength: float) -> int:
     return len(scheduler.timesteps[start * scheduler.order:])
 
 
-def generation_cost(pipe, latents: torch.Tensor, g: GenerationConfig) -> float:
+def generation_cost(pipe, latents: torch.Tensor, g: GenerationConfig, warmup: bool = True) -> float:
     """Seconds to generate the images of `latents` in one batch with `g`'s settings: a run with few steps is timed
     call by call; the time outside the UNet (prompt encoding, VAE decoding...) plus the mean UNet call times the
     number of calls `g` makes."""
@@ -269,7 +315,8 @@ def generation_cost(pipe, latents: torch.Tensor, g: GenerationConfig) -> float:
                         strength=g.strength, num_inference_steps=steps, guidance_scale=g.guidance_scale, eta=g.eta,
                         batch_size=n)
 
-    run()  # warm-up
+    if warmup:
+        run()
     with CallTimer(pipe.unet) as timer:
         total = timed(run, pipe.device, warmup=False)
     per_call = sum(t for t, _ in timer.calls) / len(timer.calls)
@@ -279,7 +326,7 @@ def generation_cost(pipe, latents: torch.Tensor, g: GenerationConfig) -> float:
 # --- fine-tuning --------------------------------------------------------------------------------------------------------
 
 def finetune_cost(pipe, batch_size: int, resolution: int, *, gradient_checkpointing: bool = True,
-                  mixed_precision: str = "no") -> float:
+                  mixed_precision: str = "no", warmup: bool = True) -> float:
     """Seconds of one training micro-batch of the recipe (`vldd.finetuning`): VAE encoding and text encoding without
     gradients, the UNet's forward and backward. The optimizer and EMA updates (once per batch x accumulation images)
     are not timed. Gradients are freed afterwards; the UNet is left as it was."""
@@ -307,7 +354,7 @@ def finetune_cost(pipe, batch_size: int, resolution: int, *, gradient_checkpoint
         unet.enable_gradient_checkpointing()
     unet.requires_grad_(True)
     try:
-        return timed(step, device)
+        return timed(step, device, warmup=warmup)
     finally:
         unet.requires_grad_(False)
         unet.zero_grad(set_to_none=True)
@@ -350,7 +397,7 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
     finetune = finetune if finetune is not None else finetune_settings(config, config.output, dtype)
     images, _, _ = source.load_class(source.classes[0])
     images = (images * sample_items)[:sample_items]
-    rows = []
+    rows: list[tuple[str, int, str, dict]] = []  # stage, items, unit, measurement (see `_caption_row`)
 
     # 2. Captioning (skipped when captions come from the Hub).
     c = config.caption
@@ -358,40 +405,60 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
         name = source.class_names[source.classes[0]]
         batch = images[: min(c.batch_size, len(images))]
         rows.append(("caption", n_images, "image",
-                     *_caption_row(c, batch, name, device, dtype, cache_dir, config.hub_kernels)))
+                     _caption_row(c, batch, name, device, dtype, cache_dir, config.hub_kernels)))
 
-    # 3. Encoding, fine-tuning, clustering and generation with the SD pipeline.
+    # 3. Encoding, fine-tuning, clustering and generation with the SD pipeline (loaded once, as `distill` does).
     g, p = config.generation, config.prototypes
     model_id = stand_in(g.model)
     with PeakMemory(device) as peak:
+        start = time.perf_counter()
         pipe = load_pipeline(model_id, revision=g.revision if model_id == g.model else None, device=device,
                              dtype=dtype, scheduler=g.scheduler, lora=g.lora, cache_dir=cache_dir,
                              hub_kernels=config.hub_kernels)
+        load = time.perf_counter() - start
         latents = encode_images(pipe.vae, images, resolution=p.resolution, batch_size=p.encode_batch_size)
-        per_image = timed(lambda: encode_images(pipe.vae, images, resolution=p.resolution,
-                                                batch_size=p.encode_batch_size), device, warmup=False) / len(images)
-    rows.append(("encode", n_images, "image", per_image, peak.gb, model_id, ""))
+        values = sample(lambda warmup: timed(lambda: encode_images(pipe.vae, images, resolution=p.resolution,
+                                                                   batch_size=p.encode_batch_size),
+                                             device, warmup=False))
+    rows.append(("encode", n_images, "image", {"values": values, "per": len(images), "peak": peak.gb,
+                                               "model": model_id, "load": load,
+                                               "note": "includes loading the diffusion pipeline"}))
     if finetune is not None:
         b = min(finetune.train_batch_size, sample_items)
         with PeakMemory(device) as peak:
-            per_image = finetune_cost(pipe, b, finetune.resolution, mixed_precision=finetune.mixed_precision
-                                      if device.type == "cuda" else "no",
-                                      gradient_checkpointing=finetune.gradient_checkpointing) / b
+            values = sample(lambda warmup: finetune_cost(
+                pipe, b, finetune.resolution, mixed_precision=finetune.mixed_precision if device.type == "cuda"
+                else "no", gradient_checkpointing=finetune.gradient_checkpointing, warmup=warmup))
         epochs = finetune.num_train_epochs
-        rows.append(("finetune", n_images * epochs, "image", per_image, peak.gb, model_id,
-                     f"{epochs} epochs; micro-batch {b} (recipe {finetune.train_batch_size}); optimizer not timed"))
+        rows.append(("finetune", n_images * epochs, "image", {
+            "values": values, "per": b, "peak": peak.gb, "model": model_id, "load": load,
+            "note": f"{epochs} epochs; optimizer not timed",
+            "extrapolation": f"micro-batch {b} timed, the recipe's is {finetune.train_batch_size}"
+            if b != finetune.train_batch_size else ""}))
     fake = torch.randn(largest, *latents.shape[1:], generator=torch.Generator().manual_seed(0)).to(device)
     k = min(config.ipc, max(1, largest // 2))
     with PeakMemory(device) as peak:
-        per_class = timed(lambda: build_prototypes(fake, k, contamination=p.contamination, n_neighbors=p.lof_neighbors,
-                                                   n_init=p.n_init, max_iter=p.max_iter, tol=p.tol),
-                          device, warmup=False)
-    rows.append(("cluster", len(source.classes), "class", per_class, peak.gb, "", f"{largest} latents, k={k}"))
-    batch = min(g.batch_size, len(latents))
+        values = sample(lambda warmup: timed(lambda: build_prototypes(
+            fake, k, contamination=p.contamination, n_neighbors=p.lof_neighbors, n_init=p.n_init, max_iter=p.max_iter,
+            tol=p.tol), device, warmup=warmup))
+    rows.append(("cluster", len(source.classes), "class", {"values": values, "per": 1, "peak": peak.gb, "model": "",
+                                                           "note": f"{largest} latents, k={k}"}))
+    # One image per call: `generate_images` batches only prompts of one token length, and captions rarely share one
+    # (so a run generates one image per pipeline call, whatever `generation.batch_size` says).
+    batch = 1
     with PeakMemory(device) as peak:
-        per_output = generation_cost(pipe, latents[:batch], g) / batch
+        values = sample(lambda warmup: generation_cost(pipe, latents[:batch], g, warmup=warmup))
     calls = unet_calls(pipe, g.num_inference_steps, g.strength)
-    rows.append(("generate", n_outputs, "image", per_output, peak.gb, model_id,
-                 f"{calls} UNet calls, timed per call"))
-    return [StageEstimate(stage, items, unit, per, items * per / processes, peak, model, note)
-            for stage, items, unit, per, peak, model, note in rows]
+    timed_calls = next(n for n in (unet_calls(pipe, s, g.strength) for s in range(1, 1000)) if n >= 2)
+    rows.append(("generate", n_outputs, "image", {
+        "values": values, "per": batch, "peak": peak.gb, "model": model_id, "note": "one image per call (prompts of different lengths are not batched)",
+        "extrapolation": f"{timed_calls} UNet calls timed one by one, projected to the run's {calls} (x"
+                         f"{calls / timed_calls:.3g})" if calls != timed_calls else ""}))
+    estimates = []
+    for stage, items, unit, m in rows:
+        low, median, high = spread(m["values"], m["per"])
+        load = m.get("load", 0.0)
+        estimates.append(StageEstimate(stage, items, unit, median, load + items * median / processes, m["peak"],
+                                       m["model"], m["note"], (low, median, high), len(m["values"]), load,
+                                       m.get("extrapolation", "")))
+    return estimates

@@ -58,8 +58,9 @@ def finetune_lines(result: FinetuneResult) -> list[str]:
 
 def evaluation_lines(result: EvalResult) -> list[str]:
     """The recipe in one line, then best and final top-1 (mean ± std) per training set."""
-    over = (f"{len(result.sets)} sets x {result.config.repeats} repeats" if len(result.sets) > 1
-            else f"{result.config.repeats}")
+    sets, repeats = len(result.sets), result.config.repeats
+    over = (f"{sets * repeats} trainings: {sets} set{'s' if sets > 1 else ''} x {repeats} training"
+            f"{'s' if repeats > 1 else ''} per set (seeds {result.config.seed}..{result.config.seed + repeats - 1})")
     lines = [f"{result.config.protocol}-label protocol, {result.recipe.student}, {result.recipe.image_size} px, "
              f"{result.recipe.epochs} epochs, {len(result.classes)} classes, IPC {result.ipc} "
              f"(top-1 %, mean ± std over {over})"]
@@ -108,8 +109,8 @@ def reproduce_lines(result: ReproduceResult) -> list[str]:
     e = result.evaluation
     seeds = ", ".join(map(str, result.seeds))
     lines.append(f"{result.cell.name}: {e.config.protocol}-label protocol, {e.recipe.student}, {e.recipe.epochs} "
-                 f"epochs, {len(result.run_dirs)} sets (seeds {seeds}) x {e.config.repeats} repeats — top-1 %, "
-                 "mean ± std")
+                 f"epochs, {len(result.run_dirs)} sets (seeds {seeds}) x {e.config.repeats} trainings per set — "
+                 f"top-1 %, mean ± std over the {len(result.run_dirs) * e.config.repeats} trainings")
     lines.append(f"  {'':12s} {'paper':>6s}   {'best':>13s}   {'final':>13s}   {'best - paper':>12s}")
     for row in result.rows:
         paper = "—" if row.published is None else f"{row.published:.1f}"
@@ -136,16 +137,22 @@ def ablation_lines(result: AblationResult) -> list[str]:
 
 
 def plan_lines(estimates: list[StageEstimate], processes: int = 1) -> list[str]:
-    """Per-stage estimates as a small table for the terminal."""
-    lines = [f"{'stage':<9} {'items':>10} {'s/item':>9} {'time':>10} {'peak mem':>9}   (with {processes} process(es))"]
+    """Per-stage estimates as a small table for the terminal: the median time per item and the spread measured
+    (min-max over the timed repeats), model loading, then how each stage was measured and what was extrapolated."""
+    lines = [f"{'stage':<9} {'items':>10} {'s/item':>9} {'min-max (n)':>20} {'load':>7} {'time':>10} {'peak mem':>9}"
+             f"   (with {processes} process(es))"]
     for e in estimates:
-        lines.append(f"{e.stage:<9} {e.items:>8} {e.unit[:2]:<1} {e.seconds_per_item:>9.3f} "
-                     f"{_duration(e.seconds):>10} {e.peak_memory_gb:>7.2f}GB")
-    lines.append(f"{'total':<9} {'':>10} {'':>9} {_duration(sum(e.seconds for e in estimates)):>10}")
+        spread = f"{e.spread[0]:.3g}-{e.spread[2]:.3g} ({e.samples})"
+        lines.append(f"{e.stage:<9} {e.items:>8} {e.unit[:2]:<1} {e.seconds_per_item:>9.3f} {spread:>20} "
+                     f"{_duration(e.load_seconds):>7} {_duration(e.seconds):>10} {e.peak_memory_gb:>7.2f}GB")
+    lines.append(f"{'total':<9} {'':>10} {'':>9} {'':>20} {'':>7} {_duration(sum(e.seconds for e in estimates)):>10}")
     for e in estimates:
-        if e.model.startswith("shapes://") or e.note:
-            model = f"{e.model} (real shapes, random weights)" if e.model.startswith("shapes://") else e.model
-            lines.append(f"  {e.stage}: " + "; ".join(x for x in (model, e.note) if x))
+        model = f"{e.model} (real shapes, random weights)" if e.model.startswith("shapes://") else e.model
+        parts = [x for x in (model, e.note) if x]
+        if e.extrapolation:
+            parts.append(f"EXTRAPOLATED: {e.extrapolation}")
+        if parts:
+            lines.append(f"  {e.stage}: " + "; ".join(parts))
     return lines
 
 

@@ -28,7 +28,7 @@ REPORT_FORMAT = "vldd.reproduce/1"
 PAPER = "Zou et al., Dataset Distillation via Vision-Language Category Prototype, ICCV 2025 (arXiv 2506.23580)"
 # Recipe settings that make a measured number incomparable with the published one when a user overrides them.
 RECIPE_KEYS = ("epochs", "image_size", "student", "student_width", "batch_size", "eval_interval", "val_per_class",
-               "shuffle_factor", "temperature", "amp")
+               "shuffle_factor", "temperature", "amp", "clean_forward")
 
 
 @dataclass(frozen=True)
@@ -44,21 +44,32 @@ class PublishedCell:
     published: float  # VLCP's top-1 accuracy, percent (mean over 3 sets x 3 repeats)
     random_real: float | None  # a random real subset of the same IPC under the same recipe, percent; None = unknown
     teacher: str | None = None  # soft protocol: the teacher (RDED: torchvision's ImageNet ResNet-18)
+    # how many real images the official harness tests on, and which: ImageNette's own val split (Minimax `train.py`
+    # reads `<data>/val`, `04_evaluation/Minimax/data.py`), else the 50 ImageNet val images per class
+    # (RDED `--val-ipc 50`, `04_evaluation/RDED/argument.py`; ImageIDC's val folder is ImageNet's)
+    test_images: int | None = None
+    test_set: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+NETTE_VAL = 3925  # images in ImageNette's val split (imagenette2; frgfm/imagenette's validation split)
 
 
 def _cells() -> dict[str, PublishedCell]:
     cells = []
     for ipc, paper, random_real in ((10, 64.8, 54.2), (20, 71.4, 63.5), (50, 81.2, 76.1)):
         cells.append(PublishedCell(f"imagenette-ipc{ipc}", "frgfm/imagenette", "full_size", ipc, "hard", "resnetap10",
-                                   paper, random_real))
+                                   paper, random_real, test_images=NETTE_VAL,
+                                   test_set=f"ImageNette's val split ({NETTE_VAL} images)"))
     for ipc, paper in ((10, 57.0), (20, 63.3), (50, 71.9)):  # ImageIDC: an image folder of IDC's 10 ImageNet classes
-        cells.append(PublishedCell(f"imageidc-ipc{ipc}", None, None, ipc, "hard", "resnetap10", paper, None))
+        cells.append(PublishedCell(f"imageidc-ipc{ipc}", None, None, ipc, "hard", "resnetap10", paper, None,
+                                   test_images=500, test_set="the 50 ImageNet val images of each of its 10 classes"))
     for ipc, paper in ((10, 46.7), (50, 60.5)):
         cells.append(PublishedCell(f"imagenet1k-ipc{ipc}", "ILSVRC/imagenet-1k", None, ipc, "soft", "resnet18", paper,
-                                   None, teacher="torchvision:resnet18"))
+                                   None, teacher="torchvision:resnet18", test_images=50_000,
+                                   test_set="the 50 ImageNet val images of each class"))
     return {cell.name: cell for cell in cells}
 
 
@@ -108,6 +119,34 @@ def resolve_cell(cell: str | PublishedCell) -> PublishedCell:
     if cell not in CELLS:
         raise ValueError(f"unknown published cell {cell!r}; expected one of {sorted(CELLS)}")
     return CELLS[cell]
+
+
+def comparability(cell: PublishedCell, preset: str, changed: list[str], finetuned: list[bool | None],
+                  real: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Whether a measured number can be set beside the published one, and why not.
+
+    Args:
+        cell: the published number.
+        preset: the distillation preset the sets were made with.
+        changed: recipe settings the user overrode (`RECIPE_KEYS`).
+        finetuned: per set, whether generation used the run's fine-tuned model (None: not recorded).
+        real: the evaluation report's `real` section (`dataset`, `val_split`, `num_test_images`).
+    """
+    notes = []
+    if preset != "paper":
+        notes.append(f"preset {preset!r}: mechanics only, not comparable with the paper")
+    if changed:
+        notes.append(f"recipe changed ({', '.join(changed)}): not comparable with the paper")
+    if False in finetuned:
+        notes.append("some seeds generated without a fine-tuned model (D4M-style): not the paper's method")
+    elif None in finetuned:
+        notes.append("the runs do not record whether generation used a fine-tuned model")
+    test_ok = cell.test_images is None or real["num_test_images"] == cell.test_images
+    if not test_ok:
+        notes.append(f"tested on {real['num_test_images']} images of {real['dataset']!r} ({real['val_split']!r}); "
+                     f"the official harness tests on {cell.test_set}")
+    comparable = preset == "paper" and not changed and all(f is True for f in finetuned) and test_ok
+    return comparable, notes
 
 
 def _finetuned(manifest: dict[str, Any]) -> bool | None:
@@ -193,20 +232,7 @@ def reproduce(cell: str | PublishedCell, output: str | Path, *, seeds: tuple[int
         s = evaluation.runs[run].stats()
         rows.append(ReproduceRow(name, published, s["best_mean"], s["best_std"], s["final_mean"], s["final_std"]))
     changed = sorted(k for k in RECIPE_KEYS if k in eval_overrides)
-    comparable = preset == "paper" and not changed and all(f is True for f in finetuned)
-    notes = []
-    if preset != "paper":
-        notes.append(f"preset {preset!r}: mechanics only, not comparable with the paper")
-    if changed:
-        notes.append(f"recipe changed ({', '.join(changed)}): not comparable with the paper")
-    if False in finetuned:
-        notes.append("some seeds generated without a fine-tuned model (D4M-style): not the paper's method")
-    elif None in finetuned:
-        notes.append("the runs do not record whether generation used a fine-tuned model")
-    if evaluation.report["real"]["num_test_images"] != 50 * len(evaluation.classes):
-        notes.append(f"tested on {evaluation.report['real']['num_test_images']} images of "
-                     f"{evaluation.report['real']['dataset']!r} ({evaluation.report['real']['val_split']!r}); the "
-                     "paper's harnesses test on the 50 ImageNet val images per class")
+    comparable, notes = comparability(cell, preset, changed, finetuned, evaluation.report["real"])
     result = ReproduceResult(cell, output, run_dirs, list(seeds), rows, comparable, finetuned, evaluation,
                              notes=notes)
     if processes.is_main:

@@ -106,13 +106,27 @@ class StageDir:
         self.path = Path(path) if path is not None else Path(run_dir) / "work" / name
         self.name = name
         self.fingerprint = fingerprint
-        stored = read_json(self.path / "fingerprint.json", default={}).get("fingerprint")
-        if stored is not None and stored != fingerprint:
-            logger.info("stage %r: settings changed (%s -> %s), recomputing", name, stored, fingerprint)
+        stored = read_json(self.path / "fingerprint.json", default={})
+        self.cleared = stored.get("fingerprint") not in (None, fingerprint)  # stale results were deleted
+        if self.cleared:
+            logger.info("stage %r: settings changed (%s -> %s), recomputing", name, stored["fingerprint"], fingerprint)
             shutil.rmtree(self.path)
+            stored = {}
+        self.computed_with: list[dict[str, Any]] = stored.get("computed_with", [])
         self.path.mkdir(parents=True, exist_ok=True)
-        if stored != fingerprint:
-            write_json(self.path / "fingerprint.json", {"fingerprint": fingerprint})
+        if stored.get("fingerprint") != fingerprint:
+            self._write()
+
+    def _write(self) -> None:
+        write_json(self.path / "fingerprint.json", {"fingerprint": self.fingerprint,
+                                                    "computed_with": self.computed_with})
+
+    def record(self, settings: dict[str, Any]) -> None:
+        """Adds `settings` (those left out of the fingerprint) to the record of what computed this stage's results;
+        called before computing, so every result on disk was computed with one of the recorded settings."""
+        if settings not in self.computed_with:
+            self.computed_with.append(dict(settings))
+            self._write()
 
     def file(self, label: int, suffix: str) -> Path:
         return self.path / f"{label:06d}{suffix}"
