@@ -7,8 +7,10 @@ arithmetic the app applies before any GPU call.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -97,7 +99,8 @@ def zero_app(tiny_cache, tmp_path_factory):
            "OMP_NUM_THREADS": "1", "HOME": str(tmp)}
     log = open(tmp / "app.log", "w")
     process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "zerogpu_runtime.py"), "--config", str(config),
-                                "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+                                "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
+                               start_new_session=True)  # its own group: spaces' forked GPU workers end with it
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
@@ -107,11 +110,14 @@ def zero_app(tiny_cache, tmp_path_factory):
         except OSError:
             time.sleep(1)
     if process.poll() is not None or time.time() >= deadline:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         pytest.fail(f"the app did not start under ZeroGPU emulation:\n{(tmp / 'app.log').read_text()[-4000:]}")
     yield type("ZeroApp", (), {"url": url, "scheduler": scheduler, "pid": process.pid, "tmp": tmp})
     process.terminate()
     process.wait(30)
+    with contextlib.suppress(ProcessLookupError):  # the workers spaces forked outlive the app unless killed too
+        os.killpg(process.pid, signal.SIGKILL)
     log.close()
     scheduler.close()
 
