@@ -102,7 +102,9 @@ def test_share_stage_takes_a_finished_finetune_whole(tmp_path):
     write_json(donor.path / SUMMARY, {"global_step": 2})
     assert share_stage(mine, donor.path) == 1
     assert (mine.path / "unet" / "weights.bin").read_bytes() == b"w" and not (mine.path / "checkpoint-1").exists()
-    assert read_json(mine.path / "fingerprint.json") == {"fingerprint": "fp"}
+    # the model's record comes with it: its fingerprint and what computed it (the donor's `computed_with`)
+    assert read_json(mine.path / "fingerprint.json") == read_json(donor.path / "fingerprint.json")
+    assert read_json(mine.path / "fingerprint.json")["fingerprint"] == "fp"
 
 
 def _library_args():
