@@ -185,3 +185,15 @@ def test_compiled_unet_is_opt_in_and_gives_the_same_images(tiny_cache, pipe):
     eager = [np.asarray(im, np.int16) for im in generate_images(pipe, latents, **kwargs)]
     fused = [np.asarray(im, np.int16) for im in generate_images(compiled, latents, **kwargs)]
     assert all(np.abs(a - b).max() <= 2 for a, b in zip(eager, fused))  # same images, up to rounding of fused kernels
+
+
+def test_length_batches_are_the_calls_generate_images_makes():
+    from vldd.generation import length_batches
+
+    # one class of the quickstart's run: 10 prompts of 4 embedding lengths, batch 10 -> one call per length
+    lengths = [17, 15, 17, 16, 16, 14, 16, 14, 14, 14]
+    assert length_batches(lengths, 10) == [[5, 7, 8, 9], [1], [3, 4, 6], [0, 2]]
+    # batch 4: cut the length-sorted order every 4, then split each cut by length
+    assert length_batches(lengths, 4) == [[5, 7, 8, 9], [1], [3, 4, 6], [0, 2]]
+    assert length_batches(lengths, 1) == [[i] for i in sorted(range(10), key=lambda i: lengths[i])]
+    assert length_batches([7, 7, 7], 2) == [[0, 1], [2]]

@@ -152,3 +152,20 @@ def test_sample_warms_up_once_and_repeats_until_stable(monkeypatch):
     assert len(run(40.0)[0]) == 1  # past 30 s: one measurement is all there is time for
     assert len(run(20.0)[0]) == 2
     assert plan.spread([3.0, 1.0, 2.0, 10.0], per=2) == (0.5, 1.25, 5.0)
+
+
+def test_plan_batches_generation_as_the_sample_captions_lengths_would(tiny_cache, tmp_path, monkeypatch):
+    import vldd.generation
+
+    # the tiny captioner's 12-token budget is decoded in full for the sample; pretend its 2 captions have embedding
+    # lengths 7 and 9: a class of 3 images then gets prompts of lengths 7, 9, 7 -> 2 calls ([0, 2] and [1])
+    real = vldd.generation.prompt_lengths  # kept for the plan's own timing calls ("a photo" prompts)
+    monkeypatch.setattr(vldd.generation, "prompt_lengths", lambda tokenizer, prompts, *args: real(
+        tokenizer, prompts, *args) if prompts[0] == "a photo" else [7, 9][: len(prompts)])
+    config = load_config(overrides=tiny_overrides(tmp_path, ipc=3))
+    batched = {e.stage: e for e in plan_run(config, cache_dir=tiny_cache, sample_items=2)}["generate"]
+    assert batched.note == "2 pipeline calls per class of 3 images, batched by the embedding lengths of 2 sample captions"
+    # a budget too long to decode for the sample: one image per call, said to be an upper bound
+    config = load_config(overrides=tiny_overrides(tmp_path, ipc=3, caption={"max_new_tokens": 65}))
+    single = {e.stage: e for e in plan_run(config, cache_dir=tiny_cache, sample_items=2)}["generate"]
+    assert single.note.startswith("one image per call")

@@ -166,6 +166,25 @@ def denoising_steps(num_inference_steps: int, strength: float) -> int:
     return min(int(num_inference_steps * strength), num_inference_steps)
 
 
+def prompt_lengths(tokenizer, prompts: list[str], negative_prompt: str, prompt_chunking: str = "official") -> list[int]:
+    """Each prompt's embedding length (positions), as `encode_prompts` lays it out beside `negative_prompt`."""
+    return [prompt_token_ids(tokenizer, [p], negative_prompt, prompt_chunking)[0].shape[1] for p in prompts]
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """The pipeline calls `generate_images` makes: indices sorted by length, cut every `batch_size`, and each cut split
+    by length, because only prompts of one embedding length are batched (padding a prompt to a longer one's length
+    would change its image).
+
+    Example:
+        >>> length_batches([17, 15, 17, 16], 2)
+        [[1], [3], [0, 2]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    cuts = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [[i for i in cut if lengths[i] == n] for cut in cuts for n in sorted({lengths[i] for i in cut})]
+
+
 @torch.no_grad()
 def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: list[int | tuple[int, ...]], seed: int = 0,
                     negative_prompt: str = "cartoon, anime, painting", strength: float = 0.7,
@@ -193,11 +212,8 @@ def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: l
     if not (len(latents) == len(prompts) == len(seeds)):
         raise ValueError(f"got {len(latents)} latents, {len(prompts)} prompts and {len(seeds)} seeds; expected equal")
     device, dtype = pipe.device, pipe.unet.dtype
-    # Batch only prompts of one embedding length: padding a prompt to a longer one's length would change its image.
-    lengths = [prompt_token_ids(pipe.tokenizer, [p], negative_prompt, prompt_chunking)[0].shape[1] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    batches = [[i for i in b if lengths[i] == n] for b in batches for n in sorted({lengths[i] for i in b})]
+    lengths = prompt_lengths(pipe.tokenizer, prompts, negative_prompt, prompt_chunking)
+    batches = length_batches(lengths, batch_size)
     images: list[Image.Image | None] = [None] * len(prompts)
     for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
         embeds, negative = encode_prompts(pipe, [prompts[i] for i in batch], negative_prompt, prompt_chunking)

@@ -66,6 +66,8 @@ class StageEstimate:
 # How long `sample` repeats a measurement: at least MIN_REPEATS times and MIN_SECONDS, at most MAX_REPEATS times or
 # MAX_SECONDS (then at least once).
 MIN_REPEATS, MIN_SECONDS, MAX_REPEATS, MAX_SECONDS = 3, 1.0, 10, 30.0
+# A caption budget this small is decoded in full for the sample: its captions' lengths then tell how generation batches.
+FULL_CAPTION_TOKENS = 64
 
 
 def sample(measure: Callable[[bool], float], *, min_repeats: int = MIN_REPEATS, min_seconds: float = MIN_SECONDS,
@@ -248,7 +250,7 @@ def caption_cost(captioner: Captioner, images: list, class_name: str, c: Caption
 def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype, cache_dir, hub_kernels: bool
                  ) -> dict:
     """The caption stage's estimate fields, per image, for the whole token budget."""
-    from .captioning import load_captioner
+    from .captioning import caption_images, load_captioner
 
     model_id = stand_in(c.model)
     full = None
@@ -267,6 +269,12 @@ def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype,
             return prefill + (c.max_new_tokens - 1) * decode
 
         values = sample(measure)
+        captions = None
+        if c.max_new_tokens <= FULL_CAPTION_TOKENS and model_id == c.model:  # cheap: the real captions of the sample
+            captions = caption_images(captioner, images, class_name, prompt_template=c.prompt, do_sample=c.do_sample,
+                                      temperature=c.temperature, max_new_tokens=c.max_new_tokens,
+                                      batch_size=len(images), conversation=c.conversation,
+                                      pad_to_square=c.pad_to_square, clean=c.clean_captions)
         layer_gb = decoder_layer_bytes(captioner) / 2**30
         del captioner, measure
         gc.collect()
@@ -280,7 +288,7 @@ def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype,
         extrapolation.append(f"decoder layers timed at 2 of {full}, their time scaled x{full / 2:g}; peak memory + "
                              f"{full - 2} layers' weights")
     return {"values": values, "per": len(images), "peak": gb, "model": model_id, "note": note, "load": load,
-            "extrapolation": "; ".join(extrapolation)}
+            "extrapolation": "; ".join(extrapolation), "captions": captions}
 
 
 def decoder_layer_bytes(captioner: Captioner) -> int:
@@ -380,7 +388,7 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
     from .data import load_source
     from .devices import resolve_device, resolve_dtype
     from .finetuning import finetune_settings
-    from .generation import load_pipeline
+    from .generation import length_batches, load_pipeline, prompt_lengths
     from .prototypes import build_prototypes, encode_images
 
     if processes < 1:
@@ -443,15 +451,34 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
             tol=p.tol), device, warmup=warmup))
     rows.append(("cluster", len(source.classes), "class", {"values": values, "per": 1, "peak": peak.gb, "model": "",
                                                            "note": f"{largest} latents, k={k}"}))
-    # One image per call: `generate_images` batches only prompts of one token length, and captions rarely share one
-    # (so a run generates one image per pipeline call, whatever `generation.batch_size` says).
-    batch = 1
+    # Pipeline calls per class: `generate_images` batches only prompts of one embedding length. With the sample's
+    # real captions (a small caption budget), their lengths give the calls a class makes; otherwise one image per call,
+    # what long captions of varied lengths give (an upper bound where prompts share a length).
+    captions = next((m.get("captions") for stage, _, _, m in rows if stage == "caption"), None)
+    per_class = max(1, round(n_outputs / len(plan)))
+    if captions:
+        lengths = prompt_lengths(pipe.tokenizer, captions, g.negative_prompt, g.prompt_chunking)
+        sizes = [len(b) for b in length_batches([lengths[i % len(lengths)] for i in range(per_class)], g.batch_size)]
+        note = (f"{len(sizes)} pipeline calls per class of {per_class} images, batched by the embedding lengths of "
+                f"{len(captions)} sample captions")
+    else:
+        sizes = [1] * per_class
+        note = "one image per call (captions' lengths unknown before captioning: an upper bound)"
+    biggest = min(max(sizes), len(latents))
     with PeakMemory(device) as peak:
-        values = sample(lambda warmup: generation_cost(pipe, latents[:batch], g, warmup=warmup))
+        ones = sample(lambda warmup: generation_cost(pipe, latents[:1], g, warmup=warmup))
+        fulls = sample(lambda warmup: generation_cost(pipe, latents[:biggest], g, warmup=warmup)) if biggest > 1 \
+            else ones
+
+    def class_seconds(one: float, full: float) -> float:  # a call of k images: linear between 1 and `biggest`
+        slope = (full - one) / (biggest - 1) if biggest > 1 else 0.0
+        return sum(one + slope * (k - 1) for k in sizes)
+
+    values = [class_seconds(one, full) for one, full in zip(ones, fulls)]
     calls = unet_calls(pipe, g.num_inference_steps, g.strength)
     timed_calls = next(n for n in (unet_calls(pipe, s, g.strength) for s in range(1, 1000)) if n >= 2)
     rows.append(("generate", n_outputs, "image", {
-        "values": values, "per": batch, "peak": peak.gb, "model": model_id, "note": "one image per call (prompts of different lengths are not batched)",
+        "values": values, "per": per_class, "peak": peak.gb, "model": model_id, "note": note,
         "extrapolation": f"{timed_calls} UNet calls timed one by one, projected to the run's {calls} (x"
                          f"{calls / timed_calls:.3g})" if calls != timed_calls else ""}))
     estimates = []
