@@ -1,6 +1,8 @@
 """Test configuration: everything offline, tiny models built once per session."""
 
+import contextlib
 import os
+from pathlib import Path
 
 # Set before huggingface_hub / datasets / gradio are imported anywhere, so the README's test command behaves the
 # same on every machine: no test touches the internet.
@@ -80,3 +82,39 @@ def image_folder(root, names, size: int = 16, per_class: int = 6):
         for i in range(per_class):
             Image.fromarray(np.full((size, size, 3), 40 * c + 5 * i, np.uint8)).save(folder / f"{i}.png")
     return root
+
+
+@contextlib.contextmanager
+def running_app(command: list[str], env: dict, cwd, timeout: float = 240):
+    """Runs an app server (`command` + `--port N`) in its own process group, yields its URL and pid once the port
+    answers, and kills the whole group afterwards (spaces' forked GPU workers included). Fails with the app's log
+    when it does not start."""
+    import os
+    import signal
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = Path(cwd) / "app.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=cwd, start_new_session=True)
+        try:
+            def answers() -> bool:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    return True
+                except OSError:
+                    return False
+
+            if not wait_for(answers, process, timeout):
+                pytest.fail(f"the app did not start:\n{log_path.read_text()[-4000:]}")
+            yield f"http://127.0.0.1:{port}/", process.pid
+        finally:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(30)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)

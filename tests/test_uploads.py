@@ -402,33 +402,13 @@ MEMORY_BOUND = 300 * 2**20  # what one upload may add to the idle app's peak mem
 
 @pytest.fixture(scope="module")
 def app_process(tmp_path_factory):
-    import socket
-    import time
+    from conftest import running_app
 
     tmp = tmp_path_factory.mktemp("upload-app")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VLDD_APP_ROOT": str(tmp / "sessions"),
            "GRADIO_TEMP_DIR": str(tmp / "gradio"), "OMP_NUM_THREADS": "1", "HOME": str(tmp)}
-    log = open(tmp / "app.log", "w")
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], env=env, stdout=log,
-                               stderr=subprocess.STDOUT, cwd=tmp)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    if process.poll() is not None or time.time() >= deadline:
-        process.kill()
-        pytest.fail(f"the app did not start:\n{(tmp / 'app.log').read_text()[-4000:]}")
-    yield type("App", (), {"url": f"http://127.0.0.1:{port}/", "pid": process.pid, "tmp": tmp,
-                           "cache": tmp / "gradio"})
-    process.terminate()
-    process.wait(30)
-    log.close()
+    with running_app([sys.executable, str(ROOT / "app.py")], env, tmp) as (url, pid):
+        yield type("App", (), {"url": url, "pid": pid, "tmp": tmp, "cache": tmp / "gradio"})
 
 
 def peak_growth(pid: int, action):

@@ -7,14 +7,9 @@ arithmetic the app applies before any GPU call.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -78,12 +73,6 @@ def test_the_default_demo_fits_an_anonymous_visitors_quota():
 
 # --- end to end under the emulation -------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def zero_app(tiny_cache, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("zerogpu")
@@ -91,35 +80,19 @@ def zero_app(tiny_cache, tmp_path_factory):
     config.write_text(yaml.safe_dump(logic._merge(yaml.safe_load((ROOT / "spaces_config.yaml").read_text()),
                                                   SETTINGS)))
     scheduler = FakeScheduler()
-    port = _free_port()
+    from conftest import running_app
+
     env = {**os.environ, "SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": scheduler.url,
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "VLDD_CACHE": str(tiny_cache),
            "VLDD_APP_ROOT": str(tmp / "sessions"), "ZEROGPU_OFFLOAD_DIR": str(tmp / "offload"),
            "VLDD_TEST_LOAD_LOG": str(tmp / "loads.jsonl"), "VLDD_TEST_FAIL_CLASS": "stripes",
            "OMP_NUM_THREADS": "1", "HOME": str(tmp)}
-    log = open(tmp / "app.log", "w")
-    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "zerogpu_runtime.py"), "--config", str(config),
-                                "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
-                               start_new_session=True)  # its own group: spaces' forked GPU workers end with it
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(1)
-    if process.poll() is not None or time.time() >= deadline:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail(f"the app did not start under ZeroGPU emulation:\n{(tmp / 'app.log').read_text()[-4000:]}")
-    yield type("ZeroApp", (), {"url": url, "scheduler": scheduler, "pid": process.pid, "tmp": tmp})
-    process.terminate()
-    process.wait(30)
-    with contextlib.suppress(ProcessLookupError):  # the workers spaces forked outlive the app unless killed too
-        os.killpg(process.pid, signal.SIGKILL)
-    log.close()
-    scheduler.close()
+    try:
+        with running_app([sys.executable, str(ROOT / "tests" / "zerogpu_runtime.py"), "--config", str(config)], env,
+                         tmp) as (url, pid):
+            yield type("ZeroApp", (), {"url": url, "scheduler": scheduler, "pid": pid, "tmp": tmp})
+    finally:
+        scheduler.close()
 
 
 @pytest.mark.slow  # the app runs in a subprocess under the spaces emulation
