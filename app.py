@@ -1,7 +1,7 @@
 """vldd's Gradio app: distill a dataset stage by stage, then publish it to your Hugging Face account.
 
 One tab per stage (Dataset, Captions, Prototypes, Generate, Evaluate, Publish), each from a small builder below;
-what they do lives in `vldd.app_logic` (plain functions) and the library. Runs as a Hugging Face Space (ZeroGPU or
+what they do lives in `vldd.app.logic` (plain functions) and the library. Runs as a Hugging Face Space (ZeroGPU or
 a dedicated GPU), on a local CUDA machine, and on a CPU (`python app.py` or `vldd app`). Settings: spaces_config.yaml.
 """
 
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from vldd import app_logic as logic
-from vldd import space_gpu
-from vldd.cli import hub_kernels_for_process
-from vldd.hub import HubError
+from vldd.app import gpu as space_gpu
+from vldd.app import logic
+from vldd.cli.commands import hub_kernels_for_process
+from vldd.hub.push import HubError
 
 HERE = Path(__file__).resolve().parent
 CSS = """

@@ -2,7 +2,7 @@
 
 Each pair of settings runs on the same inputs, interleaved (batched first on even repeats, single first on odd), and
 the ratio is taken per pair; medians over the repeats are reported. The tiny models are random-weight stand-ins
-(vldd.tiny), so the absolute rates say little about real checkpoints; the ratios show how much of a call is fixed
+(vldd.models.tiny), so the absolute rates say little about real checkpoints; the ratios show how much of a call is fixed
 per-call overhead that batching amortises.
 
     python benchmarks/batching.py                 # captioning 16 vs 1, generation 10 vs 1, VAE encoding 32 vs 1
@@ -21,7 +21,7 @@ import torch
 
 def images(n: int):
     """The sample dataset's shapes, 64 px."""
-    from vldd.sample import SAMPLE_CLASSES, draw_sample
+    from vldd.data.sample import SAMPLE_CLASSES, draw_sample
 
     return [draw_sample(i % len(SAMPLE_CLASSES), seed=i) for i in range(n)]
 
@@ -72,10 +72,10 @@ def main() -> None:
         args.threads = 1  # tiny shapes are overhead-bound; a second thread only waits on a busy machine
     _quiet()
 
-    from vldd.captioning import caption_images, load_captioner
-    from vldd.config import PAPER_PROMPT, PRESETS, TINY_CAPTIONER, TINY_DIFFUSION
-    from vldd.generation import generate_images, load_pipeline
-    from vldd.prototypes import encode_images
+    from vldd.configs.distill import PAPER_PROMPT, PRESETS, TINY_CAPTIONER, TINY_DIFFUSION
+    from vldd.stages.caption import caption_images, load_captioner
+    from vldd.stages.generate import generate_images, load_pipeline
+    from vldd.stages.prototypes import encode_images
 
     torch.set_num_threads(args.threads)
     tiny = PRESETS["tiny"]

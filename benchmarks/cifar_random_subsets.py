@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                         "1 repeat: checks the script runs, says nothing about CIFAR")
     args = parser.parse_args(argv)
 
-    from vldd.evaluation import EvalConfig, evaluate
+    from vldd.jobs.evaluate import EvalConfig, evaluate
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cifar-random-"))
     if args.smoke:

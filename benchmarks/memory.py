@@ -86,9 +86,9 @@ def worker(args) -> None:
     """Runs the prototype stage over the first `args.worker` classes; prints its memory figures as JSON."""
     import torch
 
-    from vldd.config import load_config
-    from vldd.distillation import distill
-    from vldd.generation import load_pipeline
+    from vldd.configs.distill import load_config
+    from vldd.jobs.distill import distill
+    from vldd.stages.generate import load_pipeline
 
     torch.set_num_threads(args.threads)
     config = load_config(overrides={
@@ -147,7 +147,7 @@ def main() -> None:
 
 def measure(args, work: Path) -> None:
     """Writes the dataset and the tiny models into `work`, then runs and compares the two class counts."""
-    from vldd.tiny import build_tiny_models
+    from vldd.models.tiny import build_tiny_models
 
     dataset, cache = work / "dataset", work / "cache"
     few, many = args.classes

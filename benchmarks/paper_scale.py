@@ -1,4 +1,4 @@
-"""Paper-scale cost of every stage, measured with the real architectures and random weights (`vldd.shapes`).
+"""Paper-scale cost of every stage, measured with the real architectures and random weights (`vldd.models.paper_shapes`).
 
 A forward pass costs the same whatever the weights' values, so LLaVA-1.5-7B and Stable Diffusion v1.5 built from
 their published configs give the paper's per-stage rates and peak memory on this device, without downloading
@@ -13,7 +13,7 @@ On CPU (fp32) LLaVA runs with 2 of its 32 decoder layers (vision tower whole): e
 hooks, and the time spent in the decoder layers is scaled by 16 (identical layers); decoding is timed over a few
 tokens and extrapolated to 1024; generation is timed per UNet call on a short run and scaled to the 36 calls of the
 paper's settings; fine-tuning runs a small micro-batch, scaled per image. Every extrapolation is labelled in
-the table and the JSON. The same functions time `vldd plan` (vldd.plan).
+the table and the JSON. The same functions time `vldd plan` (vldd.jobs.plan).
 """
 
 from __future__ import annotations
@@ -31,13 +31,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vldd.captioning import load_captioner
-from vldd.config import TINY_CAPTIONER, TINY_DIFFUSION, load_config
-from vldd.finetuning import finetune_config
-from vldd.generation import load_pipeline
-from vldd.plan import PeakMemory, caption_cost, decoder_layer_bytes, finetune_cost, generation_cost, timed, unet_calls
-from vldd.prototypes import build_prototypes, encode_images
-from vldd.shapes import LLAVA_TEXT, SHAPES_CAPTIONER, SHAPES_DIFFUSION
+from vldd.configs.distill import TINY_CAPTIONER, TINY_DIFFUSION, load_config
+from vldd.jobs.finetune import finetune_config
+from vldd.jobs.plan import (
+    PeakMemory,
+    caption_cost,
+    decoder_layer_bytes,
+    finetune_cost,
+    generation_cost,
+    timed,
+    unet_calls,
+)
+from vldd.models.paper_shapes import LLAVA_TEXT, SHAPES_CAPTIONER, SHAPES_DIFFUSION
+from vldd.stages.caption import load_captioner
+from vldd.stages.generate import load_pipeline
+from vldd.stages.prototypes import build_prototypes, encode_images
 
 # The paper preset's settings (1024 tokens, 512 px, 50 steps x 0.7, guidance 10), with the dataset-derived ones
 # (LOF contamination 0.1) of ImageNet-1K, which ImageNette shares.
@@ -89,7 +97,7 @@ def captioning(args, device, dtype) -> dict:
 
 
 def _prompt(captioner, c) -> str:
-    from vldd.captioning import build_prompt, conversation_text
+    from vldd.stages.caption import build_prompt, conversation_text
 
     return conversation_text(captioner, build_prompt(c.prompt, "tench, Tinca tinca"), c.conversation)
 

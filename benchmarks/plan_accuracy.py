@@ -38,15 +38,15 @@ def run_config(output: Path, smoke: bool) -> dict:
 
 def child(kind: str, config_path: str, cache: str, out: str) -> None:
     """Runs one side in this (fresh) process and writes its per-stage seconds to `out`."""
-    from vldd.config import load_config
+    from vldd.configs.distill import load_config
 
     config = load_config(config_path)
     if kind == "plan":
-        from vldd.plan import plan_run
+        from vldd.jobs.plan import plan_run
 
         seconds = {e.stage: e.seconds for e in plan_run(config, cache_dir=cache)}
     else:
-        from vldd.distillation import distill
+        from vldd.jobs.distill import distill
 
         seconds = distill(config, cache_dir=cache).manifest["timings"]
     Path(out).write_text(json.dumps(seconds))
@@ -70,7 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
-        from vldd.tiny import build_tiny_models
+        from vldd.models.tiny import build_tiny_models
 
         build_tiny_models(cache)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}

@@ -1,7 +1,7 @@
 """vldd's torch LOF + k-means against scikit-learn's, at ImageNet scale (docs/method.md, "3. Image prototypes" and "Scale").
 
 Per class: LocalOutlierFactor(n_neighbors=10, contamination=0.1), then KMeans(n_clusters=IPC, n_init=10,
-random_state=seed) on the inliers. The torch side is `vldd.prototypes.build_prototypes`, exactly what the pipeline
+random_state=seed) on the inliers. The torch side is `vldd.stages.prototypes.build_prototypes`, exactly what the pipeline
 runs; the data are synthetic latent-like float32 rows (seeded). Both sides run interleaved on the same data, so the
 ratios hold on a busy machine; every repeat draws a new class.
 
@@ -36,7 +36,7 @@ def synthetic_latents(n: int, dim: int, seed: int, modes: int = 24) -> np.ndarra
 
 
 def run_torch(x: np.ndarray, ipc: int, args) -> dict:
-    from vldd.prototypes import build_prototypes
+    from vldd.stages.prototypes import build_prototypes
 
     latents = torch.from_numpy(x).to(args.device)
     _sync(args.device)

@@ -22,9 +22,9 @@ import torch
 
 def train_teacher(path: Path, size: int, steps: int) -> Path:
     """A small ResNetAP-10 on the sample's 5 classes (Adam, flips), saved as a vldd classifier checkpoint."""
-    from vldd.augment import eval_transform
-    from vldd.sample import SAMPLE_CLASSES, load_sample
-    from vldd.students import build_student, save_classifier
+    from vldd.data.augment import eval_transform
+    from vldd.data.sample import SAMPLE_CLASSES, load_sample
+    from vldd.models.students import build_student, save_classifier
 
     train = load_sample("train")
     transform = eval_transform(size)
@@ -57,7 +57,7 @@ def main() -> None:
     if args.smoke:  # one thread: the tiny shapes are overhead-bound
         args.epochs, args.repeats, args.size, args.threads = 2, 1, 16, 1
     torch.set_num_threads(args.threads)
-    from vldd.evaluation import EvalConfig, evaluate
+    from vldd.jobs.evaluate import EvalConfig, evaluate
 
     with tempfile.TemporaryDirectory() as tmp:
         teacher = train_teacher(Path(tmp) / "teacher.pt", args.size, 10 if args.smoke else 80)

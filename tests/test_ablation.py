@@ -9,12 +9,15 @@ import subprocess
 import sys
 
 import pytest
-from conftest import wait_for
+from helpers import wait_for
 
-from vldd import ablation, captioning, evaluation, prototypes, text_prototypes
-from vldd.ablation import Variant, ablate, config_name, custom_variant, parse_variant
-from vldd.cli import main
-from vldd.runs import StageDir, read_json, read_manifest, write_json
+from vldd.cli.commands import main
+from vldd.core.runs import StageDir, read_json, read_manifest, write_json
+from vldd.jobs import ablate as ablation
+from vldd.jobs import evaluate as evaluation
+from vldd.jobs.ablate import Variant, ablate, config_name, custom_variant, parse_variant
+from vldd.stages import caption as captioning
+from vldd.stages import prototypes, text_prototypes
 
 # The tiny preset on 2 sample classes x IPC 2; students at 1/8 width on 24 px for 2 epochs, one repeat.
 VARIANTS = ["base", "no-text-prototypes", "no-lof", "tpk=5"]
@@ -69,7 +72,7 @@ def test_bad_ablations_fail_before_anything_runs(tmp_path, capsys):
 
 
 def test_share_stage_takes_only_what_matches_and_is_missing(tmp_path):
-    from vldd.distillation import share_stage
+    from vldd.jobs.distill import share_stage
 
     donor = StageDir(tmp_path / "a", "text", "fp1")
     for label in (0, 1):
@@ -90,8 +93,8 @@ def test_share_stage_takes_only_what_matches_and_is_missing(tmp_path):
 
 
 def test_share_stage_takes_a_finished_finetune_whole(tmp_path):
-    from vldd.distillation import share_stage
-    from vldd.finetuning import SUMMARY
+    from vldd.jobs.distill import share_stage
+    from vldd.jobs.finetune import SUMMARY
 
     donor = StageDir(tmp_path / "a", "finetune", "fp", tmp_path / "a" / "finetune" / "seed0")
     (donor.path / "unet").mkdir()
@@ -201,7 +204,7 @@ def test_one_table_with_every_variant_and_both_baselines(ablated):
 def test_killed_and_rerun_resumes_to_the_same_table(ablated, tiny_cache, tmp_path, monkeypatch, capsys):
     reference = json.loads((ablated[2] / "ablation.json").read_text())
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "vldd.cli", "ablate", "--output", str(out), "--variants", *VARIANTS,
+    command = [sys.executable, "-m", "vldd.cli.commands", "ablate", "--output", str(out), "--variants", *VARIANTS,
                "--set", *CUSTOM, "--cache-dir", str(tiny_cache), "--quiet", *DISTILL_FLAGS, *EVAL_FLAGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -227,7 +230,7 @@ def test_two_processes_under_accelerate_give_the_same_rows(ablated, tiny_cache, 
     reference = {row["name"]: row for row in json.loads((ablated[2] / "ablation.json").read_text())["rows"]}
     out = tmp_path / "sharded"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli.commands",
                "ablate", "--output", str(out), "--variants", "base", "no-lof", "--cache-dir", str(tiny_cache),
                "--quiet", "--device", "cpu", *DISTILL_FLAGS, *EVAL_FLAGS]
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
@@ -243,7 +246,7 @@ def test_two_processes_under_accelerate_give_the_same_rows(ablated, tiny_cache, 
 def test_pushed_variants_link_their_siblings_on_the_card(ablated, hub_server):
     from huggingface_hub import DatasetCard
 
-    from vldd import hub
+    from vldd.hub import push as hub
 
     _, _, out = ablated
     first = hub.push_distilled(out / "base" / "seed0", "ablation", token=hub_server.token)

@@ -61,7 +61,7 @@ def readme_python_example() -> str:
 
 @pytest.mark.slow
 def test_readme_python_example_runs(tmp_path, tiny_cache, monkeypatch, capsys):
-    from vldd import tiny
+    from vldd.models import tiny
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(tiny, "default_cache_dir", lambda: tiny_cache)  # the models the session already built

@@ -1,6 +1,6 @@
 """The Gradio app: launched in-process and driven through gradio_client's named endpoints on the tiny preset.
 
-Also the pieces it is made of (vldd.app_logic), the Space's files (README front matter, requirements.txt,
+Also the pieces it is made of (vldd.app.logic), the Space's files (README front matter, requirements.txt,
 spaces_config.yaml) and the Space's limits.
 """
 
@@ -19,10 +19,11 @@ import gradio
 import pytest
 import torch
 import yaml
-from conftest import image_folder
+from helpers import image_folder
 from PIL import Image
 
-from vldd import app_logic as logic
+from vldd.app import logic
+from vldd.configs.base import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "square"]
@@ -49,7 +50,7 @@ def launch_app(tiny_cache, root: Path, overrides: dict | None = None, *, share: 
     """
     torch.set_num_threads(1)
     app = load_app()
-    space = logic.load_space_config(ROOT / "spaces_config.yaml", logic._merge(TEST_SETTINGS, overrides or {}))
+    space = logic.load_space_config(ROOT / "spaces_config.yaml", merge(TEST_SETTINGS, overrides or {}))
     settings = app.AppSettings(space=space, root=root, cache_dir=str(tiny_cache), on_space=False, oauth="off",
                                has_gpu=False, local_paths=app.local_paths_allowed(False, None, share))
     demo = app.build_demo(settings)
@@ -179,7 +180,7 @@ def test_every_event_is_named_and_gpu_events_share_one_limit(served):
 
 
 def test_stopping_between_classes_keeps_what_finished_and_resumes(served, tmp_path):
-    from vldd import space_gpu
+    from vldd.app import gpu as space_gpu
 
     request = logic.make_request(served.settings.space, classes=CLASSES, **RUN)
     config = logic.distill_config(request, served.settings.space, tmp_path / "run")
@@ -289,7 +290,7 @@ def test_push_token_never_stands_in_for_the_space_owner(monkeypatch):
 
 
 def test_vldd_app_command_finds_the_app():
-    from vldd.cli import build_parser, find_app_file
+    from vldd.cli.commands import build_parser, find_app_file
 
     assert find_app_file() == ROOT / "app.py"
     args = build_parser().parse_args(["app", "--port", "7999"])
@@ -356,7 +357,7 @@ def test_gradio_is_imported_with_spaces_first():
 
 
 def test_source_opened_once_on_the_cpu_streamed_into_the_session_and_deleted_with_it(tmp_path, space):
-    from vldd.runs import write_text
+    from vldd.core.runs import write_text
 
     data = tmp_path / "shapes"
     for split, count in (("train", 5), ("validation", 4)):

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vldd.captioning import (
+from vldd.configs.distill import PAPER_PROMPT, TINY_CAPTIONER
+from vldd.stages.caption import (
     LLAVA_V1_SYSTEM,
     Captioner,
     build_prompt,
@@ -17,7 +18,6 @@ from vldd.captioning import (
     expand_to_square,
     load_captioner,
 )
-from vldd.config import PAPER_PROMPT, TINY_CAPTIONER
 
 NEW_TOKENS = 10
 

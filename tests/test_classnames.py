@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vldd.classnames import resolve_class_names
-from vldd.config import DataConfig
-from vldd.data import load_source
+from vldd.configs.distill import DataConfig
+from vldd.data.classnames import resolve_class_names
+from vldd.data.sources import load_source
 
 # The official code's class lists (03_distiilation/label-prompt/*.txt), as WordNet ids.
 IMAGENETTE = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916", "n03417042", "n03425413",
@@ -139,9 +139,9 @@ def test_distill_prompts_and_filters_with_the_full_imagenet_names(tiny_cache, tm
     Half of the tench captions mention "tinca" (below the class-common threshold), so only the class-name filter can
     keep it out of the cluster's top words; the dataset and the manifest carry the names used.
     """
-    from vldd.captioning import captions_dataset
-    from vldd.config import load_config
-    from vldd.distillation import distill
+    from vldd.configs.distill import load_config
+    from vldd.jobs.distill import distill
+    from vldd.stages.caption import captions_dataset
 
     wnids = ["n01440764", "n03417042"]
     folder = _folder(tmp_path / "train", wnids, per_class=8)
@@ -169,7 +169,7 @@ def test_distill_prompts_and_filters_with_the_full_imagenet_names(tiny_cache, tm
 
 
 def test_card_lists_the_names_the_prompts_used():
-    from vldd.hub import PublishedRun, render_dataset_card
+    from vldd.hub.push import PublishedRun, render_dataset_card
 
     manifest = {"config": {"ipc": 1, "seed": 0}, "versions": {},
                 "source": {"dataset": "some/folder", "split": "train", "license": "mit", "classes": [0, 1],
@@ -185,7 +185,7 @@ def test_card_lists_the_names_the_prompts_used():
 def test_cli_flag_takes_a_file_of_names(tmp_path):
     import argparse
 
-    from vldd import cli
+    from vldd.cli import commands as cli
 
     parser = argparse.ArgumentParser()
     cli._run_flags(parser)
@@ -257,9 +257,9 @@ def test_a_names_file_of_another_length_shows_the_first_lines(tmp_path):
 
 
 def test_manifest_and_card_say_where_the_names_came_from(tiny_cache, tmp_path):
-    from vldd.config import load_config
-    from vldd.distillation import distill
-    from vldd.hub import PublishedRun, render_dataset_card
+    from vldd.configs.distill import load_config
+    from vldd.hub.push import PublishedRun, render_dataset_card
+    from vldd.jobs.distill import distill
 
     folder = _folder(tmp_path / "train", ["00000", "00001"], per_class=2)
     (tmp_path / "names.txt").write_text("fish\ntruck\n")

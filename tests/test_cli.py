@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from vldd import cli, runs
-from vldd.cli import build_parser, config_fields, main
-from vldd.config import DistillConfig
-from vldd.evaluation import EvalConfig
-from vldd.finetuning import FinetuneConfig
-from vldd.runs import LOCK, RunDirBusyError, run_dir_lock
+from vldd.cli import commands as cli
+from vldd.cli.commands import build_parser, config_fields, main
+from vldd.configs.distill import DistillConfig
+from vldd.core import runs
+from vldd.core.runs import LOCK, RunDirBusyError, run_dir_lock
+from vldd.jobs.evaluate import EvalConfig
+from vldd.jobs.finetune import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,8 +48,8 @@ def flattened(cls, prefix=""):
             yield f"{prefix}{f.name}", hints[f.name], default
 
 
-@pytest.mark.parametrize(("module", "cls"), [("config", DistillConfig), ("evaluation", EvalConfig),
-                                             ("finetuning", FinetuneConfig)])
+@pytest.mark.parametrize(("module", "cls"), [("configs.distill", DistillConfig), ("configs.evaluate", EvalConfig),
+                                             ("configs.finetune", FinetuneConfig)])
 def test_fields_read_from_source_are_the_dataclasses_fields(module, cls):
     read = {f.name: f for f in config_fields(module, cls.__name__)}
     real = list(flattened(cls))
@@ -94,7 +95,7 @@ def test_generated_flags_parse_into_the_configs():
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [[], ["distill"], ["evaluate"], ["finetune"], ["plan"], ["push"], ["app"]])
 def test_help_imports_no_model_library(command):
-    code = ("import sys\nfrom vldd.cli import main\ntry:\n    main([*sys.argv[1:], '--help'])\nexcept SystemExit:\n"
+    code = ("import sys\nfrom vldd.cli.commands import main\ntry:\n    main([*sys.argv[1:], '--help'])\nexcept SystemExit:\n"
             "    pass\nprint(sorted(m for m in ('torch', 'diffusers', 'transformers', 'datasets', 'gradio') "
             "if m in sys.modules), file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, cwd=ROOT)
@@ -269,8 +270,8 @@ def test_verbose_is_accepted_after_any_command(tmp_path, capsys):
 
 def test_quiet_silences_the_libraries_progress_bars_too(tiny_cache, tmp_path, capsys):
     import datasets
-    from conftest import tiny_overrides
     from diffusers.utils import logging as diffusers_logging
+    from helpers import tiny_overrides
     from huggingface_hub.utils import are_progress_bars_disabled
 
     config = tmp_path / "run.yaml"

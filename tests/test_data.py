@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vldd.config import DataConfig, DistillConfig, load_config
-from vldd.data import decode_image, load_source
-from vldd.sample import SAMPLE_CLASSES, load_sample
+from vldd.configs.distill import DataConfig, DistillConfig, load_config
+from vldd.data.sample import SAMPLE_CLASSES, load_sample
+from vldd.data.sources import decode_image, load_source
 
 
 def test_sample_dataset_is_deterministic_with_two_splits():
@@ -176,11 +176,11 @@ def test_exif_rotated_photo_is_loaded_upright(tmp_path):
 
 
 def test_validation_split_named_valid_is_found_and_reported(tmp_path, caplog):
-    from vldd.evaluation import open_validation
+    from vldd.jobs.evaluate import open_validation
 
     datasets.DatasetDict({"train": load_sample("train"), "valid": load_sample("validation")}).save_to_disk(
         str(tmp_path / "tiny"))  # the split names of zh-plus/tiny-imagenet
-    with caplog.at_level("WARNING", logger="vldd.evaluation"):
+    with caplog.at_level("WARNING", logger="vldd.jobs.evaluate"):
         dataset, split = open_validation(str(tmp_path / "tiny"))
     assert split == "valid" and dataset.num_rows == 50
     assert f"real dataset {str(tmp_path / 'tiny')!r} has no 'validation' split; testing on its 'valid' split " \
@@ -252,7 +252,7 @@ def test_empty_class_folders_and_skipped_files_are_listed_once_per_class(tmp_pat
     (folder / "emu").mkdir()
     (folder / "yak").mkdir()
     (folder / "metadata.csv").unlink()  # datasets reads metadata files itself: never listed as skipped
-    with caplog.at_level("WARNING", logger="vldd.data"):
+    with caplog.at_level("WARNING", logger="vldd.data.sources"):
         source = load_source(DataConfig(dataset=str(folder)))
     assert source.class_names == ["cat", "dog"]
     warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("image folder")]
@@ -263,8 +263,8 @@ def test_empty_class_folders_and_skipped_files_are_listed_once_per_class(tmp_pat
 
 
 def test_an_output_that_cannot_be_created_is_named(tmp_path, capsys):
-    from vldd import cli
-    from vldd.runs import check_output_dir
+    from vldd.cli import commands as cli
+    from vldd.core.runs import check_output_dir
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError) as err:

@@ -10,12 +10,12 @@ import datasets
 import numpy as np
 import pytest
 import yaml
-from conftest import image_folder, tiny_overrides, wait_for
+from helpers import image_folder, tiny_overrides, wait_for
 from PIL import Image
 
-from vldd.cli import main
-from vldd.config import load_config
-from vldd.distillation import distill
+from vldd.cli.commands import main
+from vldd.configs.distill import load_config
+from vldd.jobs.distill import distill
 
 
 def _images(dataset):
@@ -101,7 +101,7 @@ def test_sigkill_and_resume_gives_the_same_dataset(reference_run, tiny_cache, tm
     out = tmp_path / "killed"
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_overrides(out)))
-    command = [sys.executable, "-m", "vldd.cli", "distill", "--config", str(config), "--cache-dir", str(tiny_cache),
+    command = [sys.executable, "-m", "vldd.cli.commands", "distill", "--config", str(config), "--cache-dir", str(tiny_cache),
                "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for stage_file in ("work/caption/000000.json", "work/generate/000000"):  # kill mid-captions, then mid-generation
@@ -162,7 +162,7 @@ def test_two_processes_under_accelerate_give_the_single_process_dataset(referenc
     # accelerate's --cpu runs one process unless mpirun is installed; torchrun's processes (--multi_gpu) fall back to
     # gloo on a machine without CUDA, which is how CPU-only multi-process runs work.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli.commands",
                "distill", "--config", str(config), "--cache-dir", str(tiny_cache), "--quiet", "--device", "cpu"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

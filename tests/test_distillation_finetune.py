@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import image_folder, tiny_overrides, wait_for
+from helpers import image_folder, tiny_overrides, wait_for
 
-from vldd.builtin import resolve_model
-from vldd.cli import build_parser, config_from_args, main
-from vldd.config import load_config
-from vldd.distillation import NOT_FINETUNED, distill
+from vldd.cli.commands import build_parser, config_from_args, main
+from vldd.configs.distill import load_config
+from vldd.jobs.distill import NOT_FINETUNED, distill
+from vldd.models.registry import resolve_model
 
 # Three optimizer steps (one epoch of 24 pairs in batches of 8), a resumable checkpoint after each.
 TUNE = {"enabled": True, "max_train_steps": 3, "checkpointing_steps": 1}
@@ -120,7 +120,7 @@ def test_sigkill_during_finetuning_then_rerun_gives_the_same_dataset(tuned, tiny
     out = tmp_path / "killed"
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(tiny_overrides(out, finetune=TUNE)))
-    command = [sys.executable, "-m", "vldd.cli", "distill", "--config", str(config), "--cache-dir", str(tiny_cache),
+    command = [sys.executable, "-m", "vldd.cli.commands", "distill", "--config", str(config), "--cache-dir", str(tiny_cache),
                "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread, as here: CPU training is then bitwise reproducible
     model = out / "finetune" / "seed0"
@@ -187,7 +187,7 @@ def derived_evidence(dataset, classes):
 ])
 def test_unset_settings_are_derived_from_the_source(dataset, classes, expected):
     config = load_config(overrides={"data": {"dataset": dataset}})
-    from vldd.profiles import recognise
+    from vldd.configs.profiles import recognise
 
     resolved, derived = config.resolve(recognise(dataset, num_classes=classes))  # no content: name and class count
     assert derived.pop("profile") == {"family": expected["family"], "source": {1000: "content"}.get(classes, "default" if "imagenette" in dataset else "name"),
@@ -235,7 +235,7 @@ def test_a_cifar_named_source_distills_with_the_cifar_settings(tiny_cache, tmp_p
 def test_vae_fingerprint_follows_the_weights_not_the_id(tuned, tiny_cache, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from vldd.distillation import vae_fingerprint
+    from vldd.jobs.distill import vae_fingerprint
 
     base = vae_fingerprint("tiny://stable-diffusion", cache_dir=tiny_cache)
     tuned_model = tuned.run_dir / "finetune" / "seed0"
@@ -260,7 +260,7 @@ def test_two_processes_fine_tune_together_and_finish(tuned, tiny_cache, tmp_path
     config.write_text(yaml.safe_dump(tiny_overrides(out, finetune=TUNE)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli.commands",
                "distill", "--config", str(config), "--cache-dir", str(tiny_cache), "--quiet", "--device", "cpu"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)  # a deadlock times out
     assert done.returncode == 0, done.stderr[-3000:]
@@ -274,7 +274,7 @@ def test_two_processes_fine_tune_together_and_finish(tuned, tiny_cache, tmp_path
 
 
 def test_dataset_card_names_the_fine_tuned_model_or_says_none_was(tuned, untuned):
-    from vldd.hub import PublishedRun, public_manifest, render_dataset_card
+    from vldd.hub.push import PublishedRun, public_manifest, render_dataset_card
 
     runs = [PublishedRun("ipc3-seed0", public_manifest(tuned.manifest), 6),
             PublishedRun("ipc3-seed0-d4m", public_manifest(json.loads((untuned[1] / "manifest.json").read_text())), 6)]
@@ -285,7 +285,7 @@ def test_dataset_card_names_the_fine_tuned_model_or_says_none_was(tuned, untuned
 
 
 def test_finetune_settings_take_the_recipe_the_source_and_the_dtype(tmp_path):
-    from vldd.finetuning import finetune_settings
+    from vldd.jobs.finetune import finetune_settings
 
     def settings(dtype=torch.float16, **overrides):
         config, _ = load_config(overrides={"output": str(tmp_path), **overrides}).resolve()

@@ -15,10 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vldd import evaluation
-from vldd.augment import IDCColorJitter, ShufflePatches, cutmix, eval_transform, hard_train_transform
-from vldd.cli import main
-from vldd.evaluation import (
+from vldd.cli.commands import main
+from vldd.configs.profiles import PROFILES
+from vldd.core.runs import read_manifest
+from vldd.data.augment import IDCColorJitter, ShufflePatches, cutmix, eval_transform, hard_train_transform
+from vldd.data.sample import SAMPLE_CLASSES, load_sample
+from vldd.jobs import evaluate as evaluation
+from vldd.jobs.evaluate import (
     EvalConfig,
     LabelledImages,
     RepeatResult,
@@ -35,11 +38,8 @@ from vldd.evaluation import (
     resolve_recipe,
     soft_batch_size,
 )
-from vldd.profiles import PROFILES
-from vldd.reports import evaluation_lines
-from vldd.runs import read_manifest
-from vldd.sample import SAMPLE_CLASSES, load_sample
-from vldd.students import build_student, save_classifier
+from vldd.jobs.reports import evaluation_lines
+from vldd.models.students import build_student, save_classifier
 
 SIZE, WIDTH = 24, 0.125
 CLASSES = ["stripes", "cross", "circle", "triangle"]  # the distilled set covers 4 of the 5 sample classes
@@ -290,7 +290,7 @@ def test_random_subset_is_seeded_and_per_class():
 def test_validation_split_falls_back_to_test(tmp_path, caplog):
     folder = tmp_path / "real"
     datasets.DatasetDict({"train": load_sample("train"), "test": load_sample("validation")}).save_to_disk(str(folder))
-    with caplog.at_level(logging.WARNING, logger="vldd.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="vldd.jobs.evaluate"):
         dataset, split = open_validation(str(folder))
     assert split == "test" and len(dataset) == 50
     assert "no 'validation' split; testing on its 'test' split" in caplog.text
@@ -455,8 +455,8 @@ def test_two_processes_under_accelerate_give_the_single_process_results(tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = tmp_path / "single.json"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli"]
-    for command, output in (([sys.executable, "-m", "vldd.cli"], single), (launch, tmp_path / "sharded.json")):
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli.commands"]
+    for command, output in (([sys.executable, "-m", "vldd.cli.commands"], single), (launch, tmp_path / "sharded.json")):
         done = subprocess.run([*command, "evaluate", *flags, "--output", str(output)], env=env, capture_output=True,
                               text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -517,7 +517,7 @@ def test_several_sets_report_mean_and_std_over_sets_and_repeats(tmp_path, monkey
 
 
 def test_cli_takes_several_sets_at_once_or_repeated():
-    from vldd.cli import build_parser
+    from vldd.cli.commands import build_parser
 
     for argv in (["--distilled", "a", "b", "c"], ["--distilled", "a", "--distilled", "b", "c"]):
         args = build_parser().parse_args(["evaluate", *argv])
@@ -668,8 +668,8 @@ def test_resumed_report_time_is_the_sum_of_all_its_trainings(tmp_path, monkeypat
 
 @pytest.mark.parametrize(("family", "size", "factor"), [("cifar10", 32, 1), ("tiny-imagenet", 64, 2)])
 def test_report_names_the_dataset_profile_the_recipe_follows(tmp_path, monkeypatch, family, size, factor):
-    # whatever the detection decides (vldd.profiles), evaluate follows that profile and says which it was
-    from vldd.profiles import Recognition
+    # whatever the detection decides (vldd.configs.profiles), evaluate follows that profile and says which it was
+    from vldd.configs.profiles import Recognition
 
     monkeypatch.setattr(evaluation, "recognise_source",
                         lambda *args, **kwargs: Recognition(PROFILES[family], "override", ("told",)))
@@ -734,21 +734,21 @@ def test_rded_teacher_file_with_a_names_file_aligns_its_outputs_by_name(tmp_path
 
 @pytest.mark.parametrize("clean_forward", [True, False])
 def test_soft_clean_forward_runs_the_student_on_the_unmixed_batch_first(tmp_path, monkeypatch, clean_forward):
-    import vldd.students
+    import vldd.models.students
 
     run = make_run(tmp_path / "run")
     teacher = save_classifier(build_student("resnetap10", len(SAMPLE_CLASSES), SIZE, WIDTH).eval(),
                               tmp_path / "teacher.pt", arch="resnetap10", class_names=SAMPLE_CLASSES, image_size=SIZE,
                               width=WIDTH)
     calls = []  # (train mode, gradients on) of every student forward
-    real_build = vldd.students.build_student
+    real_build = vldd.models.students.build_student
 
     def counting_build(*args, **kwargs):
         model = real_build(*args, **kwargs)
         model.register_forward_hook(lambda m, i, o: calls.append((m.training, torch.is_grad_enabled())))
         return model
 
-    monkeypatch.setattr(vldd.students, "build_student", counting_build)
+    monkeypatch.setattr(vldd.models.students, "build_student", counting_build)
     config = EvalConfig(distilled=str(run), protocol="soft", teacher=str(teacher), student="resnetap10", epochs=1,
                         batch_size=4, shuffle_factor=1, record=False, clean_forward=clean_forward, **TINY)
     result = evaluate(config)

@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vldd.cards import render_model_card
-from vldd.finetuning import (
+from vldd.hub.cards import render_model_card
+from vldd.hub.push import push_model
+from vldd.jobs.finetune import (
     LORA_CHECKPOINT,
     LORA_WEIGHTS,
     FinetuneConfig,
@@ -22,8 +23,7 @@ from vldd.finetuning import (
     finetune_config,
     latest_checkpoint,
 )
-from vldd.generation import generate_images, load_pipeline
-from vldd.hub import push_model
+from vldd.stages.generate import generate_images, load_pipeline
 
 TINY = "tiny://stable-diffusion"
 # One fixed batch of 4 pairs at 32 px (4x4 latents) and a high learning rate: the loss moves within a few dozen steps.
@@ -42,8 +42,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run directory as `vldd distill` leaves it: captions of 40 sample images and a manifest naming the source."""
-    from vldd.captioning import captions_dataset
-    from vldd.sample import SAMPLE_CLASSES
+    from vldd.data.sample import SAMPLE_CLASSES
+    from vldd.stages.caption import captions_dataset
 
     run = tmp_path_factory.mktemp("run")
     rows = list(range(40))
@@ -138,7 +138,7 @@ def test_a_few_dozen_steps_lower_the_training_loss(full):
 
 
 def test_ema_weights_differ_from_the_raw_weights(full, tiny_cache):
-    from vldd.builtin import resolve_model
+    from vldd.models.registry import resolve_model
 
     raw = load_file(full.output / "checkpoints" / "checkpoint-30" / "model.safetensors")  # the raw UNet at step 30
     ema = load_file(full.output / "unet" / "diffusion_pytorch_model.safetensors")  # what the output holds
@@ -155,7 +155,7 @@ def test_full_output_loads_for_generation_and_changes_the_images(full, base_imag
 
 
 def _cli(argv: list[str]) -> None:
-    from vldd.cli import main
+    from vldd.cli.commands import main
 
     os._exit(main(argv))
 
@@ -246,14 +246,14 @@ def test_model_card_names_base_data_captioner_and_every_setting(full, tmp_path):
 
 
 def test_cli_needs_captions(capsys):
-    from vldd.cli import main
+    from vldd.cli.commands import main
 
     assert main(["finetune", "--preset", "tiny", "--output", "x"]) == 2
     assert "give the captions" in capsys.readouterr().err
 
 
 def test_generate_accepts_a_finetuned_model_and_a_lora():
-    from vldd.cli import build_parser, config_from_args
+    from vldd.cli.commands import build_parser, config_from_args
 
     args = build_parser().parse_args(["generate", "--output", "runs/x", "--diffusion-model", "models/ft",
                                       "--lora", "user/lora"])

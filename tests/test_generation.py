@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vldd.generation import (
+from vldd.models.tiny import clip_tokenizer
+from vldd.stages.generate import (
     denoising_steps,
     encode_prompts,
     generate_images,
@@ -12,7 +13,6 @@ from vldd.generation import (
     prompt_token_ids,
     window_token_ids,
 )
-from vldd.tiny import clip_tokenizer
 
 NEGATIVE = "cartoon, anime, painting"  # the paper's: 3 words, 7 ids with BOS/EOS
 BOS, EOS = 49406, 49407  # CLIP's; EOS is also SD v1.5's pad token
@@ -188,7 +188,7 @@ def test_compiled_unet_is_opt_in_and_gives_the_same_images(tiny_cache, pipe):
 
 
 def test_length_batches_are_the_calls_generate_images_makes():
-    from vldd.generation import length_batches
+    from vldd.stages.generate import length_batches
 
     # one class of the quickstart's run: 10 prompts of 4 embedding lengths, batch 10 -> one call per length
     lengths = [17, 15, 17, 16, 16, 14, 16, 14, 14, 14]

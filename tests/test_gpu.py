@@ -2,16 +2,16 @@
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 
-from vldd.config import load_config
+from vldd.configs.distill import load_config
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def test_tiny_distill_on_cuda_in_fp16(tiny_cache, tmp_path):
-    from vldd.distillation import distill
+    from vldd.jobs.distill import distill
 
     config = load_config(overrides=tiny_overrides(tmp_path / "run", device="cuda", dtype="fp16"))
     result = distill(config, cache_dir=tiny_cache)
@@ -22,7 +22,7 @@ def test_tiny_distill_on_cuda_in_fp16(tiny_cache, tmp_path):
 def test_real_shape_unet_forward_in_fp16_is_finite(tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from vldd.builtin import resolve_model
+    from vldd.models.registry import resolve_model
 
     unet = UNet2DConditionModel.from_pretrained(resolve_model("shapes://sd15", tmp_path), subfolder="unet",
                                                 torch_dtype=torch.float16).to("cuda")

@@ -12,15 +12,15 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from hub_fixtures import point_clients_at
-from hub_server import validate_card_yaml
+from helpers.hub_fixtures import point_clients_at
+from helpers.hub_server import validate_card_yaml
 from huggingface_hub import DatasetCard
 from PIL import Image
 
-from vldd import hub
-from vldd.cli import main
-from vldd.config import DistillConfig
-from vldd.runs import write_json, write_text
+from vldd.cli.commands import main
+from vldd.configs.distill import DistillConfig
+from vldd.core.runs import write_json, write_text
+from vldd.hub import push as hub
 
 CLASS_NAMES = ["circle", "square", "triangle", "cross", "stripes"]
 PROVENANCE = ["class_name", "prompt", "cluster", "cluster_size", "seed", "source_dataset", "source_row",
@@ -325,8 +325,8 @@ def test_dropped_connections_are_retried_and_a_rerun_completes(hub_server, run_f
 
 
 def test_tiny_distill_push_load_and_reuse_captions(hub_server, tiny_cache, tmp_path):
-    from vldd.config import load_config
-    from vldd.distillation import distill
+    from vldd.configs.distill import load_config
+    from vldd.jobs.distill import distill
 
     overrides = {"preset": "tiny", "output": str(tmp_path / "run"), "ipc": 2, "generation": {"num_inference_steps": 4},
                  "caption": {"max_new_tokens": 4}, "data": {"classes": [0, 1], "max_images_per_class": 6}}

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedModel
 
-from vldd import app_logic as logic
-from vldd.cli import main
-from vldd.config import load_config
-from vldd.devices import hub_kernels_allowed
+from vldd.app import logic
+from vldd.cli.commands import main
+from vldd.configs.distill import load_config
+from vldd.core.devices import hub_kernels_allowed
 
 ROOT = Path(__file__).resolve().parents[1]
 # One class, one image per cluster, one fine-tuning step: every loader of a run, in seconds.
@@ -62,7 +62,7 @@ def test_allowed_only_when_asked_for_and_online(monkeypatch):
 def test_the_entry_points_turn_off_the_lazily_loaded_kernels_unless_asked_for_and_online(monkeypatch):
     import huggingface_hub
 
-    from vldd.cli import hub_kernels_for_process
+    from vldd.cli.commands import hub_kernels_for_process
 
     hub_kernels_for_process(True)  # offline (conftest): off even when asked for
     assert os.environ.pop("USE_HUB_KERNELS") == "0"
@@ -78,8 +78,8 @@ def test_transformers_default_is_on_so_the_spy_can_tell(tiny_cache, kernel_choic
     pass False)."""
     from transformers import CLIPTextModel
 
-    from vldd.builtin import resolve_model
-    from vldd.config import TINY_DIFFUSION
+    from vldd.configs.distill import TINY_DIFFUSION
+    from vldd.models.registry import resolve_model
 
     CLIPTextModel.from_pretrained(resolve_model(TINY_DIFFUSION, tiny_cache), subfolder="text_encoder")
     assert kernel_choices == [("CLIPTextModel", True)]
@@ -136,8 +136,8 @@ def test_the_apps_model_cache_passes_it(tiny_cache, tmp_path, kernel_choices, on
 
 
 def test_a_standalone_fine_tuning_loads_its_text_encoder_with_the_choice(tiny_cache, kernel_choices, online):
-    from vldd.builtin import resolve_model
-    from vldd.finetuning import _load_models, finetune_config
+    from vldd.jobs.finetune import _load_models, finetune_config
+    from vldd.models.registry import resolve_model
 
     for hub_kernels in (False, True):
         config = finetune_config("tiny", captions="unused", hub_kernels=hub_kernels)
@@ -150,8 +150,8 @@ import json, sys
 import spaces  # noqa: F401  (first, as on a Space: it installs the CUDA emulation)
 import torch
 from transformers import AutoModelForImageTextToText
-from vldd.builtin import resolve_model
-from vldd.captioning import load_captioner
+from vldd.models.registry import resolve_model
+from vldd.stages.caption import load_captioner
 
 cache = sys.argv[1]
 out = {"cuda": torch.cuda.is_available(), "loads": []}

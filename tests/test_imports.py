@@ -1,8 +1,9 @@
-"""vldd's import graph has layers: a module imports only from its own layer or below, and nothing imports in a cycle.
+"""vldd's folders are layers: a folder imports only from itself and from folders below it, and no module imports
+another in a cycle.
 
 Every `import` counts, including the ones inside functions (they are the same dependency, only deferred); imports
-under `if TYPE_CHECKING:` do not. Known violations are listed in `ALLOWED` with the reason, to be removed as the code
-is moved; the test fails on any new violation and on an entry that no longer occurs.
+under `if TYPE_CHECKING:` do not. Folders on one layer do not import each other. `ALLOWED` lists known violations
+with the reason, to be removed as the code moves; it is empty, and the test fails on any new violation.
 """
 
 import ast
@@ -10,19 +11,20 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vldd"
 
-# Bottom to top. The package itself ("vldd": __version__ and lazy re-exports) is at the bottom.
+# Bottom to top. "vldd" is the package's own __init__ (__version__ and lazy re-exports, whose imports are deferred
+# and typed only); "__main__" is `python -m vldd`.
 LAYERS = [
-    {"vldd", "config", "profiles", "runs", "devices", "seeding", "provenance", "cards"},  # no model code
-    {"classnames", "data", "sample", "tiny", "shapes", "builtin", "prototypes", "text_prototypes", "captioning", "generation", "students", "augment"},
-    {"evaluation", "teacher", "finetuning", "hub", "plan"},  # jobs built from the stages
-    # the distillation orchestrator, and the recipes that run it (per seed, per ablation variant) then evaluate
-    {"distillation", "reproduce", "ablation"},
-    {"cli", "reports", "app_logic", "space_gpu", "space_uploads", "__main__"},  # entry points and the app's own code
+    {"vldd", "configs"},  # every job's settings: dataclasses, presets, profiles (no torch)
+    {"core"},  # run directories, devices, seeding, provenance
+    {"data", "models"},  # sources and class names; the offline model factories and the students
+    {"stages", "hub"},  # VLCP's stages on tensors and text; the Hub writer, cards and captions reader
+    {"jobs"},  # what a user runs: distill, finetune, evaluate, teacher, plan, reproduce, ablate
+    {"cli", "app"},  # the two front ends
+    {"__main__"},  # `python -m vldd` runs the CLI
 ]
 
-# (importer, imported): why it is there today. Phase B of issue 12 moves the code and removes the entries.
-ALLOWED = {
-}
+# (importer folder, imported folder): why it is there today.
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def _type_checking_only(node: ast.If) -> bool:
@@ -31,8 +33,18 @@ def _type_checking_only(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _imports(tree: ast.AST, modules: set[str]):
-    """The vldd modules a module's code imports, anywhere in it."""
+def module_name(path: Path) -> str:
+    """'jobs.distill' for vldd/jobs/distill.py, 'jobs' for vldd/jobs/__init__.py, 'vldd' for vldd/__init__.py."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts) or "vldd"
+
+
+def _imports(tree: ast.AST, module: str, is_package: bool, modules: set[str]):
+    """The vldd modules (dotted, under vldd) a module's code imports, anywhere in it."""
+    here = [] if module == "vldd" else module.split(".")
+    package = here if is_package else here[:-1]
     stack = [tree]
     while stack:
         node = stack.pop()
@@ -44,27 +56,32 @@ def _imports(tree: ast.AST, modules: set[str]):
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] == "vldd":
-                    yield parts[1] if len(parts) > 1 else "vldd"
+                    yield ".".join(parts[1:]) or "vldd"
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level == 0 and not (base == "vldd" or base.startswith("vldd.")):
-                continue
             if node.level == 0:
-                base = base.removeprefix("vldd").lstrip(".")
-            if base:
-                yield base.split(".")[0]
-            else:  # `from . import x`: a submodule, or a name of the package
-                for alias in node.names:
-                    yield alias.name if alias.name in modules else "vldd"
+                parts = (node.module or "").split(".")
+                if parts[0] != "vldd":
+                    continue
+                base = parts[1:]
+            else:
+                base = package[:len(package) - (node.level - 1)] + ((node.module or "").split(".") if node.module else [])
+            for alias in node.names:  # `from .x import y`: y may itself be a module
+                full = ".".join([*base, alias.name])
+                yield full if full in modules else (".".join(base) or "vldd")
 
 
 def import_graph() -> dict[str, set[str]]:
-    files = {("vldd" if p.stem == "__init__" else p.stem): p for p in PACKAGE.glob("*.py")}
-    return {name: set(_imports(ast.parse(path.read_text()), set(files))) - {name} for name, path in files.items()}
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: set(_imports(ast.parse(path.read_text()), name, path.stem == "__init__", set(files))) - {name}
+            for name, path in files.items()}
 
 
-def layer_of(module: str) -> int:
-    return next(i for i, layer in enumerate(LAYERS) if module in layer)
+def folder_of(module: str) -> str:
+    return "vldd" if module == "vldd" else module.split(".")[0]
+
+
+def layer_of(folder: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if folder in layer)
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -86,27 +103,51 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_every_module_has_a_layer():
+def violations(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) module pairs whose folders break the layering."""
+    bad = []
+    for a, deps in graph.items():
+        for b in deps:
+            fa, fb = folder_of(a), folder_of(b)
+            if fa != fb and fb != "vldd" and layer_of(fb) >= layer_of(fa) and (fa, fb) not in ALLOWED:
+                bad.append((a, b))
+    return sorted(bad)
+
+
+def test_every_folder_has_a_layer():
     placed = set().union(*LAYERS)
-    assert set(import_graph()) <= placed, f"put these modules in a layer: {sorted(set(import_graph()) - placed)}"
+    folders = {folder_of(m) for m in import_graph()}
+    assert folders <= placed, f"put these folders in a layer: {sorted(folders - placed)}"
 
 
-def test_no_upward_import_and_no_cycle():
-    graph = {a: {b for b in deps if (a, b) not in ALLOWED} for a, deps in import_graph().items()}
-    upward = sorted((a, b) for a, deps in graph.items() for b in deps if layer_of(b) > layer_of(a))
-    assert not upward, f"imports from a higher layer (importer, imported): {upward}"
+def test_only_entry_modules_at_the_top():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert top == ["__init__.py", "__main__.py"], f"modules belong in a role folder, not at the top: {top}"
+
+
+def test_no_upward_or_sideways_import_and_no_cycle():
+    graph = import_graph()
+    assert not violations(graph), f"imports from a folder on the same or a higher layer (importer, imported): " \
+                                  f"{violations(graph)}"
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
 
 
 def test_allowed_violations_still_exist():
     graph = import_graph()
-    gone = sorted(edge for edge in ALLOWED if edge[1] not in graph.get(edge[0], set()))
+    used = {(folder_of(a), folder_of(b)) for a, deps in graph.items() for b in deps}
+    gone = sorted(edge for edge in ALLOWED if edge not in used)
     assert not gone, f"these imports are gone: remove them from ALLOWED: {gone}"
 
 
 def test_the_checks_catch_what_they_should():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
-    tree = ast.parse("from .pipeline import distill\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                     "    from .hub import x\ndef f():\n    from . import config, __version__\n    import vldd.tiny\n")
-    assert set(_imports(tree, {"pipeline", "config", "hub", "tiny"})) == {"pipeline", "config", "vldd", "tiny"}
+    tree = ast.parse("from ..stages.generate import x\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                     "    from ..hub.push import y\ndef f():\n    from .. import __version__\n    from ..core import runs\n"
+                     "    import vldd.models.tiny\n    from . import plan\n")
+    modules = {"stages.generate", "hub.push", "core.runs", "models.tiny", "jobs.plan", "jobs.distill"}
+    assert set(_imports(tree, "jobs.distill", False, modules)) == {
+        "stages.generate", "vldd", "core.runs", "models.tiny", "jobs.plan"}
+    # a stage importing a job is upward; data importing models is sideways; a job importing a stage is fine
+    graph = {"stages.generate": {"jobs.plan"}, "data.sources": {"models.tiny"}, "jobs.plan": {"stages.generate"}}
+    assert violations(graph) == [("data.sources", "models.tiny"), ("stages.generate", "jobs.plan")]

@@ -4,16 +4,16 @@ import resource
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from PIL import Image
 
-from vldd import plan
-from vldd.captioning import load_captioner
-from vldd.cli import main
-from vldd.config import load_config
-from vldd.finetuning import finetune_config
-from vldd.generation import generate_images, load_pipeline
-from vldd.plan import PeakMemory, caption_cost, generation_cost, plan_run, stand_in, unet_calls
+from vldd.cli.commands import main
+from vldd.configs.distill import load_config
+from vldd.jobs import plan
+from vldd.jobs.finetune import finetune_config
+from vldd.jobs.plan import PeakMemory, caption_cost, generation_cost, plan_run, stand_in, unet_calls
+from vldd.stages.caption import load_captioner
+from vldd.stages.generate import generate_images, load_pipeline
 
 
 class ForwardClock:
@@ -155,12 +155,12 @@ def test_sample_warms_up_once_and_repeats_until_stable(monkeypatch):
 
 
 def test_plan_batches_generation_as_the_sample_captions_lengths_would(tiny_cache, tmp_path, monkeypatch):
-    import vldd.generation
+    import vldd.stages.generate
 
     # the tiny captioner's 12-token budget is decoded in full for the sample; pretend its 2 captions have embedding
     # lengths 7 and 9: a class of 3 images then gets prompts of lengths 7, 9, 7 -> 2 calls ([0, 2] and [1])
-    real = vldd.generation.prompt_lengths  # kept for the plan's own timing calls ("a photo" prompts)
-    monkeypatch.setattr(vldd.generation, "prompt_lengths", lambda tokenizer, prompts, *args: real(
+    real = vldd.stages.generate.prompt_lengths  # kept for the plan's own timing calls ("a photo" prompts)
+    monkeypatch.setattr(vldd.stages.generate, "prompt_lengths", lambda tokenizer, prompts, *args: real(
         tokenizer, prompts, *args) if prompts[0] == "a photo" else [7, 9][: len(prompts)])
     config = load_config(overrides=tiny_overrides(tmp_path, ipc=3))
     batched = {e.stage: e for e in plan_run(config, cache_dir=tiny_cache, sample_items=2)}["generate"]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from vldd.config import DataConfig, DistillConfig
-from vldd.profiles import CIFAR10, CIFAR100, TINY_IMAGENET, dataset_family, dataset_profile, recognise
+from vldd.configs.distill import DataConfig, DistillConfig
+from vldd.configs.profiles import CIFAR10, CIFAR100, TINY_IMAGENET, dataset_family, dataset_profile, recognise
 
 
 @pytest.mark.parametrize("dataset, classes, family", [
@@ -52,9 +52,9 @@ def _folder(root, names, size, per_class=1):
 
 
 def test_cifar10_folder_at_a_neutral_path_is_cifar10_with_its_settings_in_the_manifest(tiny_cache, tmp_path, caplog):
-    from vldd.config import load_config
-    from vldd.data import load_source
-    from vldd.distillation import distill
+    from vldd.configs.distill import load_config
+    from vldd.data.sources import load_source
+    from vldd.jobs.distill import distill
 
     folder = _folder(tmp_path / "c10" / "train", CIFAR10, size=32, per_class=2)
     source = load_source(DataConfig(dataset=str(folder)))
@@ -79,7 +79,7 @@ def test_cifar10_folder_at_a_neutral_path_is_cifar10_with_its_settings_in_the_ma
 
 
 def test_wordnet_id_folder_of_200_classes_at_64_px_is_tiny_imagenet(tmp_path):
-    from vldd.data import load_source
+    from vldd.data.sources import load_source
 
     folder = _folder(tmp_path / "data" / "train", TINY_IMAGENET, size=64)  # 200 classes x 1 tiny PNG
     source = load_source(DataConfig(dataset=str(folder)))
@@ -111,7 +111,7 @@ def test_family_from_content_first(names, sizes, dataset, family, source):
 
 
 def test_numeric_folders_named_by_a_file_are_recognised_by_those_names(tmp_path):
-    from vldd.data import load_source
+    from vldd.data.sources import load_source
 
     folder = _folder(tmp_path / "train", [f"{i:05d}" for i in range(10)], size=64)  # not 32 px: the names decide
     source = load_source(DataConfig(dataset=str(folder), class_names=CIFAR10))
@@ -141,7 +141,7 @@ def test_unexpected_image_size_is_a_warning_naming_both():
 
 
 def test_profile_override_wins_and_is_checked(tmp_path, caplog):
-    from vldd.data import load_source
+    from vldd.data.sources import load_source
 
     told = recognise("/data/c10", CIFAR10, [(32, 32)], override="imagenet-subset")
     assert (told.family, told.source, told.evidence[0]) == ("imagenet-subset", "override", "set by data.profile")
@@ -150,7 +150,7 @@ def test_profile_override_wins_and_is_checked(tmp_path, caplog):
                                          r"'imagenet-subset', 'tiny-imagenet'\] or None, got 'cifar'"):
         DataConfig(profile="cifar")
     folder = _folder(tmp_path / "pets", ["cat", "dog"], size=32)
-    with caplog.at_level("WARNING", logger="vldd.data"):
+    with caplog.at_level("WARNING", logger="vldd.data.sources"):
         source = load_source(DataConfig(dataset=str(folder), profile="cifar10"))
     assert source.profile.family == "cifar10" and not caplog.records  # 32 px: what CIFAR-10 expects
     derived = DistillConfig(data=DataConfig(dataset=str(folder))).resolve(source.profile)[1]
@@ -162,7 +162,7 @@ def test_profile_override_wins_and_is_checked(tmp_path, caplog):
 def test_cli_flag_sets_the_profile():
     import argparse
 
-    from vldd import cli
+    from vldd.cli import commands as cli
 
     parser = argparse.ArgumentParser()
     cli._run_flags(parser)
@@ -181,8 +181,8 @@ def test_describe_names_the_profile_the_evidence_and_the_settings():
 def test_evaluation_recognises_the_real_dataset_as_distillation_does(tmp_path):
     import datasets
 
-    from vldd.data import recognise_source
-    from vldd.evaluation import EvalConfig, resolve_recipe
+    from vldd.data.sources import recognise_source
+    from vldd.jobs.evaluate import EvalConfig, resolve_recipe
 
     folder = _folder(tmp_path / "c10" / "val", CIFAR10, size=32)
     val = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
@@ -202,7 +202,7 @@ def test_evaluate_uses_the_profile_the_run_was_told_and_reports_it(tmp_path):
 
     from test_evaluation import TINY, make_run
 
-    from vldd.evaluation import EvalConfig, evaluate
+    from vldd.jobs.evaluate import EvalConfig, evaluate
 
     run = make_run(tmp_path / "run", ipc=1)
     manifest = json.loads((run / "manifest.json").read_text())

@@ -6,7 +6,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.neighbors import LocalOutlierFactor
 
-from vldd.prototypes import build_prototypes, count_inliers, kmeans, local_outlier_factor, outlier_mask
+from vldd.stages.prototypes import build_prototypes, count_inliers, kmeans, local_outlier_factor, outlier_mask
 
 
 def clustered(n, d, k=5, seed=0, spread=3.0, far=False):

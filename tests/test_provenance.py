@@ -3,7 +3,7 @@
 import pytest
 from huggingface_hub import constants
 
-from vldd.provenance import is_local_path, public_name, resolve_revision, versions
+from vldd.core.provenance import is_local_path, public_name, resolve_revision, versions
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -3,9 +3,9 @@
 from pathlib import Path
 from types import SimpleNamespace
 
-from vldd import reports
-from vldd.config import TINY_NOTE
-from vldd.plan import StageEstimate
+from vldd.configs.distill import TINY_NOTE
+from vldd.jobs import reports
+from vldd.jobs.plan import StageEstimate
 
 
 def test_distill_lines_name_counts_paths_and_the_tiny_note():

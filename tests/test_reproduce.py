@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from vldd import evaluation
-from vldd.cli import main
-from vldd.reproduce import CELLS, PublishedCell, reproduce, resolve_cell
-from vldd.runs import read_manifest
+from vldd.cli.commands import main
+from vldd.core.runs import read_manifest
+from vldd.jobs import evaluate as evaluation
+from vldd.jobs.reproduce import CELLS, PublishedCell, reproduce, resolve_cell
 
 # The tiny preset on 2 sample classes; students at 1/8 width on 24 px for 2 epochs.
 DISTILL_FLAGS = ["--preset", "tiny", "--data.dataset", "sample", "--data.classes", "circle,stripes", "--data.max_images_per_class", "12",
@@ -121,7 +121,7 @@ def test_bad_requests_are_clear_errors(tmp_path, capsys):
 
 
 def test_comparability_follows_the_official_test_sets():
-    from vldd.reproduce import NETTE_VAL, comparability
+    from vldd.jobs.reproduce import NETTE_VAL, comparability
 
     nette, imagenet = CELLS["imagenette-ipc10"], CELLS["imagenet1k-ipc10"]
     finished = [True, True, True]

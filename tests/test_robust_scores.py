@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from vldd.cards import robust_text
-from vldd.evaluation import RepeatResult, RunResult, robust_scores, run_robust_scores
-from vldd.hub import _evaluation_rows
+from vldd.hub.cards import robust_text
+from vldd.hub.push import _evaluation_rows
+from vldd.jobs.evaluate import RepeatResult, RunResult, robust_scores, run_robust_scores
 
 
 def lrs(ior_points: float, hlr_points: float) -> float:

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import image_folder, tiny_overrides
+from helpers import image_folder, tiny_overrides
 
-from vldd.builtin import resolve_model
-from vldd.cli import main
-from vldd.config import DistillConfig, load_config
-from vldd.data import load_source
-from vldd.distillation import RECORDED_SETTINGS, UNFINGERPRINTED, distill, stage_fingerprints
-from vldd.finetuning import finetune_settings
+from vldd.cli.commands import main
+from vldd.configs.distill import DistillConfig, load_config
+from vldd.data.sources import load_source
+from vldd.jobs.distill import RECORDED_SETTINGS, UNFINGERPRINTED, distill, stage_fingerprints
+from vldd.jobs.finetune import finetune_settings
+from vldd.models.registry import resolve_model
 
 
 def _leaves(cls, prefix=""):
@@ -139,7 +139,7 @@ def _changed_values(tmp_path, tiny_cache):
 
 
 def test_every_setting_is_fingerprinted_or_listed_as_not(tiny_cache, tmp_path):
-    from vldd.devices import resolve_device, resolve_dtype
+    from vldd.core.devices import resolve_device, resolve_dtype
 
     changed = _changed_values(tmp_path, tiny_cache)
     assert set(changed) == set(_leaves(DistillConfig)), "classify the new settings: add them to _changed_values"
@@ -168,7 +168,7 @@ def test_every_setting_is_fingerprinted_or_listed_as_not(tiny_cache, tmp_path):
                                                          "data.numeric_names"):
             # a source that cannot be opened here: fingerprint the values with the sample's rows (the key is the
             # settings themselves, plus the source's revision)
-            import vldd.distillation as d
+            import vldd.jobs.distill as d
 
             config, _ = load_config(overrides=values).resolve(sample.profile)
             dtype = torch.float32

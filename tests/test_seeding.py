@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vldd import seeding
+from vldd.core import seeding
 
 
 def test_derive_seed_is_seedsequence_of_the_keys_and_fits_a_torch_seed():

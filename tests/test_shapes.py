@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vldd.builtin import resolve_model
-from vldd.captioning import load_captioner
-from vldd.shapes import count_parameters, llava_tokenizer, parse_shape_id
+from vldd.models.paper_shapes import count_parameters, llava_tokenizer, parse_shape_id
+from vldd.models.registry import resolve_model
+from vldd.stages.caption import load_captioner
 
 REDUCED = "shapes://llava-1.5-7b?layers=1&vision_layers=1"
 
@@ -72,7 +72,7 @@ def test_loaders_keep_sdpa_attention_which_changes_no_output(tiny_cache):
     # attention gives the same UNet output (to float rounding) more slowly.
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    from vldd.generation import load_pipeline
+    from vldd.stages.generate import load_pipeline
 
     captioner = load_captioner("tiny://llava", cache_dir=tiny_cache)
     assert captioner.model.config.text_config._attn_implementation == "sdpa"

@@ -4,7 +4,15 @@ import pytest
 import torch
 import torchvision
 
-from vldd.students import ConvNet, ResNetAP, build_student, count_parameters, load_classifier, resnet18, save_classifier
+from vldd.models.students import (
+    ConvNet,
+    ResNetAP,
+    build_student,
+    count_parameters,
+    load_classifier,
+    resnet18,
+    save_classifier,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)

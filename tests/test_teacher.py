@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from vldd import evaluation
-from vldd.augment import eval_transform
-from vldd.cli import main
-from vldd.evaluation import EvalConfig, evaluate
-from vldd.sample import SAMPLE_CLASSES, load_sample
-from vldd.students import load_classifier
-from vldd.teacher import TeacherConfig, state_path, train_teacher
+from vldd.cli.commands import main
+from vldd.data.augment import eval_transform
+from vldd.data.sample import SAMPLE_CLASSES, load_sample
+from vldd.jobs import evaluate as evaluation
+from vldd.jobs.evaluate import EvalConfig, evaluate
+from vldd.jobs.teacher import TeacherConfig, state_path, train_teacher
+from vldd.models.students import load_classifier
 
 SIZE = 24
 TINY = dict(real="sample", arch="resnetap10", width=0.125, image_size=SIZE, epochs=2, batch_size=32, lr=0.05)
@@ -107,7 +107,7 @@ def test_teacher_trains_under_accelerate_launch(tmp_path):
 
     output = tmp_path / "t.pt"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli"]
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vldd.cli.commands"]
     flags = ["teacher", "--real", "sample", "--arch", "resnetap10", "--width", "0.125", "--image-size", str(SIZE),
              "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--output", str(output), "--device", "cpu",
              "--quiet"]

@@ -2,7 +2,14 @@
 
 import pytest
 
-from vldd.text_prototypes import STOPWORDS, class_common_words, score, select_text_prototypes, tokenize, top_words
+from vldd.stages.text_prototypes import (
+    STOPWORDS,
+    class_common_words,
+    score,
+    select_text_prototypes,
+    tokenize,
+    top_words,
+)
 
 DESCRIPTIONS = [
     "The dog has a fluffy golden coat. Its tail is fluffy.",  # cluster 0

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vldd.builtin import resolve_model
-from vldd.config import TINY_CAPTIONER, TINY_DIFFUSION
-from vldd.tiny import MARKER, build_tiny_models
+from vldd.configs.distill import TINY_CAPTIONER, TINY_DIFFUSION
+from vldd.models.registry import resolve_model
+from vldd.models.tiny import MARKER, build_tiny_models
 
 
 def test_build_once_then_reuse(tiny_cache):

@@ -1,5 +1,5 @@
 """Uploaded zips as a hostile visitor sends them: bombs, forged headers, damage, floods of entries, bad layouts,
-races (vldd.space_uploads); and through gradio_client against the app in its own process, with its peak memory."""
+races (vldd.app.uploads); and through gradio_client against the app in its own process, with its peak memory."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vldd import app_logic as logic
-from vldd.space_uploads import HOW, UploadError, UploadLimits, extract_upload
+from vldd.app import logic
+from vldd.app.uploads import HOW, UploadError, UploadLimits, extract_upload
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = UploadLimits(max_bytes=10**6, max_entries=100, max_image_pixels=40_000_000, max_side=16)
@@ -155,7 +155,7 @@ def test_decompression_bomb_png_in_a_zip_is_refused_before_decoding_in_bounded_m
     # In a fresh process, so that its peak memory is this extraction's alone.
     script = f"""
 import json, resource, sys
-from vldd.space_uploads import HOW, UploadError, UploadLimits, extract_upload
+from vldd.app.uploads import HOW, UploadError, UploadLimits, extract_upload
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     extract_upload({str(archive)!r}, {str(tmp_path / "uploads")!r}, UploadLimits(max_bytes=2**30))
@@ -297,7 +297,7 @@ def run_isolated(code: str) -> dict:
     """Runs `code` (which sets `result`) in a fresh Python, so that its peak memory is its own; adds `grew_mb`."""
     script = f"""
 import json, resource
-from vldd.space_uploads import HOW, UploadError, UploadLimits, extract_upload
+from vldd.app.uploads import HOW, UploadError, UploadLimits, extract_upload
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 {code}
 result["grew_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
@@ -402,7 +402,7 @@ MEMORY_BOUND = 300 * 2**20  # what one upload may add to the idle app's peak mem
 
 @pytest.fixture(scope="module")
 def app_process(tmp_path_factory):
-    from conftest import running_app
+    from helpers import running_app
 
     tmp = tmp_path_factory.mktemp("upload-app")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VLDD_APP_ROOT": str(tmp / "sessions"),
@@ -549,7 +549,7 @@ def test_a_name_listed_twice_an_encrypted_entry_and_an_unread_method_are_refused
 def test_pils_own_errors_become_the_spaces_messages(tmp_path):
     from PIL import ImageFile, PngImagePlugin
 
-    from vldd.space_uploads import apply_pil_limits
+    from vldd.app.uploads import apply_pil_limits
 
     saved = Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY
     try:

@@ -1,7 +1,7 @@
 """The app under ZeroGPU: the real `spaces` decorator, scheduler protocol and forked worker, emulated on the CPU.
 
 The end-to-end test runs app.py in a subprocess with SPACES_ZERO_GPU=true (so it never leaks into other tests) against
-a fake scheduler (tests/zerogpu_runtime.py), and drives it with gradio_client. The planning tests check the quota
+a fake scheduler (tests/helpers/zerogpu_runtime.py), and drives it with gradio_client. The planning tests check the quota
 arithmetic the app applies before any GPU call.
 """
 
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from zerogpu_runtime import FakeScheduler
+from helpers.zerogpu_runtime import FakeScheduler
 
-from vldd import app_logic as logic
-from vldd.space_gpu import GpuQuota, LimitError, plan_gpu_calls, visitor_tier
+from vldd.app import logic
+from vldd.app.gpu import GpuQuota, LimitError, plan_gpu_calls, visitor_tier
+from vldd.configs.base import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "square"]
@@ -77,10 +78,10 @@ def test_the_default_demo_fits_an_anonymous_visitors_quota():
 def zero_app(tiny_cache, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("zerogpu")
     config = tmp / "spaces_config.yaml"
-    config.write_text(yaml.safe_dump(logic._merge(yaml.safe_load((ROOT / "spaces_config.yaml").read_text()),
+    config.write_text(yaml.safe_dump(merge(yaml.safe_load((ROOT / "spaces_config.yaml").read_text()),
                                                   SETTINGS)))
     scheduler = FakeScheduler()
-    from conftest import running_app
+    from helpers import running_app
 
     env = {**os.environ, "SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": scheduler.url,
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "VLDD_CACHE": str(tiny_cache),
@@ -88,7 +89,7 @@ def zero_app(tiny_cache, tmp_path_factory):
            "VLDD_TEST_LOAD_LOG": str(tmp / "loads.jsonl"), "VLDD_TEST_FAIL_CLASS": "stripes",
            "OMP_NUM_THREADS": "1", "HOME": str(tmp)}
     try:
-        with running_app([sys.executable, str(ROOT / "tests" / "zerogpu_runtime.py"), "--config", str(config)], env,
+        with running_app([sys.executable, str(ROOT / "tests" / "helpers" / "zerogpu_runtime.py"), "--config", str(config)], env,
                          tmp) as (url, pid):
             yield type("ZeroApp", (), {"url": url, "scheduler": scheduler, "pid": pid, "tmp": tmp})
     finally:
@@ -181,7 +182,7 @@ def test_tiny_pipeline_runs_under_zerogpu_one_bounded_call_per_class(zero_app):
 def test_on_a_local_gpu_the_captioner_is_evicted_before_sd_loads_unless_both_fit(monkeypatch, tmp_path):
     import torch
 
-    from vldd import generation
+    from vldd.stages import generate as generation
 
     free = {"bytes": 2 * 2**30}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

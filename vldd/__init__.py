@@ -2,7 +2,7 @@
 
 Example:
     >>> from vldd import distill, load_config
-    >>> result = distill(load_config(overrides={"preset": "tiny", "output": "runs/tiny", "ipc": 2}))
+    >>> result = distill(load_config(overrides={"preset": "models.tiny", "output": "runs/tiny", "ipc": 2}))
     >>> result.dataset  # a datasets.Dataset: image, label, prompt, ...
 
 The public names below are imported on first use, so `import vldd` (and `vldd --help`) does not load torch.
@@ -17,20 +17,20 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "DistillConfig": "config", "DataConfig": "config", "CaptionConfig": "config", "PrototypeConfig": "config",
-    "TextPrototypeConfig": "config", "GenerationConfig": "config", "load_config": "config",
-    "distill": "distillation", "DistillResult": "distillation", "Processes": "devices",
-    "plan_run": "plan", "StageEstimate": "plan",
-    "evaluate": "evaluation", "EvalConfig": "evaluation", "EvalResult": "evaluation", "robust_scores": "evaluation",
-    "ablate": "ablation",
-    "train_teacher": "teacher", "TeacherConfig": "teacher", "TeacherResult": "teacher",
-    "finetune": "finetuning", "finetune_config": "finetuning", "FinetuneConfig": "finetuning",
-    "FinetuneResult": "finetuning",
-    "push_distilled": "hub", "push_captions": "hub", "push_model": "hub", "load_published_captions": "hub", "PushResult": "hub",
-    "HubError": "hub", "HubAuthError": "hub",
-    "load_captioner": "captioning", "caption_images": "captioning",
-    "load_pipeline": "generation",
-    "build_tiny_models": "tiny",
+    "DistillConfig": "configs.distill", "DataConfig": "configs.distill", "CaptionConfig": "configs.distill", "PrototypeConfig": "configs.distill",
+    "TextPrototypeConfig": "configs.distill", "GenerationConfig": "configs.distill", "load_config": "configs.distill",
+    "distill": "jobs.distill", "DistillResult": "jobs.distill", "Processes": "core.devices",
+    "plan_run": "jobs.plan", "StageEstimate": "jobs.plan",
+    "evaluate": "jobs.evaluate", "EvalConfig": "configs.evaluate", "EvalResult": "jobs.evaluate", "robust_scores": "jobs.evaluate",
+    "ablate": "jobs.ablate",
+    "train_teacher": "jobs.teacher", "TeacherConfig": "configs.teacher", "TeacherResult": "jobs.teacher",
+    "finetune": "jobs.finetune", "finetune_config": "configs.finetune", "FinetuneConfig": "configs.finetune",
+    "FinetuneResult": "jobs.finetune",
+    "push_distilled": "hub.push", "push_captions": "hub.push", "push_model": "hub.push", "load_published_captions": "hub.push", "PushResult": "hub.push",
+    "HubError": "hub.push", "HubAuthError": "hub.push",
+    "load_captioner": "stages.caption", "caption_images": "stages.caption",
+    "load_pipeline": "stages.generate",
+    "build_tiny_models": "models.tiny",
 }
 
 __all__ = [  # the keys of _EXPORTS, spelled out for linters and IDEs (a test checks they agree)
@@ -44,9 +44,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for linters and IDEs (a test ch
 ]
 
 if TYPE_CHECKING:
-    from .ablation import ablate
-    from .captioning import caption_images, load_captioner
-    from .config import (
+    from .configs.distill import (
         CaptionConfig,
         DataConfig,
         DistillConfig,
@@ -55,12 +53,11 @@ if TYPE_CHECKING:
         TextPrototypeConfig,
         load_config,
     )
-    from .devices import Processes
-    from .distillation import DistillResult, distill
-    from .evaluation import EvalConfig, EvalResult, evaluate, robust_scores
-    from .finetuning import FinetuneConfig, FinetuneResult, finetune, finetune_config
-    from .generation import load_pipeline
-    from .hub import (
+    from .configs.evaluate import EvalConfig
+    from .configs.finetune import FinetuneConfig, finetune_config
+    from .configs.teacher import TeacherConfig
+    from .core.devices import Processes
+    from .hub.push import (
         HubAuthError,
         HubError,
         PushResult,
@@ -69,9 +66,15 @@ if TYPE_CHECKING:
         push_distilled,
         push_model,
     )
-    from .plan import StageEstimate, plan_run
-    from .teacher import TeacherConfig, TeacherResult, train_teacher
-    from .tiny import build_tiny_models
+    from .jobs.ablate import ablate
+    from .jobs.distill import DistillResult, distill
+    from .jobs.evaluate import EvalResult, evaluate, robust_scores
+    from .jobs.finetune import FinetuneResult, finetune
+    from .jobs.plan import StageEstimate, plan_run
+    from .jobs.teacher import TeacherResult, train_teacher
+    from .models.tiny import build_tiny_models
+    from .stages.caption import caption_images, load_captioner
+    from .stages.generate import load_pipeline
 
 
 def __getattr__(name: str) -> Any:

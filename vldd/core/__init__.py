@@ -1,0 +1,1 @@
+"""Plumbing every job uses: run directories (locks, atomic writes, manifests), devices, seeding, provenance."""

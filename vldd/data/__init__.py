@@ -1,0 +1,1 @@
+"""Image-classification sources: opening a Hub id or a folder, class names, the embedded sample, augmentation."""

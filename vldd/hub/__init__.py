@@ -1,0 +1,1 @@
+"""The Hugging Face Hub: pushing distilled sets, captions and models, their cards, and reading published captions."""
