@@ -328,13 +328,13 @@ def test_each_setting_is_declared_once_and_a_space_file_changes_only_what_it_nam
     # The run controls' initial values are the config's defaults, declared there only: guidance scale is not in
     # the app's settings, and follows GenerationConfig.
     assert "guidance_scale" not in SETTINGS_FILE.read_text()
-    assert load_space_config().controls("tiny")["guidance_scale"] == GenerationConfig.guidance_scale
+    assert controls.initial_controls(load_space_config(), "tiny")["guidance_scale"] == GenerationConfig.guidance_scale
     # A file on top (a Space's, or `vldd app --config`) changes the settings it names and nothing else.
     (tmp_path / "space.yaml").write_text(yaml.safe_dump({"limits": {"max_ipc": 3}, "defaults": {"ipc": 1,
                                                                                                  "seed": 7}}))
     base, changed = load_space_config(), load_space_config(tmp_path / "space.yaml")
     assert changed.limits.max_ipc == 3 and changed.limits.max_classes == base.limits.max_classes
-    assert changed.controls("tiny") == {**base.controls("tiny"), "ipc": 1, "seed": 7}
+    assert controls.initial_controls(changed, "tiny") == {**controls.initial_controls(base, "tiny"), "ipc": 1, "seed": 7}
     assert changed.presets.keys() == base.presets.keys() and changed.zerogpu == base.zerogpu
 
 
@@ -342,7 +342,7 @@ def test_run_controls_set_the_config_fields_and_left_out_ones_keep_their_initial
     config = controls.run_config(space, "/unused", dataset="sample", classes=CLASSES, preset="tiny",
                                  guidance_scale=7.5, steps="20", seed=None, strength="")
     assert (config.generation.guidance_scale, config.generation.num_inference_steps) == (7.5, 20)
-    initial = space.controls("tiny")
+    initial = controls.initial_controls(space, "tiny")
     assert (config.seed, config.generation.strength, config.ipc) == (initial["seed"], initial["strength"],
                                                                      initial["ipc"])
     assert config.data.max_images_per_class == TEST_SETTINGS["defaults"]["images_per_class"]

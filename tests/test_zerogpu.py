@@ -64,7 +64,7 @@ def test_the_default_demo_fits_an_anonymous_visitors_quota():
     space = load_space_config(ROOT / "spaces_config.yaml")
     preset = space.preset_for(has_gpu=True)
     assert preset in space.offered(zero_gpu=True)
-    initial = space.controls(preset)
+    initial = controls.initial_controls(space, preset)
     config = controls.run_config(space, "/unused", dataset="sample",
                                  classes=["0", "1", "2"][:space.defaults["num_classes"]], preset=preset)
     g = config.generation
@@ -220,11 +220,11 @@ BAD = [  # (control, value, what the message says): each must be refused on the 
     ("seed", -1, "`seed` must be a whole number from 0 to 4294967295, got -1"),
     ("seed", 2**70, "`seed` must be a whole number from 0 to 4294967295"),
     ("seed", 1.5, None),  # gr.Number(precision=0) may round it first: then a valid seed, so not asserted below
-    ("ipc", 0, "IPC and steps must be at least 1"),
+    ("ipc", 0, "`ipc` must be an integer >= 1, got 0"),  # the config's own check
     ("ipc", 11, "IPC 11 asked for"),
-    ("images_per_class", 0, "source images per class must be at least 1"),
+    ("images_per_class", 0, "`data.max_images_per_class` must be >= 1"),
     ("images_per_class", 51, "51 source images per class"),
-    ("steps", 0, "IPC and steps must be at least 1"),
+    ("steps", 0, "`generation.num_inference_steps` must be >= 1"),
     ("steps", 101, "101 inference steps"),
     ("strength", 0, None),  # the slider's own range check may answer first
     ("strength", 1.5, None),

@@ -6,8 +6,10 @@ the text it accepts.
 
 Example:
     >>> space = load_space_config()
+    >>> initial_controls(space, "tiny")["guidance_scale"]  # GenerationConfig's default
+    10.0
     >>> config = run_config(space, "/tmp/run", dataset="sample", classes=["circle", "square"], preset="tiny", ipc=2)
-    >>> config.generation.guidance_scale  # no value given: the preset config's
+    >>> config.generation.guidance_scale  # no value given: the initial one
     10.0
 """
 
@@ -22,7 +24,44 @@ from typing import Any
 from ..configs.base import check, merge
 from ..configs.distill import DistillConfig, from_dict
 from .gpu import LimitError
-from .settings import CONTROL_FIELDS, SpaceConfig, nested
+from .settings import SpaceConfig
+
+# The run controls the app shows and the `DistillConfig` field each one sets (dotted): the config declares their
+# defaults and checks their values; the Space's `defaults` may change the initial value shown.
+CONTROL_FIELDS = {"ipc": "ipc", "seed": "seed", "images_per_class": "data.max_images_per_class",
+                  "strength": "generation.strength", "guidance_scale": "generation.guidance_scale",
+                  "steps": "generation.num_inference_steps"}
+
+
+def nested(dotted: str, value: Any) -> dict[str, Any]:
+    """{"a": {"b": value}} for "a.b": a `DistillConfig` value as `from_dict` takes it."""
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def preset_values(space: SpaceConfig, preset: str) -> dict[str, Any]:
+    """A run's nested `DistillConfig` values before the visitor's choices: the preset's, then the Space's `defaults`
+    for the run controls. The app reads at most `limits.max_images_per_class` images per class."""
+    values = space.presets[preset].values()
+    initial = {"images_per_class": space.limits.max_images_per_class, **space.defaults}
+    for name, dotted in CONTROL_FIELDS.items():
+        if name in initial:
+            values = merge(values, nested(dotted, initial[name]))
+    return values
+
+
+def initial_controls(space: SpaceConfig, preset: str) -> dict[str, Any]:
+    """The run controls' initial values: the fields of the preset's config with the Space's `defaults`."""
+    config = from_dict(preset_values(space, preset))
+    values = {}
+    for name, dotted in CONTROL_FIELDS.items():
+        value = config
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        values[name] = value
+    return values
 
 
 def stages_of(button: str) -> tuple[str, ...]:
@@ -101,7 +140,7 @@ def run_config(space: SpaceConfig, run_dir: str | Path, *, dataset: str, classes
     classes = [check_text(c, "classes") for c in (classes or []) if str(c).strip()]
     check(preset in space.presets, f"`preset` must be one of {sorted(space.presets)}, got {preset!r}")
     check(bool(classes), "choose at least one class (Dataset tab)")
-    values = space.preset_values(preset)
+    values = preset_values(space, preset)
     for name, value in controls.items():
         if value is None or value == "":
             continue

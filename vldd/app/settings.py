@@ -6,8 +6,8 @@ values (`space`: SDK and Python versions, sign-in scopes) and whatever setting i
 
 Example:
     >>> space = load_space_config("spaces_config.yaml")
-    >>> space.controls(space.preset_for(has_gpu=False))["guidance_scale"]
-    10.0
+    >>> space.limits.max_ipc
+    10
 """
 
 from __future__ import annotations
@@ -22,27 +22,6 @@ from .gpu import GpuQuota
 from .uploads import UploadLimits
 
 SETTINGS_FILE = Path(__file__).with_name("settings.yaml")  # every app setting, once
-
-# The run controls the app shows and the `DistillConfig` field each one sets (dotted); the config declares their
-# defaults and checks their values, the Space's `defaults` may change the initial value shown.
-CONTROL_FIELDS = {"ipc": "ipc", "seed": "seed", "images_per_class": "data.max_images_per_class",
-                  "strength": "generation.strength", "guidance_scale": "generation.guidance_scale",
-                  "steps": "generation.num_inference_steps"}
-
-
-def nested(dotted: str, value: Any) -> dict[str, Any]:
-    """{"a": {"b": value}} for "a.b": a `DistillConfig` value as `from_dict` takes it."""
-    out: Any = value
-    for part in reversed(dotted.split(".")):
-        out = {part: out}
-    return out
-
-
-def dotted_get(config: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = getattr(config, part)
-    return config
-
 
 @dataclass
 class PresetSpec:
@@ -107,21 +86,6 @@ class SpaceConfig:
     def concurrency(self, zero_gpu: bool) -> dict[str, int]:
         """`gpu_concurrency` and `cpu_concurrency` for the runtime: ZeroGPU gives each call its own GPU."""
         return dict(self.queue["zerogpu" if zero_gpu else "local"])
-
-    def preset_values(self, preset: str) -> dict[str, Any]:
-        """A run's nested `DistillConfig` values before the visitor's choices: the preset's, then the Space's
-        `defaults` for the run controls. The app reads at most `limits.max_images_per_class` images per class."""
-        values = self.presets[preset].values()
-        initial = {"images_per_class": self.limits.max_images_per_class, **self.defaults}
-        for name, dotted in CONTROL_FIELDS.items():
-            if name in initial:
-                values = merge(values, nested(dotted, initial[name]))
-        return values
-
-    def controls(self, preset: str) -> dict[str, Any]:
-        """Initial values of the run controls: the fields of the preset's config with the Space's `defaults`."""
-        config = from_dict(self.preset_values(preset))
-        return {name: dotted_get(config, dotted) for name, dotted in CONTROL_FIELDS.items()}
 
 
 def load_space_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SpaceConfig:

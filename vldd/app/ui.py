@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from .controls import MAX_GUIDANCE_SCALE
+from .controls import MAX_GUIDANCE_SCALE, initial_controls
 from .evaluation import evaluation_available
 from .handlers import Handlers
 from .runtime import AppSettings
@@ -42,8 +42,8 @@ class RunInputs:
 
     @classmethod
     def create(cls, space: SpaceConfig, preset: str, zero_gpu: bool) -> RunInputs:
-        """Controls whose initial values come from the preset's config (`SpaceConfig.controls`), written once."""
-        d, lim, v = space.defaults, space.limits, space.controls(preset)
+        """Controls whose initial values come from the preset's config (`initial_controls`), written once."""
+        d, lim, v = space.defaults, space.limits, initial_controls(space, preset)
         return cls(
             dataset=gr.Textbox(d["dataset"], label="Dataset", render=False,
                                info='"sample" (embedded shapes) or a Hub dataset id, e.g. frgfm/imagenette'),
