@@ -206,6 +206,17 @@ def test_stopping_between_classes_keeps_what_finished_and_resumes(served, tmp_pa
                                                                             served.settings.cache_dir)) == [0, 1]
 
 
+def test_a_run_reads_the_vae_weights_once_whatever_its_number_of_classes(served, monkeypatch):
+    from vldd.jobs import distill as job
+
+    read = []
+    real = job.vae_fingerprint
+    monkeypatch.setattr(job, "vae_fingerprint", lambda *args, **kwargs: read.append(args) or real(*args, **kwargs))
+    status, *_ = _client(served.url).predict(**RUN, classes=CLASSES, api_name="/prototypes")
+    assert "Done: caption → prototypes → text prototypes." in status
+    assert len(read) == 1  # not once per class's call plus once for the outputs
+
+
 # --- pieces ----------------------------------------------------------------------------------------------------------
 
 def test_limits_are_enforced_with_a_message(space):

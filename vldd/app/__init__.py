@@ -14,15 +14,23 @@
     runtime.py     this process's settings (Space or not, ZeroGPU, flags) and the start-up preload
     handlers.py    the event handlers and the GPU functions ZeroGPU decorates
     ui.py          the Gradio Blocks
-    serve.py       the flags and `main`: `python app.py`, `python -m vldd.app`, `vldd app`
+    flags.py       the start's flags, declared once (argparse only: the CLI adds them without importing the app)
+    serve.py       `main` and `run`: `python app.py`, `python -m vldd.app`, `vldd app`
 
 `import vldd.app` loads none of them (no Gradio, no torch).
 """
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    """Serves the app: the flags of `python app.py` (--host, --port, --share, --allow-local-paths, --config,
+    """Serves the app: the flags of `flags.add_flags` (--host, --port, --share, --allow-local-paths, --config,
     --cache-dir) parsed from `argv` (None: the process's arguments)."""
-    from .serve import main as serve
+    from .serve import main as serve_main
 
-    serve(argv, prog)
+    serve_main(argv, prog)
+
+
+def serve(args) -> None:
+    """Serves the app from flags already parsed (an `argparse.Namespace` of a parser given `flags.add_flags`)."""
+    from .serve import run
+
+    run(args)
