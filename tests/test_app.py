@@ -301,12 +301,11 @@ def test_push_token_never_stands_in_for_the_space_owner(monkeypatch):
     assert publish.publish("/nonexistent", "x", False, None).message == publish.SIGN_IN_FIRST
 
 
-def test_vldd_app_command_finds_the_app():
-    from vldd.cli.commands import build_parser, find_app_file
+def test_vldd_app_command_parses_the_apps_flags():
+    from vldd.cli.commands import build_parser
 
-    assert find_app_file() == ROOT / "app.py"
-    args = build_parser().parse_args(["app", "--port", "7999"])
-    assert args.port == 7999 and args.func.__name__ == "_app"
+    args = build_parser().parse_args(["app", "--port", "7999", "--allow-local-paths"])
+    assert args.port == 7999 and args.allow_local_paths and args.func.__name__ == "_app"
 
 
 # --- the Space's files -----------------------------------------------------------------------------------------------

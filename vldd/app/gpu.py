@@ -4,7 +4,8 @@ ZeroGPU gives each `@spaces.GPU` call the duration it requests, multiplied by a 
 that asks for more than the visitor's remaining daily quota. So the app plans a run before its first GPU call:
 one call per class, each request capped, the total (after the factor) compared with what the visitor can likely
 spend. The controller (`run_classes`) then loops in the main process: it skips classes whose results the run
-directory already holds under the run's fingerprints (resume, as `vldd distill` does), reports after each class, and stops between calls when the session's stop flag is set or the event is cancelled.
+directory already holds under the run's fingerprints (resume, as `vldd distill` does), reports after each class,
+and stops between calls when the session's stop flag is set or the event is cancelled.
 
 Example:
     >>> quota = GpuQuota(1.5, 60, {"anonymous": 120, "free": 300, "pro": 2400})

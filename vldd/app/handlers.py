@@ -20,7 +20,7 @@ from ..jobs.distill import run_fingerprints
 from . import evaluation, sources, views
 from . import gpu as space_gpu
 from . import publish as publishing
-from .controls import NAME, check_selection, check_text, class_seconds, run_config, stages_of
+from .controls import CONTROL_FIELDS, NAME, check_selection, check_text, class_seconds, run_config, stages_of
 from .gpu import LimitError
 from .models import ModelCache, placement
 from .runtime import GRADIO_CACHE, AppSettings
@@ -106,15 +106,14 @@ class Handlers:
 
     def _dataset(self, values: dict, session: str | None) -> str:
         s = self.s
-        return sources.resolve_dataset(values["dataset"], values.get("upload"), upload_dir=s.sessions.upload_dir(session),
-                                     allow_local_paths=s.local_paths, limits=s.space.limits.uploads(),
-                                     uploads_cache=Path(GRADIO_CACHE))
+        return sources.resolve_dataset(values["dataset"], values.get("upload"),
+                                       upload_dir=s.sessions.upload_dir(session), allow_local_paths=s.local_paths,
+                                       limits=s.space.limits.uploads(), uploads_cache=Path(GRADIO_CACHE))
 
     def _config(self, values: dict, session: str | None):
         """The run's `DistillConfig` from the stage inputs: every control checked before anything is read or
         extracted, then again with the resolved dataset."""
-        keys = ("classes", "preset", "ipc", "images_per_class", "config_name", "split", "captions_from", "seed",
-                "strength", "guidance_scale", "steps")
+        keys = ("classes", "preset", "config_name", "split", "captions_from", *CONTROL_FIELDS)
         given = {k: values[k] for k in keys if k in values}
         run_dir = self.s.sessions.path(session) / "run"
         run_config(self.s.space, run_dir, dataset="sample", **given)

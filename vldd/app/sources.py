@@ -1,5 +1,5 @@
-"""What a run reads: the sample, a Hub id, an uploaded zip or (where allowed) a local folder; the Dataset tab's overview;
-and the run's source opened once on the CPU, checked before any GPU call."""
+"""What a run reads: the sample, a Hub id, an uploaded zip or (where allowed) a local folder; the Dataset tab's
+overview; and the run's source, opened once on the CPU and checked before any GPU call."""
 
 from __future__ import annotations
 

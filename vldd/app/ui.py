@@ -63,7 +63,8 @@ class RunInputs:
                                      placeholder="user/imagenette-vldd-captions"),
             seed=gr.Number(v["seed"], precision=0, label="Seed", render=False),
             strength=gr.Slider(0.05, 1.0, v["strength"], step=0.05, label="Strength", render=False),
-            guidance_scale=gr.Slider(0.0, MAX_GUIDANCE_SCALE, v["guidance_scale"], step=0.5, label="Guidance scale", render=False),
+            guidance_scale=gr.Slider(0.0, MAX_GUIDANCE_SCALE, v["guidance_scale"], step=0.5, label="Guidance scale",
+                                     render=False),
             steps=gr.Number(v["steps"], precision=0, label="Inference steps", render=False,
                             info=f"strength × steps are denoised; at most {lim.max_steps}"),
         )
@@ -75,7 +76,7 @@ class RunInputs:
 
 
 def _gpu_event(settings: AppSettings) -> dict:
-    """GPU events share one pool of slots, sized in spaces_config.yaml for ZeroGPU or a local GPU."""
+    """GPU events share one pool of slots, sized in the settings (`queue`) for ZeroGPU or a local GPU."""
     return {"concurrency_limit": settings.space.concurrency(settings.zero_gpu)["gpu_concurrency"],
             "concurrency_id": "gpu"}
 
