@@ -1,16 +1,14 @@
 """The Gradio app: launched in-process and driven through gradio_client's named endpoints on the tiny preset.
 
-Also the pieces it is made of (vldd.app.logic), the Space's files (README front matter, requirements.txt,
+Also the pieces it is made of (the modules of vldd.app), the Space's files (README front matter, requirements.txt,
 spaces_config.yaml) and the Space's limits.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +20,10 @@ import yaml
 from helpers import image_folder
 from PIL import Image
 
-from vldd.app import logic
+from vldd.app import controls, evaluation, publish, runtime, sources, space_files, ui, uploads, views
+from vldd.app import gpu as space_gpu
+from vldd.app.sessions import SessionBusy, Sessions, public_text
+from vldd.app.settings import load_space_config
 from vldd.configs.base import merge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,41 +34,31 @@ TEST_SETTINGS = {"defaults": {"ipc": 2, "images_per_class": 12, "steps": 10, "nu
 RUN = {"dataset": "sample", "preset": "tiny", "ipc": 2, "images_per_class": 12, "steps": 10}
 
 
-def load_app():
-    """Imports the repository's app.py (the file a Space runs) as the module `app`."""
-    if "app" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["app"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["app"]
-
-
 def launch_app(tiny_cache, root: Path, overrides: dict | None = None, *, share: bool = False):
-    """Builds the app with test settings and serves it in this process; returns (app module, demo, settings).
+    """Builds the app with test settings and serves it in this process; returns (demo, settings).
 
     `share`: the settings `python app.py --share` gets (served on 127.0.0.1 all the same: no tunnel in tests).
     """
     torch.set_num_threads(1)
-    app = load_app()
-    space = logic.load_space_config(ROOT / "spaces_config.yaml", merge(TEST_SETTINGS, overrides or {}))
-    settings = app.AppSettings(space=space, root=root, cache_dir=str(tiny_cache), on_space=False, oauth="off",
-                               has_gpu=False, local_paths=app.local_paths_allowed(False, None, share))
-    demo = app.build_demo(settings)
-    demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_kwargs(settings))
-    return app, demo, settings
+    space = load_space_config(ROOT / "spaces_config.yaml", merge(TEST_SETTINGS, overrides or {}))
+    app_settings = runtime.AppSettings(space=space, root=root, cache_dir=str(tiny_cache), on_space=False,
+                                       oauth="off", has_gpu=False,
+                                       local_paths=runtime.local_paths_allowed(False, None, share))
+    demo = ui.build_demo(app_settings)
+    demo.launch(prevent_thread_lock=True, quiet=True, **ui.launch_kwargs(app_settings))
+    return demo, app_settings
 
 
 @pytest.fixture(scope="module")
 def served(tiny_cache, tmp_path_factory):
-    app, demo, settings = launch_app(tiny_cache, tmp_path_factory.mktemp("sessions"))
-    yield SimpleNamespace(app=app, demo=demo, settings=settings, url=demo.local_url)
+    demo, app_settings = launch_app(tiny_cache, tmp_path_factory.mktemp("sessions"))
+    yield SimpleNamespace(demo=demo, settings=app_settings, url=demo.local_url)
     demo.close()
 
 
 @pytest.fixture
 def space():
-    return logic.load_space_config(ROOT / "spaces_config.yaml", TEST_SETTINGS)
+    return load_space_config(ROOT / "spaces_config.yaml", TEST_SETTINGS)
 
 
 def _client(url: str, **kwargs):
@@ -180,20 +171,20 @@ def test_every_event_is_named_and_gpu_events_share_one_limit(served):
 
 
 def test_stopping_between_classes_keeps_what_finished_and_resumes(served, tmp_path):
-    from vldd.app import gpu as space_gpu
+    from vldd.jobs.distill import run_fingerprints
 
-    request = logic.make_request(served.settings.space, classes=CLASSES, **RUN)
-    config = logic.distill_config(request, served.settings.space, tmp_path / "run")
-    source = logic.open_source(config)
+    config = controls.run_config(served.settings.space, tmp_path / "run", classes=CLASSES, **RUN)
+    source = sources.open_source(config)
+    fingerprints = run_fingerprints(config, source, served.settings.cache_dir)
     calls = []
 
     def gpu_call(job):
         calls.append((job.source.classes, job.config.data.classes, job.seconds))
-        return logic.run_class(job, served.settings.models)
+        return space_gpu.run_class(job, served.settings.models)
 
     def run():
-        return space_gpu.run_classes(config, source, ("caption",), seconds=7, placement=("cpu", "float32"),
-                                     gpu_call=gpu_call)
+        return space_gpu.run_classes(config, source, ("caption",), fingerprints=fingerprints, seconds=7,
+                                     placement=("cpu", "float32"), gpu_call=gpu_call)
 
     updates = run()
     assert next(updates).done == 0
@@ -201,53 +192,74 @@ def test_stopping_between_classes_keeps_what_finished_and_resumes(served, tmp_pa
     updates.close()  # what Gradio does to a generator when the Stop button cancels the event
     done = sorted(p.name for p in (tmp_path / "run" / "work" / "caption").glob("*.json") if p.stem.isdigit())
     assert done == ["000000.json"] and calls == [([0], [0], 7)]  # one call per class, for that class only
-    assert space_gpu.pending(config, source, ("caption",)) == [1]
+    assert space_gpu.pending(config, source, ("caption",), fingerprints) == [1]
     assert [u.message.split(": ", 1)[1] for u in run()][1:] == ["1/2 classes (circle: already done)",
                                                                 "2/2 classes done (square)"]
     assert calls[1:] == [([1], [1], 7)]  # the resumed run called the GPU for the missing class only
-    assert "Done: caption." in logic.finish_run(config, source, ("caption",))
+    assert "Done: caption." in space_gpu.finish_run(config, source, ("caption",), fingerprints)
+    # Resumed through the fingerprint chain, as `vldd distill` resumes: no marker files of the app's own.
+    assert not (tmp_path / "run" / "app-done").exists()
+    assert space_gpu.pending(config, source, ("caption",), fingerprints) == []
+    changed = controls.run_config(served.settings.space, tmp_path / "run", classes=CLASSES, **{**RUN, "seed": 1})
+    # another seed: other caption fingerprints, so both classes are to do again
+    assert space_gpu.pending(changed, source, ("caption",), run_fingerprints(changed, source,
+                                                                            served.settings.cache_dir)) == [0, 1]
+
+
+def test_a_run_reads_the_vae_weights_once_whatever_its_number_of_classes(served, monkeypatch):
+    from vldd.jobs import distill as job
+
+    read = []
+    real = job.vae_fingerprint
+    monkeypatch.setattr(job, "vae_fingerprint", lambda *args, **kwargs: read.append(args) or real(*args, **kwargs))
+    status, *_ = _client(served.url).predict(**RUN, classes=CLASSES, api_name="/prototypes")
+    assert "Done: caption → prototypes → text prototypes." in status
+    assert len(read) == 1  # not once per class's call plus once for the outputs
 
 
 # --- pieces ----------------------------------------------------------------------------------------------------------
 
 def test_limits_are_enforced_with_a_message(space):
-    ok = logic.make_request(space, dataset="sample", classes=CLASSES, preset="tiny", ipc=10, images_per_class=50)
-    assert ok.ipc == 10 and ok.images_per_class == 50
+    ok = controls.run_config(space, "/unused", dataset="sample", classes=CLASSES, preset="tiny", ipc=10,
+                             images_per_class=50)
+    assert ok.ipc == 10 and ok.data.max_images_per_class == 50
     cases = {"ipc": (11, "IPC 11 asked for; this Space allows at most 10"),
              "images_per_class": (51, "51 source images per class asked for; this Space uses at most 50"),
              "steps": (101, "101 inference steps asked for; this Space allows at most 100")}
     for key, (value, message) in cases.items():
         values = {"dataset": "sample", "classes": CLASSES, "preset": "tiny", "ipc": 2, key: value}
-        with pytest.raises(logic.LimitError, match=message):
-            logic.make_request(space, **values)
-    with pytest.raises(logic.LimitError, match="5 classes selected; this Space allows at most 4"):
-        logic.make_request(space, dataset="sample", classes=["a", "b", "c", "d", "e"], preset="tiny", ipc=1)
+        with pytest.raises(space_gpu.LimitError, match=message):
+            controls.run_config(space, "/unused", **values)
+    with pytest.raises(space_gpu.LimitError, match="5 classes selected; this Space allows at most 4"):
+        controls.run_config(space, "/unused", dataset="sample", classes=["a", "b", "c", "d", "e"], preset="tiny",
+                            ipc=1)
     with pytest.raises(ValueError, match="choose at least one class"):
-        logic.make_request(space, dataset="sample", classes=[], preset="tiny", ipc=1)
+        controls.run_config(space, "/unused", dataset="sample", classes=[], preset="tiny", ipc=1)
     with pytest.raises(ValueError, match="`preset` must be one of"):
-        logic.make_request(space, dataset="sample", classes=CLASSES, preset="nope", ipc=1)
+        controls.run_config(space, "/unused", dataset="sample", classes=CLASSES, preset="nope", ipc=1)
 
 
 def test_gpu_estimate_follows_classes_ipc_and_steps(space):
-    def seconds(**changes):
+    s = space.presets["paper"].gpu_seconds
+
+    def config(**changes):
         values = {"dataset": "sample", "classes": CLASSES, "preset": "paper", "ipc": 10, "images_per_class": 30,
                   "steps": 50, **changes}
-        return logic.estimate_run_seconds(logic.make_request(space, **values), logic.stages_of("generate"), space)
+        return controls.run_config(space, "/unused", **values)
+
+    def seconds(**changes):
+        return controls.estimate_run_seconds(config(**changes), controls.stages_of("generate"), s)
 
     base = seconds()
     assert seconds(classes=CLASSES * 2) > base and seconds(ipc=5) < base and seconds(steps=100) > base
-    s = space.presets["paper"].gpu_seconds
-    generate_only = logic.estimate_run_seconds(logic.make_request(
-        space, dataset="sample", classes=CLASSES, preset="paper", ipc=10, images_per_class=30, steps=50,
-        captions_from="user/captions"), ("generate",), space)
+    generate_only = controls.estimate_run_seconds(config(captions_from="user/captions"), ("generate",), s)
     assert generate_only == int(s["load"] + 2 * 10 * 35 * s["step"] + 0.999)
-    one = logic.class_seconds(logic.make_request(space, dataset="sample", classes=CLASSES, preset="paper", ipc=10,
-                                                 images_per_class=30, steps=50), logic.stages_of("generate"), space)
+    one = controls.class_seconds(config(), controls.stages_of("generate"), s)
     assert one == int(s["load"] + 30 * s["caption"] + (30 + 10) * s["encode"] + 10 * 35 * s["step"] + 0.999)
 
 
 def test_sessions_are_separate_and_cleaned_up(tmp_path):
-    sessions = logic.Sessions(tmp_path, ttl_hours=1)
+    sessions = Sessions(tmp_path, ttl_hours=1)
     a, b = sessions.run_dir("session-a"), sessions.run_dir("session-b")
     assert a != b and a.is_dir() and b.is_dir() and "session-a" not in str(a)
     with pytest.raises(ValueError, match="no session id"):
@@ -262,60 +274,90 @@ def test_sessions_are_separate_and_cleaned_up(tmp_path):
 
 
 def test_local_paths_only_where_allowed(tmp_path):
-    kwargs = {"upload": None, "upload_dir": tmp_path / "uploads", "limits": logic.UploadLimits()}
-    assert logic.resolve_dataset("frgfm/imagenette", allow_local_paths=False, **kwargs) == "frgfm/imagenette"
-    assert logic.resolve_dataset(str(tmp_path), allow_local_paths=True, **kwargs) == str(tmp_path)
+    kwargs = {"upload": None, "upload_dir": tmp_path / "uploads", "limits": uploads.UploadLimits()}
+    assert sources.resolve_dataset("frgfm/imagenette", allow_local_paths=False, **kwargs) == "frgfm/imagenette"
+    assert sources.resolve_dataset(str(tmp_path), allow_local_paths=True, **kwargs) == str(tmp_path)
     with pytest.raises(ValueError, match="is a local path, and this app reads only"):
-        logic.resolve_dataset(str(tmp_path), allow_local_paths=False, **kwargs)
-    logic.check_captions_source("user/imagenette-vldd-captions", allow_local_paths=False)
-    logic.check_captions_source(str(tmp_path), allow_local_paths=True)
+        sources.resolve_dataset(str(tmp_path), allow_local_paths=False, **kwargs)
+    sources.check_captions_source("user/imagenette-vldd-captions", allow_local_paths=False)
+    sources.check_captions_source(str(tmp_path), allow_local_paths=True)
     with pytest.raises(ValueError, match="name a local path; this app reads captions from Hub datasets only"):
-        logic.check_captions_source(str(tmp_path), allow_local_paths=False)
+        sources.check_captions_source(str(tmp_path), allow_local_paths=False)
 
 
 def test_top_words_are_highlighted_as_the_score_counts_them():
-    segments = logic.highlight("A red ring with a thin red edge.", [["red", 3], ["edge", 1], ["blue", 2]])
+    segments = views.highlight("A red ring with a thin red edge.", [["red", 3], ["edge", 1], ["blue", 2]])
     assert segments == [("A ", None), ("red", "top word"), (" ring with a thin ", None), ("red", "top word"),
                         (" ", None), ("edge", "top word"), (".", None)]
-    assert logic.highlight("nothing here", [["red", 1]]) == [("nothing here", None)]
+    assert views.highlight("nothing here", [["red", 1]]) == [("nothing here", None)]
 
 
 def test_push_token_never_stands_in_for_the_space_owner(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_machine_token")
-    assert logic.push_token(None, on_space=False) is None
-    assert logic.push_token("hf_visitor", on_space=True) == "hf_visitor"
-    assert logic.push_token(logic.GRADIO_MOCK_TOKEN, on_space=False) == "hf_machine_token"  # local mocked login
-    assert logic.push_token(logic.GRADIO_MOCK_TOKEN, on_space=True) == logic.GRADIO_MOCK_TOKEN  # never the owner's
-    assert logic.publish("/nonexistent", "x", False, None).message == logic.SIGN_IN_FIRST
+    assert publish.push_token(None, on_space=False) is None
+    assert publish.push_token("hf_visitor", on_space=True) == "hf_visitor"
+    assert publish.push_token(publish.GRADIO_MOCK_TOKEN, on_space=False) == "hf_machine_token"  # local mocked login
+    assert publish.push_token(publish.GRADIO_MOCK_TOKEN, on_space=True) == publish.GRADIO_MOCK_TOKEN  # never the owner's
+    assert publish.publish("/nonexistent", "x", False, None).message == publish.SIGN_IN_FIRST
 
 
-def test_vldd_app_command_finds_the_app():
-    from vldd.cli.commands import build_parser, find_app_file
+def test_vldd_app_command_parses_the_apps_flags():
+    from vldd.cli.commands import build_parser
 
-    assert find_app_file() == ROOT / "app.py"
-    args = build_parser().parse_args(["app", "--port", "7999"])
-    assert args.port == 7999 and args.func.__name__ == "_app"
+    args = build_parser().parse_args(["app", "--port", "7999", "--allow-local-paths"])
+    assert args.port == 7999 and args.allow_local_paths and args.func.__name__ == "_app"
 
 
 # --- the Space's files -----------------------------------------------------------------------------------------------
 
 def test_readme_front_matter_agrees_with_the_space_config_and_requirements(space):
-    front = logic.read_front_matter(ROOT / "README.md")
+    front = space_files.read_front_matter(ROOT / "README.md")
     assert front["sdk"] == "gradio" and front["sdk_version"] == gradio.__version__
     assert (ROOT / front["app_file"]).is_file()
-    assert logic.check_space_files(ROOT, space) == []
+    assert space_files.check_space_files(ROOT, space) == []
     assert str(front["python_version"]) == "3.12"  # diffusers>=0.42 needs Python >= 3.11; ZeroGPU offers 3.12
     assert front["hf_oauth_scopes"] == ["contribute-repos"]  # create and fill its own repos; never delete any
 
 
 def test_a_preset_that_would_fine_tune_is_refused(tmp_path):
-    config = yaml.safe_load((ROOT / "spaces_config.yaml").read_text())
-    assert all(logic.load_space_config(ROOT / "spaces_config.yaml").presets[name].config().finetune.enabled is False
-               for name in config["presets"])
-    del config["presets"]["paper"]["overrides"]["finetune"]
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(config))
+    space = load_space_config(ROOT / "spaces_config.yaml")
+    assert all(spec.config().finetune.enabled is False for spec in space.presets.values())
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"presets": {"paper": {"overrides": {
+        "finetune": {"enabled": True}}}}}))
     with pytest.raises(ValueError, match="preset 'paper': the app does not fine-tune Stable Diffusion"):
-        logic.load_space_config(tmp_path / "space.yaml")
+        load_space_config(tmp_path / "space.yaml")
+
+
+def test_each_setting_is_declared_once_and_a_space_file_changes_only_what_it_names(tmp_path):
+    from vldd.app.settings import SETTINGS_FILE
+    from vldd.configs.distill import GenerationConfig
+
+    packaged = yaml.safe_load(SETTINGS_FILE.read_text())
+    root = yaml.safe_load((ROOT / "spaces_config.yaml").read_text())
+    assert "space" not in packaged and set(root) == {"space"}  # the Space's file: its deployment values only
+    # The run controls' initial values are the config's defaults, declared there only: guidance scale is not in
+    # the app's settings, and follows GenerationConfig.
+    assert "guidance_scale" not in SETTINGS_FILE.read_text()
+    assert controls.initial_controls(load_space_config(), "tiny")["guidance_scale"] == GenerationConfig.guidance_scale
+    # A file on top (a Space's, or `vldd app --config`) changes the settings it names and nothing else.
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"limits": {"max_ipc": 3}, "defaults": {"ipc": 1,
+                                                                                                 "seed": 7}}))
+    base, changed = load_space_config(), load_space_config(tmp_path / "space.yaml")
+    assert changed.limits.max_ipc == 3 and changed.limits.max_classes == base.limits.max_classes
+    assert controls.initial_controls(changed, "tiny") == {**controls.initial_controls(base, "tiny"), "ipc": 1, "seed": 7}
+    assert changed.presets.keys() == base.presets.keys() and changed.zerogpu == base.zerogpu
+
+
+def test_run_controls_set_the_config_fields_and_left_out_ones_keep_their_initial_value(space):
+    config = controls.run_config(space, "/unused", dataset="sample", classes=CLASSES, preset="tiny",
+                                 guidance_scale=7.5, steps="20", seed=None, strength="")
+    assert (config.generation.guidance_scale, config.generation.num_inference_steps) == (7.5, 20)
+    initial = controls.initial_controls(space, "tiny")
+    assert (config.seed, config.generation.strength, config.ipc) == (initial["seed"], initial["strength"],
+                                                                     initial["ipc"])
+    assert config.data.max_images_per_class == TEST_SETTINGS["defaults"]["images_per_class"]
+    with pytest.raises(ValueError, match=r"unknown run controls \['guidance'\]"):
+        controls.run_config(space, "/unused", dataset="sample", classes=CLASSES, preset="tiny", guidance=3)
 
 
 def test_space_file_check_catches_disagreements(tmp_path, space):
@@ -326,33 +368,34 @@ def test_space_file_check_catches_disagreements(tmp_path, space):
     (tmp_path / "README.md").write_text(f"---\n{yaml.safe_dump(front)}---\n# vldd\n")
     (tmp_path / "requirements.txt").write_text(f"gradio[oauth]=={s['sdk_version']}\nspaces>=0.40\n"
                                                "torch==2.9.1\ntorchvision==0.24.1\n")
-    assert logic.check_space_files(tmp_path, space) == []
+    assert space_files.check_space_files(tmp_path, space) == []
     (tmp_path / "README.md").write_text(f"---\n{yaml.safe_dump({**front, 'sdk_version': '5.0.0'})}---\n")
     (tmp_path / "requirements.txt").write_text("gradio\ntorch>=2.8\n")
-    problems = "\n".join(logic.check_space_files(tmp_path, space))
+    problems = "\n".join(space_files.check_space_files(tmp_path, space))
     assert "`sdk_version` is '5.0.0'" in problems and f"must pin gradio=={s['sdk_version']} " in problems
     assert "must list `spaces`" in problems and "must pin torchvision" in problems
     assert "must pin torch to one version ZeroGPU offers (2.8.0, 2.9.1, 2.10.0, 2.11.0), got no torch== line" in problems
     (tmp_path / "requirements.txt").write_text("torch==2.14.1\n")
-    assert "got ['2.14.1']" in "\n".join(logic.check_space_files(tmp_path, space))
+    assert "got ['2.14.1']" in "\n".join(space_files.check_space_files(tmp_path, space))
 
 
 def test_space_config_is_valid_and_offers_the_presets():
-    space = logic.load_space_config(ROOT / "spaces_config.yaml")
+    space = load_space_config(ROOT / "spaces_config.yaml")
     assert {"paper", "tiny"} <= set(space.presets) and space.space["sdk_version"] == gradio.__version__
     assert space.preset_for(False) == "tiny" and space.preset_for(True) == "fast-captioner"
     assert "paper" not in space.offered(zero_gpu=True) and "paper" in space.offered(zero_gpu=False)
     assert space.concurrency(True)["gpu_concurrency"] > space.concurrency(False)["gpu_concurrency"] == 1
     for spec in space.presets.values():
         assert set(spec.gpu_seconds) == {"load", "caption", "encode", "step"}
-        logic.distill_config(logic.make_request(space, dataset="sample", classes=["0"], preset=spec.name, ipc=1),
-                             space, "/tmp/unused")
+        controls.run_config(space, "/tmp/unused", dataset="sample", classes=["0"], preset=spec.name, ipc=1)
 
 
 def test_gradio_is_imported_with_spaces_first():
-    source = (ROOT / "app.py").read_text()
-    first_import = next(line for line in source.splitlines() if line.lstrip().startswith(("import ", "from ")))
-    assert first_import.strip() == "import spaces"
+    # the Space's entry point, and the module whose GPU functions ZeroGPU decorates
+    for path in (ROOT / "app.py", ROOT / "vldd" / "app" / "handlers.py"):
+        lines = path.read_text().splitlines()
+        first_import = next(line for line in lines if line.lstrip().startswith(("import ", "from ")))
+        assert first_import.split("#")[0].strip() == "import spaces", path
 
 
 
@@ -365,25 +408,24 @@ def test_source_opened_once_on_the_cpu_streamed_into_the_session_and_deleted_wit
             (data / split / name).mkdir(parents=True)
             for i in range(count):
                 Image.new("RGB", (8, 8), name).save(data / split / name / f"{i}.png")
-    sessions = logic.Sessions(tmp_path / "sessions")
+    sessions = Sessions(tmp_path / "sessions")
     run_dir = sessions.run_dir("visitor")
     values = {"dataset": str(data), "classes": ["blue", "red"], "preset": "tiny", "images_per_class": 3}
-    config = logic.distill_config(logic.make_request(space, ipc=1, streaming=True, **values), space, run_dir)
-    source = logic.open_source(config, stream_dir=sessions.path("visitor") / "stream")
+    config = controls.run_config(space, run_dir, ipc=1, streaming=True, **values)
+    source = sources.open_source(config, stream_dir=sessions.path("visitor") / "stream")
     assert source.positions is not None and source.counts() == {0: 3, 1: 3}  # streamed, capped per class
     assert len(list((sessions.path("visitor") / "stream").glob("vldd-stream-*/data.arrow"))) == 1
     # Checked before any GPU call: a class with fewer images than the IPC.
-    too_many = logic.distill_config(logic.make_request(space, ipc=4, **values), space, run_dir)
-    missing = logic.distill_config(logic.make_request(space, ipc=1, captions_from=str(tmp_path / "none"), **values),
-                                   space, run_dir)
+    too_many = controls.run_config(space, run_dir, ipc=4, **values)
+    missing = controls.run_config(space, run_dir, ipc=1, captions_from=str(tmp_path / "none"), **values)
     with pytest.raises(ValueError, match="could not load captions .*none"):  # unusable captions: before the GPU too
-        logic.open_source(missing)
+        sources.open_source(missing)
     with pytest.raises(ValueError, match=r"IPC 4 needs at least 4 inlier images per class; too few in: 'blue' \(3 images"):
-        logic.open_source(too_many)
+        sources.open_source(too_many)
 
     # The quick evaluation's real images: the first N of each class, copied before its GPU call.
     write_text(run_dir / "config.yaml", config.to_yaml())
-    real = logic.prepare_eval_data(run_dir, sessions.path("visitor") / "eval-real", per_class=2, baseline=True)
+    real = evaluation.prepare_eval_data(run_dir, sessions.path("visitor") / "eval-real", per_class=2, baseline=True)
     import datasets
 
     copy = datasets.load_from_disk(str(real))
@@ -411,7 +453,9 @@ def _wait_status(job, text: str, timeout: float = 300) -> None:
 
 
 def _finished_classes(sessions, session_hash) -> int:
-    return len(list((sessions.path(session_hash) / "run" / "app-done").glob("*/*")))
+    """Classes whose generated images the session's run holds (each class's folder is written whole, at once)."""
+    folder = sessions.path(session_hash) / "run" / "work" / "generate"
+    return sum(1 for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else 0
 
 
 def test_stop_ends_a_multi_class_generate_after_the_current_class_and_says_what_it_stopped(served):
@@ -457,11 +501,11 @@ def test_a_session_that_ends_mid_run_stops_after_the_class_and_leaves_no_files(s
 
 
 def test_sessions_delete_a_closed_session_only_after_its_event_ends(tmp_path):
-    sessions = logic.Sessions(tmp_path)
+    sessions = Sessions(tmp_path)
     run = sessions.run_dir("visitor")
     with sessions.working("visitor", "Generate", classes=True) as activity:
         activity.total, activity.done = 5, 2
-        with pytest.raises(logic.SessionBusy, match="busy with another run"):
+        with pytest.raises(SessionBusy, match="busy with another run"):
             with sessions.working("visitor", "Caption"):
                 pass
         sessions.close("visitor")  # the session ends mid-run
@@ -484,7 +528,7 @@ def test_sessions_delete_a_closed_session_only_after_its_event_ends(tmp_path):
 def test_stop_waits_for_the_run_and_says_what_it_stopped(tmp_path, done, answer):
     import threading
 
-    sessions = logic.Sessions(tmp_path)
+    sessions = Sessions(tmp_path)
     started = threading.Event()
 
     def run():  # a per-class run that reaches its end after `done` classes
@@ -505,14 +549,13 @@ def test_stop_waits_for_the_run_and_says_what_it_stopped(tmp_path, done, answer)
 def test_local_folders_only_when_nobody_else_can_reach_the_app(tiny_cache, tmp_path, served):
     from gradio_client.exceptions import AppError
 
-    app = served.app
-    allowed = {(host, share, flag): app.local_paths_allowed(False, host, share, flag)
+    allowed = {(host, share, flag): runtime.local_paths_allowed(False, host, share, flag)
                for host in (None, "127.0.0.1", "localhost", "0.0.0.0") for share in (False, True)
                for flag in (False, True)}
     assert {k for k, v in allowed.items() if not v} == {(None, True, False), ("127.0.0.1", True, False),
                                                         ("localhost", True, False), ("0.0.0.0", False, False),
                                                         ("0.0.0.0", True, False)}
-    assert not app.local_paths_allowed(True, None, False, True)  # never on a Space
+    assert not runtime.local_paths_allowed(True, None, False, True)  # never on a Space
     folder = image_folder(tmp_path / "shapes", ["blue", "red"], per_class=3)
 
     # The localhost app (no --share) reads a local folder; its message shows no server path.
@@ -520,7 +563,7 @@ def test_local_folders_only_when_nobody_else_can_reach_the_app(tiny_cache, tmp_p
                                               api_name="/load_dataset")
     assert "2 classes, 6 images" in message and str(tmp_path) not in message and "…/shapes" in message
 
-    _, demo, _ = launch_app(tiny_cache, tmp_path / "shared-sessions", share=True)
+    demo, _ = launch_app(tiny_cache, tmp_path / "shared-sessions", share=True)
     try:
         client = _client(demo.local_url)
         for path in ("/etc", "~", str(folder)):
@@ -553,7 +596,7 @@ def test_public_text_cuts_server_paths():
     root = "/srv/app/sessions"
     text = (f"could not read '{root}/0123456789abcdef01234567/uploads/shapes/blue/1.png' "
             "nor /tmp/gradio/9f8e/shapes.zip; '/etc' is a local path; see https://hf.co/docs/x/y")
-    assert logic.public_text(text, [root]) == ("could not read 'uploads/shapes/blue/1.png' nor …/shapes.zip; '/etc' "
+    assert public_text(text, [root]) == ("could not read 'uploads/shapes/blue/1.png' nor …/shapes.zip; '/etc' "
                                                "is a local path; see https://hf.co/docs/x/y")
 
 
@@ -563,18 +606,20 @@ BAD_VALUES = [  # (control, value, the message's start); each is refused before 
     ("seed", -1, "`seed` must be a whole number from 0 to 4294967295, got -1"),
     ("seed", 2**70, "`seed` must be a whole number from 0 to 4294967295, got 1180591620717411303424"),
     ("seed", 1.5, "`seed` must be a whole number, got 1.5"),
-    ("ipc", 0, "IPC and steps must be at least 1, got 0"),
+    ("ipc", 0, "`ipc` must be an integer >= 1, got 0"),  # the config's own checks, from here to guidance -1
     ("ipc", 11, "Over this Space's limits: IPC 11 asked for"),
-    ("images_per_class", 0, "source images per class must be at least 1, got 0"),
+    ("images_per_class", 0, "`data.max_images_per_class` must be >= 1 or None, got 0"),
     ("images_per_class", 51, "Over this Space's limits: 51 source images per class"),
-    ("steps", 0, "IPC and steps must be at least 1, got 2 and 0"),
+    ("steps", 0, "`generation.num_inference_steps` must be >= 1, got 0"),
     ("steps", 101, "Over this Space's limits: 101 inference steps"),
-    ("strength", 0, "`strength` must be a number in (0, 1], got 0"),
-    ("strength", 1.5, "`strength` must be a number in (0, 1], got 1.5"),
-    ("strength", float("nan"), "`strength` must be a number in (0, 1], got nan"),
-    ("guidance_scale", -1, "`guidance_scale` must be a number in [0, 20], got -1"),
-    ("guidance_scale", float("inf"), "`guidance_scale` must be a number in [0, 20], got inf"),
-    ("guidance_scale", 1000, "`guidance_scale` must be a number in [0, 20], got 1000"),
+    ("strength", 0, "`generation.strength` must be in (0.0, 1.0], got 0.0"),
+    ("strength", 1.5, "`generation.strength` must be in (0.0, 1.0], got 1.5"),
+    ("strength", float("nan"), "`generation.strength` must be in (0.0, 1.0], got nan"),
+    ("strength", "strong", "`strength` must be a number, got 'strong'"),
+    ("guidance_scale", -1, "`generation.guidance_scale` must be >= 0, got -1.0"),
+    ("guidance_scale", float("nan"), "`generation.guidance_scale` must be >= 0, got nan"),
+    ("guidance_scale", float("inf"), "`guidance_scale` must be at most 20 (this Space's range), got inf"),
+    ("guidance_scale", 1000, "`guidance_scale` must be at most 20 (this Space's range), got 1000.0"),
     ("dataset", "x" * 201, "`dataset` must be at most 200 characters, got 201"),
     ("dataset", "user/set\nname", "`dataset` must not contain control characters"),
     ("dataset", "no such/id!", "`dataset` must be a Hub dataset id such as frgfm/imagenette"),
@@ -589,8 +634,8 @@ BAD_VALUES = [  # (control, value, the message's start); each is refused before 
 def test_every_control_is_checked_with_a_message(space, key, value, message):
     values = {"dataset": "sample", "classes": CLASSES, "preset": "tiny", "ipc": 2, "steps": 10, key: value}
     with pytest.raises(ValueError) as refused:
-        logic.check_captions_source(values.get("captions_from"), allow_local_paths=False)
-        dataset = logic.resolve_dataset(values.pop("dataset"), None, upload_dir=Path("/unused"),
-                                        allow_local_paths=False, limits=logic.UploadLimits())
-        logic.make_request(space, dataset=dataset, **values)
+        sources.check_captions_source(values.get("captions_from"), allow_local_paths=False)
+        dataset = sources.resolve_dataset(values.pop("dataset"), None, upload_dir=Path("/unused"),
+                                        allow_local_paths=False, limits=uploads.UploadLimits())
+        controls.run_config(space, "/unused", dataset=dataset, **values)
     assert str(refused.value).startswith(message), str(refused.value)

@@ -30,7 +30,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def page(tiny_cache, tmp_path_factory):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-    app, demo, _ = launch_app(tiny_cache, tmp_path_factory.mktemp("browser-sessions"))
+    demo, _ = launch_app(tiny_cache, tmp_path_factory.mktemp("browser-sessions"))
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,

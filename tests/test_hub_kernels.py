@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedModel
 
-from vldd.app import logic
+from vldd.app.controls import run_config
+from vldd.app.models import ModelCache
+from vldd.app.settings import load_space_config
 from vldd.cli.commands import main
 from vldd.configs.distill import load_config
 from vldd.core.devices import hub_kernels_allowed
@@ -123,10 +125,9 @@ def test_asked_for_but_offline_nothing_is_tried(tiny_cache, tmp_path, kernel_cho
 
 
 def test_the_apps_model_cache_passes_it(tiny_cache, tmp_path, kernel_choices, online):
-    space = logic.load_space_config(ROOT / "spaces_config.yaml")
-    config = logic.distill_config(logic.make_request(space, dataset="sample", classes=["0"], preset="tiny"), space,
-                                  tmp_path)
-    models = logic.ModelCache(tiny_cache)
+    space = load_space_config(ROOT / "spaces_config.yaml")
+    config = run_config(space, tmp_path, dataset="sample", classes=["0"], preset="tiny")
+    models = ModelCache(tiny_cache)
     for hub_kernels in (False, True):
         config.hub_kernels = hub_kernels
         models.captioner(config, ("cpu", "float32"))

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vldd.app import logic
+from vldd.app import sources
+from vldd.app.settings import load_space_config
 from vldd.app.uploads import HOW, UploadError, UploadLimits, extract_upload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +143,7 @@ def test_a_zip_becomes_an_image_folder_downscaled_and_reused(tmp_path):
     assert Image.open(folder / "red" / "0.png").size == (16, 8)  # longer side downscaled to max_side, aspect kept
     assert extract_upload(archive, tmp_path / "uploads", LIMITS) == folder  # same content: reused
     assert [p.name for p in (tmp_path / "uploads").iterdir()] == [folder.parent.name]  # no partial folder left
-    view = logic.dataset_overview(str(folder), classes=None, images_per_class=2, num_default=5, preview_per_class=1)
+    view = sources.dataset_overview(str(folder), classes=None, images_per_class=2, num_default=5, preview_per_class=1)
     assert view.class_names == ["blue", "red"] and [row[:3] for row in view.counts] == [["blue", 3, 2], ["red", 3, 2]]
 
 
@@ -174,17 +175,15 @@ print(json.dumps({{"message": message, "grew_kb": after - before}}))
 
 
 def test_pils_own_limit_is_lowered_by_the_app(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("app_for_pil_limit", ROOT / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
     from PIL import PngImagePlugin
 
-    space = logic.load_space_config(ROOT / "spaces_config.yaml")
+    from vldd.app.runtime import AppSettings
+    from vldd.app.ui import build_demo
+
+    space = load_space_config(ROOT / "spaces_config.yaml")
     old = Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY
     try:
-        app.build_demo(app.AppSettings(space=space, root=tmp_path))
+        build_demo(AppSettings(space=space, root=tmp_path))
         assert Image.MAX_IMAGE_PIXELS == space.limits.max_image_pixels == 40_000_000
         assert (PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY) == (2**18, 2**20)
     finally:
@@ -268,16 +267,15 @@ def test_two_events_racing_on_one_upload_see_a_complete_folder(tmp_path):
 
 
 def test_one_session_runs_one_event_at_a_time(tmp_path):
-    import importlib.util
     from types import SimpleNamespace
 
     from gradio import Error
 
-    spec = importlib.util.spec_from_file_location("app_for_session_lock", ROOT / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
-    settings = app.AppSettings(space=logic.load_space_config(ROOT / "spaces_config.yaml"), root=tmp_path)
-    handlers = app.Handlers(settings)
+    from vldd.app.handlers import Handlers
+    from vldd.app.runtime import AppSettings
+
+    settings = AppSettings(space=load_space_config(ROOT / "spaces_config.yaml"), root=tmp_path)
+    handlers = Handlers(settings)
     request = SimpleNamespace(session_hash="visitor")
     archive = shapes_zip(tmp_path / "shapes.zip")
     with settings.sessions.lock("visitor"):  # a run of this session is in progress
@@ -627,21 +625,21 @@ def test_uploads_leave_gradios_cache_once_extracted_or_refused(tmp_path):
     shapes_zip(tmp_path / "shapes.zip").rename(upload)
     kwargs = {"upload_dir": tmp_path / "session" / "uploads", "allow_local_paths": False, "limits": LIMITS,
               "uploads_cache": cache}
-    folder = logic.resolve_dataset("sample", str(upload), **kwargs)
+    folder = sources.resolve_dataset("sample", str(upload), **kwargs)
     assert Path(folder).name == "shapes" and not upload.parent.exists()  # extracted, then removed with its folder
-    assert logic.resolve_dataset("sample", str(upload), **kwargs) == folder  # a later event of the session: reused
+    assert sources.resolve_dataset("sample", str(upload), **kwargs) == folder  # a later event of the session: reused
     other = cache / "4567ef01" / "shapes.zip"  # gone, never extracted (a new session): a message, no server path
     with pytest.raises(UploadError, match=r"^'shapes.zip' is no longer on the server \(an upload is removed once it "
                                           r"is unpacked, and a new session starts empty\); upload it again$"):
-        logic.resolve_dataset("sample", str(other), **kwargs)
+        sources.resolve_dataset("sample", str(other), **kwargs)
     refused = cache / "89ab" / "one.zip"
     refused.parent.mkdir()
     zip_of(refused, {"d/cat/0.png": b"x"})
     with pytest.raises(UploadError, match="'one.zip' has images of one class only") as caught:
-        logic.resolve_dataset("sample", str(refused), **kwargs)
+        sources.resolve_dataset("sample", str(refused), **kwargs)
     assert not refused.exists() and str(tmp_path) not in str(caught.value)
     outside = shapes_zip(tmp_path / "outside.zip")  # not in Gradio's cache: left alone
-    logic.resolve_dataset("sample", str(outside), **kwargs)
+    sources.resolve_dataset("sample", str(outside), **kwargs)
     assert outside.exists()
 
 

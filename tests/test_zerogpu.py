@@ -16,8 +16,10 @@ import pytest
 import yaml
 from helpers.zerogpu_runtime import FakeScheduler
 
-from vldd.app import logic
+from vldd.app import controls, evaluation
 from vldd.app.gpu import GpuQuota, LimitError, plan_gpu_calls, visitor_tier
+from vldd.app.models import ModelCache
+from vldd.app.settings import load_space_config
 from vldd.configs.base import merge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,16 +61,17 @@ def test_calls_over_the_cap_or_the_visitors_quota_are_refused_with_what_to_shrin
 
 
 def test_the_default_demo_fits_an_anonymous_visitors_quota():
-    space = logic.load_space_config(ROOT / "spaces_config.yaml")
+    space = load_space_config(ROOT / "spaces_config.yaml")
     preset = space.preset_for(has_gpu=True)
     assert preset in space.offered(zero_gpu=True)
-    controls = space.controls(preset)
-    request = logic.make_request(space, dataset="sample", classes=["0", "1", "2"][:space.defaults["num_classes"]],
-                                 preset=preset)
-    assert (request.ipc, request.images_per_class, request.steps) == (controls["ipc"], 10, 25)
-    assert request.strength == 0.7 and request.guidance_scale == 10.0  # the config's defaults, written once
-    seconds = logic.class_seconds(request, logic.stages_of("generate"), space)
-    plan = plan_gpu_calls({c: seconds for c in request.classes}, space.zerogpu, "anonymous")
+    initial = controls.initial_controls(space, preset)
+    config = controls.run_config(space, "/unused", dataset="sample",
+                                 classes=["0", "1", "2"][:space.defaults["num_classes"]], preset=preset)
+    g = config.generation
+    assert (config.ipc, config.data.max_images_per_class, g.num_inference_steps) == (initial["ipc"], 10, 25)
+    assert g.strength == 0.7 and g.guidance_scale == 10.0  # the config's defaults, written once
+    seconds = controls.class_seconds(config, controls.stages_of("generate"), space.presets[preset].gpu_seconds)
+    plan = plan_gpu_calls({c: seconds for c in config.data.classes}, space.zerogpu, "anonymous")
     assert seconds == 20 and plan.total_seconds == 90.0 <= space.zerogpu.daily_seconds["anonymous"] == 120
 
 
@@ -119,8 +122,9 @@ def test_tiny_pipeline_runs_under_zerogpu_one_bounded_call_per_class(zero_app):
     assert [item["caption"].split(" #")[0] for item in gallery] == ["circle", "circle", "square", "square"]
 
     # One scheduled call per class, each asking for its capped estimate times the slice factor of `spaces`.
-    space = logic.load_space_config(zero_app.tmp / "spaces_config.yaml")
-    seconds = logic.class_seconds(logic.make_request(space, classes=CLASSES, **RUN), logic.stages_of("generate"), space)
+    space = load_space_config(zero_app.tmp / "spaces_config.yaml")
+    config = controls.run_config(space, "/unused", classes=CLASSES, **RUN)
+    seconds = controls.class_seconds(config, controls.stages_of("generate"), space.presets["tiny"].gpu_seconds)
     assert seconds == 27  # 20 load + 12 x 0.5 caption + ... (the test's estimates)
     factor = get_config()["duration_factor"]
     assert zero_app.scheduler.durations() == [round(seconds * factor)] * 2
@@ -139,17 +143,16 @@ def test_tiny_pipeline_runs_under_zerogpu_one_bounded_call_per_class(zero_app):
     # Prototypes: every class is called again (to decode its prototypes in the worker); the images come back.
     status, summary, clusters, images, _ = client.predict(**RUN, classes=CLASSES, api_name="/prototypes")
     assert len(images) == 4 and [row[:2] for row in clusters["data"]][:2] == [["circle", 0], ["circle", 1]]
-    proto_seconds = logic.class_seconds(logic.make_request(space, classes=CLASSES, **RUN),
-                                        logic.stages_of("prototypes"), space)
+    proto_seconds = controls.class_seconds(config, controls.stages_of("prototypes"), space.presets["tiny"].gpu_seconds)
     assert zero_app.scheduler.durations()[before:] == [round(proto_seconds * factor)] * 2
     before += 2
 
     # Evaluate: its real test images copied on the CPU first, then one GPU call (training in the worker).
     summary, plot = client.predict(epochs=1, random_baseline=False, api_name="/evaluate")
     assert "distilled" in summary and Path(plot).is_file()
-    settings = logic.eval_settings(space, 1, False)
+    settings = evaluation.eval_settings(space, 1, False)
     run_dir = next((zero_app.tmp / "sessions").glob("*/run"))
-    eval_seconds = logic.estimate_eval_seconds(run_dir, settings, space)
+    eval_seconds = evaluation.estimate_eval_seconds(run_dir, settings, space)
     assert eval_seconds == 11  # 10 s load + 1 epoch x (4 distilled + 2 x 50 test images) x 0.003 s
     assert zero_app.scheduler.durations()[before:] == [round(eval_seconds * factor)]
     before += 1
@@ -191,10 +194,9 @@ def test_on_a_local_gpu_the_captioner_is_evicted_before_sd_loads_unless_both_fit
     loaded = []
     monkeypatch.setattr(generation, "load_pipeline", lambda model_id, **kwargs: loaded.append(kwargs["device"]) or
                         f"pipeline on {kwargs['device']}")
-    space = logic.load_space_config(ROOT / "spaces_config.yaml")
-    config = logic.distill_config(logic.make_request(space, dataset="sample", classes=["0"], preset="tiny"), space,
-                                  tmp_path)
-    models = logic.ModelCache(keep_both_bytes=int(space.local_gpu["pipeline_gb"] * 2**30))
+    space = load_space_config(ROOT / "spaces_config.yaml")
+    config = controls.run_config(space, tmp_path, dataset="sample", classes=["0"], preset="tiny")
+    models = ModelCache(keep_both_bytes=int(space.local_gpu["pipeline_gb"] * 2**30))
     models._models[("captioner", "llava", None, "cuda", "float16")] = "a 7B captioner"
     assert models.pipeline(config, ("cuda", "float16")) == "pipeline on cuda"
     assert not any(key[0] == "captioner" for key in models._models)  # 2 GB free < 6 GB: evicted first
@@ -202,13 +204,14 @@ def test_on_a_local_gpu_the_captioner_is_evicted_before_sd_loads_unless_both_fit
     models._models[("captioner", "llava", None, "cuda", "float16")] = "a 7B captioner"
     models.pipeline(config, ("cuda", "float32"))
     assert ("captioner", "llava", None, "cuda", "float16") in models._models  # both fit: kept
-    assert logic.ModelCache().evict_captioners_unless_free(None) == []  # ZeroGPU / CPU: never evicts
+    assert ModelCache().evict_captioners_unless_free(None) == []  # ZeroGPU / CPU: never evicts
     assert loaded == ["cuda", "cuda"]
 
 
 def test_off_zerogpu_the_estimate_has_no_factor_and_no_quota():
-    plan = plan_gpu_calls({"a": 20, "b": 30}, GpuQuota(), None)
-    assert plan.describe(None, GpuQuota()) == "Estimated GPU time: 2 call(s), one per class, 50 s in all."
+    quota = load_space_config().zerogpu
+    plan = plan_gpu_calls({"a": 20, "b": 30}, quota, None)
+    assert plan.describe(None, quota) == "Estimated GPU time: 2 call(s), one per class, 50 s in all."
 
 
 # --- refused before the GPU, and what a visitor reads when ZeroGPU refuses ---------------------------------------------
@@ -217,11 +220,11 @@ BAD = [  # (control, value, what the message says): each must be refused on the 
     ("seed", -1, "`seed` must be a whole number from 0 to 4294967295, got -1"),
     ("seed", 2**70, "`seed` must be a whole number from 0 to 4294967295"),
     ("seed", 1.5, None),  # gr.Number(precision=0) may round it first: then a valid seed, so not asserted below
-    ("ipc", 0, "IPC and steps must be at least 1"),
+    ("ipc", 0, "`ipc` must be an integer >= 1, got 0"),  # the config's own check
     ("ipc", 11, "IPC 11 asked for"),
-    ("images_per_class", 0, "source images per class must be at least 1"),
+    ("images_per_class", 0, "`data.max_images_per_class` must be >= 1"),
     ("images_per_class", 51, "51 source images per class"),
-    ("steps", 0, "IPC and steps must be at least 1"),
+    ("steps", 0, "`generation.num_inference_steps` must be >= 1"),
     ("steps", 101, "101 inference steps"),
     ("strength", 0, None),  # the slider's own range check may answer first
     ("strength", 1.5, None),

@@ -70,7 +70,7 @@ class FakeScheduler:
 
 
 def _install_test_hooks() -> None:
-    from vldd.app import logic as app_logic
+    from vldd.app import gpu as app_gpu
     from vldd.stages import caption as captioning
     from vldd.stages import generate as generation
 
@@ -87,13 +87,13 @@ def _install_test_hooks() -> None:
 
     fail = os.environ.get("VLDD_TEST_FAIL_CLASS")
     if fail:
-        run_class = app_logic.run_class
+        run_class = app_gpu.run_class
 
         def failing(job, models):
             if job.source.class_names[job.source.classes[0]] == fail:
                 raise ValueError(f"class {fail!r} failed inside the GPU call (pid {os.getpid()})")
             return run_class(job, models)
-        app_logic.run_class = failing
+        app_gpu.run_class = failing
 
 
 def main() -> None:

@@ -3,11 +3,13 @@
 ZeroGPU gives each `@spaces.GPU` call the duration it requests, multiplied by a slice factor, and refuses a call
 that asks for more than the visitor's remaining daily quota. So the app plans a run before its first GPU call:
 one call per class, each request capped, the total (after the factor) compared with what the visitor can likely
-spend. The controller (`run_classes`) then loops in the main process: it skips classes already done (resume),
-reports after each class, and stops between calls when the session's stop flag is set or the event is cancelled.
+spend. The controller (`run_classes`) then loops in the main process: it skips classes whose results the run
+directory already holds under the run's fingerprints (resume, as `vldd distill` does), reports after each class,
+and stops between calls when the session's stop flag is set or the event is cancelled.
 
 Example:
-    >>> plan = plan_gpu_calls({"circle": 20, "square": 20}, GpuQuota(), tier="anonymous")
+    >>> quota = GpuQuota(1.5, 60, {"anonymous": 120, "free": 300, "pro": 2400})
+    >>> plan = plan_gpu_calls({"circle": 20, "square": 20}, quota, tier="anonymous")
     >>> plan.total_seconds
     60.0
 """
@@ -17,12 +19,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..configs.base import fingerprint
 from ..configs.distill import DistillConfig
 from ..data.sources import SourceDataset
+
+if TYPE_CHECKING:
+    from .models import ModelCache
 
 TIERS = ("anonymous", "free", "pro")
 
@@ -33,9 +36,11 @@ class LimitError(ValueError):
 
 @dataclass(frozen=True)
 class GpuQuota:
-    duration_factor: float = 1.5  # `spaces` multiplies each requested duration by this on the default slice
-    max_call_seconds: int = 60  # one call (one class) requests at most this, before the factor
-    daily_seconds: dict[str, float] = field(default_factory=lambda: {"anonymous": 120, "free": 300, "pro": 2400})
+    """ZeroGPU's accounting (settings.yaml `zerogpu`, where the values are explained)."""
+
+    duration_factor: float  # `spaces` multiplies each requested duration by this on the default slice
+    max_call_seconds: int  # one call (one class) requests at most this, before the factor
+    daily_seconds: dict[str, float]  # a visitor's likely daily GPU time, per tier
 
     def __post_init__(self):
         missing = [t for t in TIERS if t not in self.daily_seconds]
@@ -87,7 +92,7 @@ def plan_gpu_calls(per_class: dict[str, int], quota: GpuQuota, tier: str | None,
 
     Args:
         per_class: class name -> estimated seconds of its call, for the classes still to do.
-        quota: the cap, the factor and the daily quotas (spaces_config.yaml `zerogpu`).
+        quota: the cap, the factor and the daily quotas (settings.yaml `zerogpu`).
         tier: "anonymous", "free" or "pro" on ZeroGPU; None elsewhere (no quota, no cap).
         shrink: what the visitor can lower when one call is over the cap (a run's sizes; an evaluation's epochs).
 
@@ -134,6 +139,7 @@ class ClassJob:
     config: DistillConfig  # the run's config, its data narrowed to this class
     stages: tuple[str, ...]
     source: SourceDataset  # the run's source, already opened on the CPU, narrowed to this class
+    fingerprints: dict[str, str]  # the run's stage fingerprints, computed once in the main process
     seconds: int  # the duration this call requests (capped at `GpuQuota.max_call_seconds`)
     placement: tuple[str, str]  # (device, dtype) of the models, decided in the main process
     decode: bool = False  # also return the class's prototypes decoded by the VAE (the Prototypes tab shows them)
@@ -152,12 +158,6 @@ def one_class(config: DistillConfig, source: SourceDataset, label: int) -> tuple
     return dataclasses.replace(config, data=dataclasses.replace(config.data, classes=[label])), narrowed
 
 
-def _marker(config: DistillConfig, stages: tuple[str, ...], label: int) -> Path:
-    # Names the whole job but its class list: a changed setting or stage list is not "done".
-    everything = dataclasses.replace(config, data=dataclasses.replace(config.data, classes=None))
-    return Path(config.output) / "app-done" / fingerprint(everything, stages) / f"{label:06d}"
-
-
 @dataclass
 class ClassUpdate:
     done: int  # classes finished
@@ -167,9 +167,9 @@ class ClassUpdate:
     stopped: bool = False  # the run stopped before class `done + 1` (Stop, or the session ended)
 
 
-def run_classes(config: DistillConfig, source: SourceDataset, stages: tuple[str, ...], *, seconds: int,
-                placement: tuple[str, str], gpu_call: Callable[[ClassJob], ClassResult],
-                decode: bool = False, cache_dir: str | None = None,
+def run_classes(config: DistillConfig, source: SourceDataset, stages: tuple[str, ...], *,
+                fingerprints: dict[str, str], seconds: int, placement: tuple[str, str],
+                gpu_call: Callable[[ClassJob], ClassResult], decode: bool = False, cache_dir: str | None = None,
                 stop: Callable[[], bool] | None = None) -> Iterator[ClassUpdate]:
     """Runs `stages` with one `gpu_call` per class, skipping classes already done; yields after each class.
 
@@ -179,6 +179,8 @@ def run_classes(config: DistillConfig, source: SourceDataset, stages: tuple[str,
     after them.
 
     Args:
+        fingerprints: the run's stage fingerprints (`vldd.jobs.distill.run_fingerprints`): a class is done when every
+            one of `stages` holds its result under them, and each call reuses them (the VAE is read once a run).
         seconds: the duration each call requests (already capped).
         placement: (device, dtype) of the models, as the main process resolved them.
         decode: also decode each class's prototypes (every class is called, done or not).
@@ -187,22 +189,76 @@ def run_classes(config: DistillConfig, source: SourceDataset, stages: tuple[str,
     names = [source.class_names[label] for label in source.classes]
     what = " → ".join(dict.fromkeys("text prototypes" if s == "text" else s for s in stages))
     yield ClassUpdate(0, len(names), f"{what}: starting on {len(names)} classes")
+    todo = set(pending(config, source, stages, fingerprints, decode))
     for i, (label, name) in enumerate(zip(source.classes, names)):
-        marker = _marker(config, stages, label)
-        if marker.is_file() and not decode:
+        if label not in todo:
             yield ClassUpdate(i + 1, len(names), f"{what}: {i + 1}/{len(names)} classes ({name}: already done)")
             continue
         if stop is not None and stop():
             yield ClassUpdate(i, len(names), f"{what}: stopped after {i}/{len(names)} classes", stopped=True)
             return
         one_config, one_source = one_class(config, source, label)
-        result = gpu_call(ClassJob(one_config, stages, one_source, seconds, placement, decode, cache_dir))
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        result = gpu_call(ClassJob(one_config, stages, one_source, fingerprints, seconds, placement, decode,
+                                   cache_dir))
         yield ClassUpdate(i + 1, len(names), f"{what}: {i + 1}/{len(names)} classes done ({name})", result)
 
 
-def pending(config: DistillConfig, source: SourceDataset, stages: tuple[str, ...], decode: bool = False
-            ) -> list[int]:
-    """The classes of a run that `run_classes` will call the GPU for (with `decode`, every class)."""
-    return [label for label in source.classes if decode or not _marker(config, stages, label).is_file()]
+def pending(config: DistillConfig, source: SourceDataset, stages: tuple[str, ...], fingerprints: dict[str, str],
+            decode: bool = False) -> list[int]:
+    """The classes of a run that `run_classes` will call the GPU for (with `decode`, every class): those some of
+    `stages` has no result for under the run's `fingerprints`."""
+    from ..jobs.distill import missing_classes
+
+    if decode:
+        return list(source.classes)
+    return missing_classes(config.output, fingerprints, stages, source.classes)
+
+
+# --- the work of one call, and of the run once every class is done ---------------------------------------------
+
+def run_class(job: ClassJob, models: ModelCache) -> ClassResult:
+    """One GPU call's work: `job.stages` on one class, with the process's models at the main process's placement."""
+    from ..jobs.distill import distill
+
+    config = job.config
+    label = job.source.classes[0]
+    captioner = models.deferred("captioner", config, job.placement) if "caption" in job.stages and not \
+        config.caption.from_hub else None
+    pipeline = models.deferred("pipeline", config, job.placement) if {"prototypes", "generate"} & set(job.stages) \
+        else None
+    distill(config, stages=job.stages, source=job.source, cache_dir=models.cache_dir, progress=True,
+            captioner=captioner, pipeline=pipeline, fingerprints=job.fingerprints)
+    decoded = []
+    if job.decode:
+        import torch
+
+        from ..core.runs import result_file, work_dir
+        from ..stages.prototypes import decode_latents
+
+        protos = torch.load(result_file(work_dir(config.output, "prototypes"), label, ".pt"), weights_only=True)
+        decoded = decode_latents(models.pipeline(config, job.placement).vae, protos["centers"])
+    return ClassResult(label, decoded)
+
+
+def finish_run(config: DistillConfig, source: SourceDataset, stages: tuple[str, ...], fingerprints: dict[str, str]
+               ) -> str:
+    """After every class's GPU call: writes the run's combined outputs (captions, dataset, preview, manifest) on the
+    CPU, loading no model, and returns the summary shown to the visitor."""
+    from ..jobs.distill import distill
+
+    result = distill(config, stages=stages, source=source, fingerprints=fingerprints)
+    what = " → ".join(dict.fromkeys("text prototypes" if s == "text" else s for s in stages))
+    return _summary(result, what)
+
+
+def _summary(result, what: str) -> str:
+    from ..configs.distill import TINY_NOTE
+
+    lines = [f"**Note**: {TINY_NOTE}"] if result.manifest.get("tiny") else []
+    if result.dataset is not None:
+        lines.append(f"Distilled {result.dataset.num_rows} images ({len(result.manifest['source']['classes'])} classes "
+                     f"× IPC {result.manifest['config']['ipc']}).")
+    else:
+        lines.append(f"Done: {what}.")
+    return "\n".join(lines)
+

@@ -93,6 +93,17 @@ def update_manifest(run_dir: str | Path, **sections: Any) -> dict[str, Any]:
     return manifest
 
 
+def work_dir(run_dir: str | Path, name: str) -> Path:
+    """Where stage `name` of a run keeps its per-class results (`StageDir`'s default place), for readers: opening a
+    `StageDir` writes its fingerprint and may clear results."""
+    return Path(run_dir) / "work" / name
+
+
+def result_file(folder: str | Path, label: int, suffix: str) -> Path:
+    """Class `label`'s result in a stage's folder (`work_dir`, or `StageDir.path`)."""
+    return Path(folder) / f"{label:06d}{suffix}"
+
+
 class StageDir:
     """Per-class results of one stage, invalidated when the stage's fingerprint changes.
 
@@ -103,7 +114,7 @@ class StageDir:
     """
 
     def __init__(self, run_dir: str | Path, name: str, fingerprint: str, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else Path(run_dir) / "work" / name
+        self.path = Path(path) if path is not None else work_dir(run_dir, name)
         self.name = name
         self.fingerprint = fingerprint
         stored = read_json(self.path / "fingerprint.json", default={})
@@ -129,7 +140,7 @@ class StageDir:
             self._write()
 
     def file(self, label: int, suffix: str) -> Path:
-        return self.path / f"{label:06d}{suffix}"
+        return result_file(self.path, label, suffix)
 
     def has(self, label: int, suffix: str) -> bool:
         return self.file(label, suffix).exists()

@@ -27,7 +27,17 @@ from ..configs.distill import TINY_NOTE, DistillConfig
 from ..core import seeding
 from ..core.devices import Processes, resolve_device, resolve_dtype
 from ..core.provenance import public_name, resolve_revision, versions
-from ..core.runs import StageDir, atomic_path, check_output_dir, read_json, update_manifest, write_json, write_text
+from ..core.runs import (
+    StageDir,
+    atomic_path,
+    check_output_dir,
+    read_json,
+    result_file,
+    update_manifest,
+    work_dir,
+    write_json,
+    write_text,
+)
 from ..data.sources import SourceDataset, load_source
 from .finetune import finetune_settings
 
@@ -351,9 +361,40 @@ def cluster_plan(config: DistillConfig, source: SourceDataset) -> dict[int, int]
     return clusters_per_class(source.counts(), source.class_names, ipc=config.ipc,
                               contamination=config.prototypes.contamination, too_few=config.data.too_few_images)
 
+def run_fingerprints(config: DistillConfig, source: SourceDataset, cache_dir: str | Path | None = None
+                     ) -> dict[str, str]:
+    """Each stage's fingerprint for `config` on `source`, as `distill` computes them (reading the VAE's weights). They
+    do not depend on which classes are selected (`data.classes`), so a caller that runs a job one class per `distill`
+    call (the app) computes them once and passes them to every call (`distill(fingerprints=...)`)."""
+    dtype = resolve_dtype(config.dtype, resolve_device(config.device))
+    resolved, _ = config.resolve(source.profile)
+    tune = finetune_settings(resolved, check_output_dir(config.output), dtype)
+    return stage_fingerprints(resolved, source, tune, dtype, cache_dir)
+
+
+# What each stage leaves per class in its folder (`StageDir.file(label, suffix)`); the generated images: a folder.
+RESULT_SUFFIX = {"caption": ".json", "prototypes": ".pt", "text": ".json", "generate": ""}
+
+
+def missing_classes(run_dir: str | Path, fingerprints: dict[str, str], stages: Sequence[str],
+                    classes: Sequence[int]) -> list[int]:
+    """The `classes` that some of `stages` has no result for under `fingerprints` (`run_fingerprints`): what a
+    resumed `distill` would compute. Reads the run directory only (results under another fingerprint count as
+    missing: `distill` deletes them)."""
+    current = {}
+    for name in (s for s in stages if s in RESULT_SUFFIX):
+        folder = work_dir(run_dir, name)
+        stored = read_json(folder / "fingerprint.json", default={}).get("fingerprint")
+        current[name] = folder if stored == fingerprints[name] else None
+    return [label for label in classes
+            if any(folder is None or not result_file(folder, label, RESULT_SUFFIX[name]).exists()
+                   for name, folder in current.items())]
+
+
 def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cache_dir: str | Path | None = None,
             progress: bool = False, captioner=None, pipeline=None, processes: Processes | None = None,
-            source: SourceDataset | None = None, share_from: Sequence[str | Path] = ()) -> DistillResult:
+            source: SourceDataset | None = None, share_from: Sequence[str | Path] = (),
+            fingerprints: dict[str, str] | None = None) -> DistillResult:
     """Runs the VLCP distillation; every stage resumes from what the run directory already holds.
 
     Args:
@@ -371,6 +412,8 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
             calls); None = opened here.
         share_from: other run directories whose stage results are reused wherever their fingerprint equals this
             run's (linked, see `share_stage`): stages whose inputs a variant does not change run once.
+        fingerprints: `run_fingerprints(config, source, cache_dir)`, already computed for this job (with any class
+            selection); None = computed here, which reads the VAE's weights.
     """
     stages = STAGES if stages is None else tuple(stages)
     bad = [s for s in stages if s not in STAGES]
@@ -394,7 +437,7 @@ def distill(config: DistillConfig, *, stages: tuple[str, ...] | None = None, cac
     plan = cluster_plan(config, source)
     mine = processes.share(source.classes)
     tune = finetune_settings(config, run_dir, dtype)
-    fps = stage_fingerprints(config, source, tune, dtype, cache_dir)
+    fps = fingerprints if fingerprints is not None else stage_fingerprints(config, source, tune, dtype, cache_dir)
     timings["load"] = time.perf_counter() - t
 
     # 2. Checked: config.yaml keeps the user's settings (derived ones go to the manifest); opening each stage clears
