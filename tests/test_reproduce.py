@@ -8,7 +8,7 @@ import torch
 
 from vldd.cli.commands import main
 from vldd.core.runs import read_manifest
-from vldd.jobs import evaluate as evaluation
+from vldd.jobs.evaluate import run as evaluation
 from vldd.jobs.reproduce import CELLS, PublishedCell, reproduce, resolve_cell
 
 # The tiny preset on 2 sample classes; students at 1/8 width on 24 px for 2 epochs.
@@ -82,7 +82,7 @@ def test_rerun_resumes_without_training_again(reproduced, tiny_cache, monkeypatc
     def no_training(*args, **kwargs):
         raise AssertionError("a finished training was run again")
 
-    monkeypatch.setattr(evaluation, "_train_repeat", no_training)
+    monkeypatch.setattr(evaluation, "train_repeat", no_training)
     result = reproduce("imagenette-ipc10", out, cache_dir=tiny_cache,
                        distill_overrides={"preset": "tiny", "data": {"dataset": "sample", "classes": ["circle", "stripes"],
                                                                      "max_images_per_class": 12},

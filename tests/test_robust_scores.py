@@ -6,7 +6,7 @@ import pytest
 
 from vldd.hub.cards import robust_text
 from vldd.hub.push import _evaluation_rows
-from vldd.jobs.evaluate import RepeatResult, RunResult, robust_scores, run_robust_scores
+from vldd.jobs.evaluate.results import RepeatResult, RunResult, robust_scores, run_robust_scores
 
 
 def lrs(ior_points: float, hlr_points: float) -> float:
