@@ -23,7 +23,7 @@ import gradio as gr
 from vldd.app import gpu as space_gpu
 from vldd.app import logic
 from vldd.cli.commands import hub_kernels_for_process
-from vldd.hub.push import HubError
+from vldd.hub.names import HubError
 
 HERE = Path(__file__).resolve().parent
 CSS = """

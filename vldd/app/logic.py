@@ -755,7 +755,7 @@ def open_source(config: DistillConfig, stream_dir: str | Path | None = None):
 
     cluster_plan(config.resolve(source.profile)[0], source)
     if config.caption.from_hub:  # published captions: present, well-formed, and named like the source's classes
-        from ..hub.push import load_published_captions
+        from ..hub.captions import load_published_captions
 
         load_published_captions(config.caption.from_hub, class_names=source.class_names)
     return source
@@ -1038,7 +1038,7 @@ def quick_evaluate(run_dir: str | Path, settings: dict[str, Any]) -> EvalView:
 
 def suggest_repo(dataset: str, ipc, username: str | None) -> str:
     """`<user>/<source>-vldd-ipc<N>` (a bare name without a user: the push puts it in the signed-in account)."""
-    from ..hub.push import source_short_name
+    from ..hub.names import source_short_name
 
     name = f"{source_short_name(dataset or 'sample')}-vldd-ipc{_int(ipc or 1, 'ipc')}"
     return f"{username}/{name}" if username else name
