@@ -42,15 +42,6 @@ CHANCE = 100 / len(CLASSES)
 TINY = {"student_width": WIDTH, "image_size": SIZE, "repeats": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machines' CPUs are shared: one intra-op thread avoids oversubscription (several times faster here).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_run(root, ipc=3):
     """A run directory like the pipeline writes: dataset/ (every source class name, in another order than the real
     set's, with only CLASSES present) and manifest.json naming the source dataset."""

@@ -15,15 +15,6 @@ from vldd.models.students import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machines' CPUs are shared: one intra-op thread avoids oversubscription.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _norm(channels):  # instance norm with affine: one scale and one shift per channel
     return 2 * channels
 
