@@ -15,7 +15,7 @@ import numpy as np
 from ...configs.base import check, fingerprint
 from ...configs.evaluate import VAL_SPLIT_FALLBACKS
 from ...core.runs import read_manifest
-from ...data.sources import _find_column, decode_image, open_dataset
+from ...data.sources import decode_image, find_column, open_dataset
 
 # torch is imported where used, so that building the CLI stays fast.
 
@@ -54,8 +54,8 @@ def images_and_labels(dataset) -> tuple[Any, list[str], np.ndarray]:
     """Returns (image-only dataset with undecoded images, label names, label of every row)."""
     import datasets
 
-    label_column = _find_column(dataset, datasets.ClassLabel, None, "label")
-    image_column = _find_column(dataset, datasets.Image, None, "image")
+    label_column = find_column(dataset, datasets.ClassLabel, None, "label")
+    image_column = find_column(dataset, datasets.Image, None, "image")
     names = list(dataset.features[label_column].names)
     labels = np.asarray(dataset.select_columns([label_column]).with_format("numpy")[label_column])
     images = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
