@@ -83,10 +83,12 @@ def resolve_token(token: str | None = None) -> str:
 
 
 def scrub(text: str, token: str | None) -> str:
+    """`text` with the token replaced by "<token>" (every message that may quote a client error goes through it)."""
     return text.replace(token, "<token>") if token else text
 
 
 def http_status(err: BaseException) -> int | None:
+    """The HTTP status of a client error's response, None when it has none."""
     response = getattr(err, "response", None)
     return getattr(response, "status_code", None)
 
@@ -169,6 +171,7 @@ def authenticate(token: str | None, retries: int) -> tuple[Any, str, str]:
 
 
 def full_repo_id(repo_id: str, namespace: str) -> str:
+    """"namespace/name" from "name" (in `namespace`) or "namespace/name", checked against the Hub's rules."""
     repo_id = repo_id if "/" in repo_id else f"{namespace}/{repo_id}"
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]{0,95}", repo_id) or "--" in repo_id or ".." in repo_id:
         raise ValueError(f"repository id must look like 'namespace/name' (letters, digits, '-', '_', '.'), "

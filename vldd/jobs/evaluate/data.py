@@ -63,6 +63,7 @@ def images_and_labels(dataset) -> tuple[Any, list[str], np.ndarray]:
 
 
 def is_run_dir(path: str | Path) -> bool:
+    """Whether `path` is a finished vldd run directory (its manifest and its `dataset/`)."""
     path = Path(path)
     return (path / "manifest.json").is_file() and (path / "dataset").is_dir()
 
@@ -145,6 +146,7 @@ def rename_classes(names: list[str], path: str | Path) -> list[str]:
 
 
 def select_classes(images, labels: np.ndarray, real_ids: list[int], per_class: int | None = None) -> LabelledImages:
+    """The rows of the classes `real_ids` (target t = real label real_ids[t]), the first `per_class` of each."""
     rows, targets = [], []
     for target, label in enumerate(real_ids):
         found = np.flatnonzero(labels == label).tolist()
@@ -192,6 +194,8 @@ def cached_batches(loader, max_bytes: int = 1 << 30):
 
 @dataclass
 class DistilledSet:
+    """One distilled set to train on: a run directory's `dataset/` or a dataset named directly."""
+
     source: str  # as the user named it
     run_dir: Path | None
     manifest: dict[str, Any]
@@ -202,6 +206,7 @@ class DistilledSet:
 
 
 def open_distilled(path: str, split: str) -> DistilledSet:
+    """Opens a run directory's set (with its manifest) or the dataset `path` names, at `split`."""
     run_dir = Path(path) if is_run_dir(path) else None
     dataset = open_dataset(str(run_dir / "dataset")) if run_dir is not None else open_dataset(path, split)
     images, names, labels = images_and_labels(dataset)

@@ -214,6 +214,7 @@ def build_report(config, recipe, classes, counts, real, val_split, num_test, run
 
 
 def manifest_entry(report: dict[str, Any], results_path: Path, run_dir: Path) -> dict[str, Any]:
+    """The summary of `report` that the run manifest's "evaluation" list keeps (`record_evaluation`)."""
     recipe = report["recipe"]
     try:
         results_file = str(results_path.resolve().relative_to(run_dir.resolve()))

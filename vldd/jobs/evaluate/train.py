@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def amp_dtype(config: EvalConfig, device):
+    """The autocast dtype when `config.amp` asks for it on CUDA (bf16 where supported, else fp16); None = fp32."""
     import torch
 
     if device.type != "cuda" or not config.amp:
@@ -30,6 +31,7 @@ def amp_dtype(config: EvalConfig, device):
 
 
 def top1_accuracy(model, batches, device, amp) -> float:
+    """Top-1 accuracy of `model` over `batches` of (images, targets), in percent; leaves the model in eval mode."""
     import torch
 
     model.eval()
@@ -44,6 +46,8 @@ def top1_accuracy(model, batches, device, amp) -> float:
 
 @dataclass
 class SoftTeacher:
+    """The soft-label protocol's teacher: its network and, per student class, the output column it reads."""
+
     model: Any  # torch module in eval mode, on the training device
     index: Any  # LongTensor: teacher output column of every student class
     meta: dict[str, Any]
@@ -51,6 +55,8 @@ class SoftTeacher:
 
 def train_repeat(train: LabelledImages, test_batches, recipe: Recipe, num_classes: int, teacher: SoftTeacher | None,
                  *, seed: int, device, amp, workers: int, desc: str, progress: bool) -> RepeatResult:
+    """Trains one student on `train` under `recipe` with `seed` (initialisation, data order, augmentation; the
+    caller's RNG state is restored) and tests it at the recipe's test epochs."""
     import torch
     from torch.nn import functional as F
     from tqdm.auto import tqdm
@@ -106,6 +112,8 @@ def train_repeat(train: LabelledImages, test_batches, recipe: Recipe, num_classe
 
 def load_teacher(config: EvalConfig, recipe: Recipe, classes: list[str], real_names: list[str],
                  real_ids: list[int], device) -> SoftTeacher:
+    """Loads `config.teacher` and maps every evaluated class to one of its outputs (by class name, else by the real
+    dataset's label ids, else in order)."""
     import torch
 
     from ...data.classnames import read_class_names
