@@ -14,8 +14,8 @@ from helpers import wait_for
 from vldd.cli.commands import main
 from vldd.core.runs import StageDir, read_json, read_manifest, write_json
 from vldd.jobs import ablate as ablation
-from vldd.jobs import evaluate as evaluation
 from vldd.jobs.ablate import Variant, ablate, config_name, custom_variant, parse_variant
+from vldd.jobs.evaluate import run as evaluation
 from vldd.stages import caption as captioning
 from vldd.stages import prototypes, text_prototypes
 
@@ -132,13 +132,13 @@ def ablated(tiny_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("ablate") / "sample"
     counters = {"captions": Counter(captioning.caption_images), "prototypes": Counter(prototypes.build_prototypes),
                 "text": Counter(text_prototypes.select_text_prototypes),
-                "trainings": Counter(evaluation._train_repeat)}
+                "trainings": Counter(evaluation.train_repeat)}
     overrides, evals = _library_args()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(captioning, "caption_images", counters["captions"])
         patch.setattr(prototypes, "build_prototypes", counters["prototypes"])
         patch.setattr(text_prototypes, "select_text_prototypes", counters["text"])
-        patch.setattr(evaluation, "_train_repeat", counters["trainings"])
+        patch.setattr(evaluation, "train_repeat", counters["trainings"])
         result = ablate([*VARIANTS, custom_variant(CUSTOM[0], CUSTOM[1:])], out, distill_overrides=overrides,
                         eval_overrides=evals, cache_dir=tiny_cache)
     return result, {name: c.calls for name, c in counters.items()}, out

@@ -169,7 +169,7 @@ def test_distill_prompts_and_filters_with_the_full_imagenet_names(tiny_cache, tm
 
 
 def test_card_lists_the_names_the_prompts_used():
-    from vldd.hub.push import PublishedRun, render_dataset_card
+    from vldd.hub.cards import PublishedRun, render_dataset_card
 
     manifest = {"config": {"ipc": 1, "seed": 0}, "versions": {},
                 "source": {"dataset": "some/folder", "split": "train", "license": "mit", "classes": [0, 1],
@@ -258,7 +258,7 @@ def test_a_names_file_of_another_length_shows_the_first_lines(tmp_path):
 
 def test_manifest_and_card_say_where_the_names_came_from(tiny_cache, tmp_path):
     from vldd.configs.distill import load_config
-    from vldd.hub.push import PublishedRun, render_dataset_card
+    from vldd.hub.cards import PublishedRun, render_dataset_card
     from vldd.jobs.distill import distill
 
     folder = _folder(tmp_path / "train", ["00000", "00001"], per_class=2)

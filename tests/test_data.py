@@ -176,11 +176,11 @@ def test_exif_rotated_photo_is_loaded_upright(tmp_path):
 
 
 def test_validation_split_named_valid_is_found_and_reported(tmp_path, caplog):
-    from vldd.jobs.evaluate import open_validation
+    from vldd.jobs.evaluate.data import open_validation
 
     datasets.DatasetDict({"train": load_sample("train"), "valid": load_sample("validation")}).save_to_disk(
         str(tmp_path / "tiny"))  # the split names of zh-plus/tiny-imagenet
-    with caplog.at_level("WARNING", logger="vldd.jobs.evaluate"):
+    with caplog.at_level("WARNING", logger="vldd.jobs.evaluate.data"):
         dataset, split = open_validation(str(tmp_path / "tiny"))
     assert split == "valid" and dataset.num_rows == 50
     assert f"real dataset {str(tmp_path / 'tiny')!r} has no 'validation' split; testing on its 'valid' split " \

@@ -274,7 +274,8 @@ def test_two_processes_fine_tune_together_and_finish(tuned, tiny_cache, tmp_path
 
 
 def test_dataset_card_names_the_fine_tuned_model_or_says_none_was(tuned, untuned):
-    from vldd.hub.push import PublishedRun, public_manifest, render_dataset_card
+    from vldd.hub.cards import PublishedRun, render_dataset_card
+    from vldd.hub.push import public_manifest
 
     runs = [PublishedRun("ipc3-seed0", public_manifest(tuned.manifest), 6),
             PublishedRun("ipc3-seed0-d4m", public_manifest(json.loads((untuned[1] / "manifest.json").read_text())), 6)]

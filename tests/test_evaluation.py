@@ -20,24 +20,19 @@ from vldd.configs.profiles import PROFILES
 from vldd.core.runs import read_manifest
 from vldd.data.augment import IDCColorJitter, ShufflePatches, cutmix, eval_transform, hard_train_transform
 from vldd.data.sample import SAMPLE_CLASSES, load_sample
-from vldd.jobs import evaluate as evaluation
-from vldd.jobs.evaluate import (
-    EvalConfig,
-    LabelledImages,
-    RepeatResult,
-    RunResult,
-    align_classes,
+from vldd.jobs.evaluate import EvalConfig, evaluate
+from vldd.jobs.evaluate import run as evaluation
+from vldd.jobs.evaluate.data import LabelledImages, align_classes, open_validation, random_subset
+from vldd.jobs.evaluate.recipes import (
     build_optimizer,
-    evaluate,
     half_cosine_lr,
     hard_epochs,
     multistep_lr,
-    open_validation,
-    random_subset,
-    record_evaluation,
     resolve_recipe,
     soft_batch_size,
 )
+from vldd.jobs.evaluate.results import RepeatResult, RunResult, record_evaluation
+from vldd.jobs.evaluate.train import amp_dtype
 from vldd.jobs.reports import evaluation_lines
 from vldd.models.students import build_student, save_classifier
 
@@ -45,15 +40,6 @@ SIZE, WIDTH = 24, 0.125
 CLASSES = ["stripes", "cross", "circle", "triangle"]  # the distilled set covers 4 of the 5 sample classes
 CHANCE = 100 / len(CLASSES)
 TINY = {"student_width": WIDTH, "image_size": SIZE, "repeats": 1}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machines' CPUs are shared: one intra-op thread avoids oversubscription (several times faster here).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_run(root, ipc=3):
@@ -174,8 +160,8 @@ def test_image_size_shuffle_factor_and_batch_follow_the_dataset(real, num_classe
 def test_fp32_by_default_autocast_on_request():
     config = EvalConfig(distilled="sample")
     assert config.amp is False
-    assert evaluation._amp_dtype(config, torch.device("cuda")) is None  # no autocast even on a GPU
-    assert evaluation._amp_dtype(EvalConfig(distilled="sample", amp=True), torch.device("cpu")) is None
+    assert amp_dtype(config, torch.device("cuda")) is None  # no autocast even on a GPU
+    assert amp_dtype(EvalConfig(distilled="sample", amp=True), torch.device("cpu")) is None
     assert resolve_recipe(EvalConfig(distilled="sample", amp=True), 10, 10).amp is True
 
 
@@ -290,7 +276,7 @@ def test_random_subset_is_seeded_and_per_class():
 def test_validation_split_falls_back_to_test(tmp_path, caplog):
     folder = tmp_path / "real"
     datasets.DatasetDict({"train": load_sample("train"), "test": load_sample("validation")}).save_to_disk(str(folder))
-    with caplog.at_level(logging.WARNING, logger="vldd.jobs.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="vldd.jobs.evaluate.data"):
         dataset, split = open_validation(str(folder))
     assert split == "test" and len(dataset) == 50
     assert "no 'validation' split; testing on its 'test' split" in caplog.text
@@ -492,7 +478,7 @@ def _fake_training(calls):
 def test_several_sets_report_mean_and_std_over_sets_and_repeats(tmp_path, monkeypatch, capsys):
     runs = [make_run(tmp_path / "seed0"), make_run(tmp_path / "seed1", ipc=2)]
     calls = []
-    monkeypatch.setattr(evaluation, "_train_repeat", _fake_training(calls))
+    monkeypatch.setattr(evaluation, "train_repeat", _fake_training(calls))
     output = tmp_path / "together.json"
     code = main(["evaluate", "--distilled", str(runs[0]), str(runs[1]), "--real", "sample", "--repeats", "2",
                  "--baseline", "random", "--image-size", str(SIZE), "--output", str(output), "--quiet"])
@@ -540,7 +526,7 @@ def test_finished_trainings_are_reused_and_a_changed_recipe_retrains(tmp_path, m
     config = dict(distilled=[str(run)], real="sample", repeats=2, baselines=["random"], image_size=SIZE,
                   output=str(tmp_path / "r.json"))
     calls = []
-    monkeypatch.setattr(evaluation, "_train_repeat", _fake_training(calls))
+    monkeypatch.setattr(evaluation, "train_repeat", _fake_training(calls))
     first = evaluate(EvalConfig(**config, epochs=5))
     assert len(calls) == 4
     # an interrupted evaluation: one finished job is lost; the rerun trains only that one
@@ -560,7 +546,7 @@ def test_finished_trainings_are_reused_and_a_changed_recipe_retrains(tmp_path, m
 
 def test_baselines_alone_without_a_distilled_set(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(evaluation, "_train_repeat", _fake_training(calls))
+    monkeypatch.setattr(evaluation, "train_repeat", _fake_training(calls))
     output = tmp_path / "baselines.json"
     code = main(["evaluate", "--real", "sample", "--baseline", "random", "full", "--ipc", "2", "--repeats", "2",
                  "--image-size", str(SIZE), "--output", str(output), "--quiet"])
@@ -587,7 +573,7 @@ def test_baselines_alone_without_a_distilled_set(tmp_path, monkeypatch, capsys):
 def test_both_baselines_beside_a_distilled_set_train_once_per_repeat(tmp_path, monkeypatch):
     run = make_run(tmp_path / "run")
     calls = []
-    monkeypatch.setattr(evaluation, "_train_repeat", _fake_training(calls))
+    monkeypatch.setattr(evaluation, "train_repeat", _fake_training(calls))
     assert main(["evaluate", "--distilled", str(run), "--real", "sample", "--baseline", "random", "full",
                  "--repeats", "2", "--image-size", str(SIZE), "--no-record", "--quiet",
                  "--output", str(tmp_path / "r.json")]) == 0
@@ -623,7 +609,7 @@ def test_class_names_file_maps_numbered_labels_to_the_real_names(tmp_path, monke
         seen.append(train)
         return RepeatResult(seed, [1], [50.0], len(train), 0.0)
 
-    monkeypatch.setattr(evaluation, "_train_repeat", train)
+    monkeypatch.setattr(evaluation, "train_repeat", train)
     result = evaluate(EvalConfig(distilled=str(folder), real="sample", class_names=str(names), repeats=1,
                                  image_size=SIZE, output=str(tmp_path / "r.json")))
     assert result.classes == ["circle", "triangle", "stripes"]
@@ -653,7 +639,7 @@ def test_resumed_report_time_is_the_sum_of_all_its_trainings(tmp_path, monkeypat
         calls.append(desc)
         return RepeatResult(seed, [1], [50.0], len(train), seconds[desc.rsplit(" #", 1)[0], seed])
 
-    monkeypatch.setattr(evaluation, "_train_repeat", train)
+    monkeypatch.setattr(evaluation, "train_repeat", train)
     config = dict(distilled=[str(run)], real="sample", repeats=2, baselines=["random"], image_size=SIZE,
                   output=str(tmp_path / "r.json"), record=False)
     first = evaluate(EvalConfig(**config))
@@ -673,7 +659,7 @@ def test_report_names_the_dataset_profile_the_recipe_follows(tmp_path, monkeypat
 
     monkeypatch.setattr(evaluation, "recognise_source",
                         lambda *args, **kwargs: Recognition(PROFILES[family], "override", ("told",)))
-    monkeypatch.setattr(evaluation, "_train_repeat", _fake_training([]))
+    monkeypatch.setattr(evaluation, "train_repeat", _fake_training([]))
     result = evaluate(EvalConfig(real="sample", baselines=["random"], ipc=1, repeats=1, protocol="soft",
                                  teacher=str(_train_teacher(tmp_path / "t.pt")), output=str(tmp_path / "r.json")))
     profile = result.report["profile"]
@@ -719,7 +705,7 @@ def test_rded_teacher_file_with_a_names_file_aligns_its_outputs_by_name(tmp_path
         seen.append(teacher)
         return RepeatResult(seed, [1], [50.0], len(train), 0.0)
 
-    monkeypatch.setattr(evaluation, "_train_repeat", train)
+    monkeypatch.setattr(evaluation, "train_repeat", train)
     config = dict(real="sample", baselines=["random"], ipc=1, repeats=1, protocol="soft", image_size=32,
                   teacher=str(tmp_path / "rded.pth"), output=str(tmp_path / "r.json"))
     result = evaluate(EvalConfig(**config, teacher_class_names=str(tmp_path / "teacher-names.txt")))

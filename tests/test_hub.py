@@ -20,6 +20,9 @@ from PIL import Image
 from vldd.cli.commands import main
 from vldd.configs.distill import DistillConfig
 from vldd.core.runs import write_json, write_text
+from vldd.hub import captions as hub_captions
+from vldd.hub import cards as hub_cards
+from vldd.hub import names as hub_names
 from vldd.hub import push as hub
 
 CLASS_NAMES = ["circle", "square", "triangle", "cross", "stripes"]
@@ -109,14 +112,14 @@ def hub_card(hub_server, repo_id: str) -> DatasetCard:
 # --- offline: names and cards --------------------------------------------------------------------------------------
 
 def test_names_and_size_categories():
-    assert hub.source_short_name("frgfm/imagenette") == "imagenette"
-    assert hub.source_short_name("/data/My Images/") == "my-images"
-    assert hub.source_short_name("ILSVRC/imagenet-1k") == "imagenet-1k"
+    assert hub_names.source_short_name("frgfm/imagenette") == "imagenette"
+    assert hub_names.source_short_name("/data/My Images/") == "my-images"
+    assert hub_names.source_short_name("ILSVRC/imagenet-1k") == "imagenet-1k"
     manifest = {"config": {"ipc": 10, "seed": 1, "data": {"dataset": "x"}}, "source": {"dataset": "frgfm/imagenette"}}
-    assert hub.default_repo_id(manifest, "alice") == "alice/imagenette-vldd-ipc10"
-    assert hub.default_repo_id(manifest, "alice", kind="captions") == "alice/imagenette-vldd-captions"
-    assert hub.default_config_name(manifest) == "ipc10-seed1"
-    assert [hub.size_category(n) for n in (0, 999, 1000, 10_000, 1_280_000)] == [
+    assert hub_names.default_repo_id(manifest, "alice") == "alice/imagenette-vldd-ipc10"
+    assert hub_names.default_repo_id(manifest, "alice", kind="captions") == "alice/imagenette-vldd-captions"
+    assert hub_names.default_config_name(manifest) == "ipc10-seed1"
+    assert [hub_cards.size_category(n) for n in (0, 999, 1000, 10_000, 1_280_000)] == [
         "n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "1M<n<10M"]
     published = hub.public_manifest({"config": {"output": "/home/a/runs/x", "data": {"dataset": "/srv/imgs"},
                                                 "generation": {"model": "~/ckpt/sd-ft", "lora": None}},
@@ -138,9 +141,10 @@ def test_render_dataset_card_is_pure_and_complete(run_factory):
                              "default": True},
                             {"config_name": "ipc2-seed1", "data_files": [{"split": "train", "path": "ipc2-seed1/*"}]}],
                 "dataset_info": [{"config_name": "ipc2-seed0", "features": [{"name": "image", "dtype": "image"}]}]}
-    runs = [hub.PublishedRun("ipc2-seed1", plain, 4), hub.PublishedRun("ipc2-seed0", evaluated, 4, "https://x/p.png")]
-    text = hub.render_dataset_card(runs, "alice/sample-vldd-ipc2", default_config="ipc2-seed0", metadata=metadata)
-    assert text == hub.render_dataset_card(runs, "alice/sample-vldd-ipc2", default_config="ipc2-seed0",
+    runs = [hub_cards.PublishedRun("ipc2-seed1", plain, 4),
+            hub_cards.PublishedRun("ipc2-seed0", evaluated, 4, "https://x/p.png")]
+    text = hub_cards.render_dataset_card(runs, "alice/sample-vldd-ipc2", default_config="ipc2-seed0", metadata=metadata)
+    assert text == hub_cards.render_dataset_card(runs, "alice/sample-vldd-ipc2", default_config="ipc2-seed0",
                                            metadata=metadata)
     assert validate_card_yaml(text) == []
     data = DatasetCard(text).data
@@ -168,20 +172,20 @@ def test_captions_card_and_validation(run_factory):
 
     run = run_factory()
     manifest = json.loads((run / "manifest.json").read_text())
-    text = hub.render_captions_card(manifest, "alice/sample-vldd-captions", 6)
+    text = hub_cards.render_captions_card(manifest, "alice/sample-vldd-captions", 6)
     assert validate_card_yaml(text) == []
     data = DatasetCard(text).data
     assert data.license == "mit" and data.task_categories == ["image-to-text"]
     assert "--caption.from_hub alice/sample-vldd-captions" in text and "llava-hf/llava-1.5-7b-hf" in text
 
-    captions = hub.load_published_captions(run, class_names=CLASS_NAMES)  # a run directory works too
+    captions = hub_captions.load_published_captions(run, class_names=CLASS_NAMES)  # a run directory works too
     assert captions["caption"][0] == "caption number 0"
     with pytest.raises(ValueError, match="differ from the source"):
-        hub.load_published_captions(run / "captions", class_names=["a", "b"])
+        hub_captions.load_published_captions(run / "captions", class_names=["a", "b"])
     with pytest.raises(ValueError, match=r"missing columns \['caption'\]"):
-        hub.validate_captions(captions.remove_columns("caption"))
+        hub_captions.validate_captions(captions.remove_columns("caption"))
     with pytest.raises(ValueError, match="'source_index' must be an integer"):
-        hub.validate_captions(captions.cast_column("source_index", datasets.Value("string")))
+        hub_captions.validate_captions(captions.cast_column("source_index", datasets.Value("string")))
 
 
 # --- against the local test Hub ------------------------------------------------------------------------------------
@@ -246,7 +250,7 @@ def test_captions_roundtrip(hub_server, run_factory, tmp_path, capsys, monkeypat
     assert main(["push", str(run), "--captions", "--quiet"]) == 0
     repo = "tester/sample-vldd-captions"
     assert repo in capsys.readouterr().out
-    published = hub.load_published_captions(repo, class_names=CLASS_NAMES)
+    published = hub_captions.load_published_captions(repo, class_names=CLASS_NAMES)
     local = datasets.load_from_disk(str(run / "captions"))
     assert published.features == local.features and published.to_dict() == local.to_dict()
     card = hub_card(hub_server, repo)
@@ -257,22 +261,22 @@ def test_captions_roundtrip(hub_server, run_factory, tmp_path, capsys, monkeypat
 
 def test_push_without_token_is_a_clear_error(hub_server, run_factory, capsys, monkeypatch):
     run = run_factory()
-    with pytest.raises(hub.HubAuthError, match=r"No Hugging Face token found.*hf auth login.*HF_TOKEN"):
+    with pytest.raises(hub_names.HubAuthError, match=r"No Hugging Face token found.*hf auth login.*HF_TOKEN"):
         hub.push_distilled(run)
     assert main(["push", str(run)]) == 2
     err = capsys.readouterr().err
     assert "No Hugging Face token found" in err and "Traceback" not in err
-    with pytest.raises(hub.HubAuthError, match="read-only"):
+    with pytest.raises(hub_names.HubAuthError, match="read-only"):
         hub.push_distilled(run, token=hub_server.read_token)
-    with pytest.raises(hub.HubAuthError, match="rejected as invalid"):
+    with pytest.raises(hub_names.HubAuthError, match="rejected as invalid"):
         hub.push_distilled(run, token="hf_not_a_real_token")
-    with pytest.raises(hub.HubAuthError, match="refused to let this token write to .someone/x. \\(HTTP 403"):
+    with pytest.raises(hub_names.HubAuthError, match="refused to let this token write to .someone/x. \\(HTTP 403"):
         hub.push_distilled(run, "someone/x", token=hub_server.token)
     assert hub_server.server.state.repos == {}
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(hub.HubError, match="unset HF_HUB_OFFLINE"):
+    with pytest.raises(hub_names.HubError, match="unset HF_HUB_OFFLINE"):
         hub.push_distilled(run, token=hub_server.token)
 
 
@@ -293,7 +297,7 @@ def test_token_never_leaks(hub_server, run_factory, tmp_path, caplog, capfd, mon
 
 def test_dropped_connections_are_retried_and_a_rerun_completes(hub_server, run_factory, tmp_path, monkeypatch,
                                                                caplog):
-    monkeypatch.setattr(hub, "RETRY_BASE_SECONDS", 0.01)
+    monkeypatch.setattr(hub_names, "RETRY_BASE_SECONDS", 0.01)
     caplog.set_level(logging.WARNING)
     run = run_factory()
     before = snapshot(run)
@@ -312,7 +316,7 @@ def test_dropped_connections_are_retried_and_a_rerun_completes(hub_server, run_f
     # 2. A push that keeps failing stops with a clear error and leaves the run untouched; running it again completes.
     server.fail_next("POST", rf"^/api/datasets/{repo}/commit/main$", times=2)
     other = run_factory("seed1", seed=1)
-    with pytest.raises(hub.HubError, match="run the same push again"):
+    with pytest.raises(hub_names.HubError, match="run the same push again"):
         hub.push_distilled(other, repo, token=hub_server.token, retries=1)
     assert snapshot(run) == before
     hub.push_distilled(other, repo, token=hub_server.token)
@@ -353,7 +357,7 @@ def test_push_to_the_real_hub(run_factory, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
     token = os.environ["VLDD_HUB_LIVE_TOKEN"]
-    point_clients_at(monkeypatch, hub.DEFAULT_ENDPOINT, tmp_path / "hf-home")
+    point_clients_at(monkeypatch, hub_names.DEFAULT_ENDPOINT, tmp_path / "hf-home")
     run = run_factory()
     api = HfApi(token=token)
     repo = f"{api.whoami()['name']}/vldd-live-test-{uuid.uuid4().hex[:8]}"

@@ -182,7 +182,8 @@ def test_evaluation_recognises_the_real_dataset_as_distillation_does(tmp_path):
     import datasets
 
     from vldd.data.sources import recognise_source
-    from vldd.jobs.evaluate import EvalConfig, resolve_recipe
+    from vldd.jobs.evaluate import EvalConfig
+    from vldd.jobs.evaluate.recipes import resolve_recipe
 
     folder = _folder(tmp_path / "c10" / "val", CIFAR10, size=32)
     val = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")

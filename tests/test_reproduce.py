@@ -4,11 +4,10 @@ sets beside a random real subset, the table beside the published number, and a r
 import json
 
 import pytest
-import torch
 
 from vldd.cli.commands import main
 from vldd.core.runs import read_manifest
-from vldd.jobs import evaluate as evaluation
+from vldd.jobs.evaluate import run as evaluation
 from vldd.jobs.reproduce import CELLS, PublishedCell, reproduce, resolve_cell
 
 # The tiny preset on 2 sample classes; students at 1/8 width on 24 px for 2 epochs.
@@ -23,11 +22,8 @@ EVAL_FLAGS = ["--eval.epochs", "2", "--eval.image_size", "24", "--eval.student_w
 @pytest.fixture(scope="module")
 def reproduced(tiny_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce") / "imagenette-ipc10"
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     code = main(["reproduce", "imagenette-ipc10", "--output", str(out), "--cache-dir", str(tiny_cache), "--quiet",
                  *DISTILL_FLAGS, *EVAL_FLAGS])
-    torch.set_num_threads(previous)
     return code, out
 
 
@@ -82,7 +78,7 @@ def test_rerun_resumes_without_training_again(reproduced, tiny_cache, monkeypatc
     def no_training(*args, **kwargs):
         raise AssertionError("a finished training was run again")
 
-    monkeypatch.setattr(evaluation, "_train_repeat", no_training)
+    monkeypatch.setattr(evaluation, "train_repeat", no_training)
     result = reproduce("imagenette-ipc10", out, cache_dir=tiny_cache,
                        distill_overrides={"preset": "tiny", "data": {"dataset": "sample", "classes": ["circle", "stripes"],
                                                                      "max_images_per_class": 12},

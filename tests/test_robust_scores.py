@@ -4,9 +4,8 @@ import math
 
 import pytest
 
-from vldd.hub.cards import robust_text
-from vldd.hub.push import _evaluation_rows
-from vldd.jobs.evaluate import RepeatResult, RunResult, robust_scores, run_robust_scores
+from vldd.hub.cards import evaluation_rows, robust_text
+from vldd.jobs.evaluate.results import RepeatResult, RunResult, robust_scores, run_robust_scores
 
 
 def lrs(ior_points: float, hlr_points: float) -> float:
@@ -67,6 +66,6 @@ def test_printed_and_carded():
     entry = {"protocol": "hard", "student": "resnetap10", "best_mean": 60.0, "best_std": 1.0, "final_mean": 59.0,
              "final_std": 1.0, "robust": {k: {"mean": v["mean"], "std": v["std"]} for k, v in scores.items()},
              "baselines": {"random": {"best_mean": 47.5, "best_std": 2.5}}}
-    this, baseline = _evaluation_rows([entry])
+    this, baseline = evaluation_rows([entry])
     assert this["robust"] == text and "robust" not in this["details"]
     assert baseline["robust"] == "—"

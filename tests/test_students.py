@@ -8,20 +8,11 @@ from vldd.models.students import (
     ConvNet,
     ResNetAP,
     build_student,
-    count_parameters,
     load_classifier,
+    num_parameters,
     resnet18,
     save_classifier,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machines' CPUs are shared: one intra-op thread avoids oversubscription.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _norm(channels):  # instance norm with affine: one scale and one shift per channel
@@ -49,8 +40,8 @@ def convnet6_parameters(num_classes, image_size, width=128):
 @pytest.mark.parametrize(("image_size", "stem_kernel"), [(32, 3), (112, 3), (224, 7)])
 def test_resnetap10_parameter_count(image_size, stem_kernel):
     model = ResNetAP(num_classes=10, image_size=image_size)
-    assert count_parameters(model) == resnetap10_parameters(10, stem_kernel)
-    assert count_parameters(model) == (4_903_242 if stem_kernel == 3 else 4_910_922)
+    assert num_parameters(model) == resnetap10_parameters(10, stem_kernel)
+    assert num_parameters(model) == (4_903_242 if stem_kernel == 3 else 4_910_922)
 
 
 @pytest.mark.parametrize(("image_size", "width", "spatial"), [(32, 1.0, 32), (112, 0.125, 56), (224, 0.125, 56)])
@@ -66,7 +57,7 @@ def test_resnetap10_output_shape_and_stem(image_size, width, spatial):
 @pytest.mark.parametrize("image_size", [64, 128, 224])
 def test_convnet6_parameter_count_and_shape(image_size):
     model = build_student("convnet6", num_classes=10, image_size=image_size)
-    assert count_parameters(model) == convnet6_parameters(10, image_size)
+    assert num_parameters(model) == convnet6_parameters(10, image_size)
     small = ConvNet(num_classes=10, image_size=image_size, width=16)
     assert small(torch.randn(2, 3, image_size, image_size)).shape == (2, 10)
 
@@ -81,9 +72,9 @@ def test_resnet18_variants():
     assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
     assert isinstance(small.maxpool, torch.nn.Identity)
     assert large.conv1.kernel_size == (7, 7) and isinstance(large.maxpool, torch.nn.MaxPool2d)
-    stock = count_parameters(torchvision.models.resnet18(num_classes=10))
-    assert count_parameters(large) == stock == 11_181_642
-    assert count_parameters(small) == stock - 64 * 3 * (49 - 9)
+    stock = num_parameters(torchvision.models.resnet18(num_classes=10))
+    assert num_parameters(large) == stock == 11_181_642
+    assert num_parameters(small) == stock - 64 * 3 * (49 - 9)
     assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert isinstance(resnet18(10, image_size=112).maxpool, torch.nn.MaxPool2d)  # RDED: 7x7 stem above 64 px
     assert resnet18(10, image_size=112).conv1.kernel_size == (7, 7)
@@ -103,7 +94,7 @@ def test_instance_norm_resnet18_is_minimax_resnet18(image_size, kernel, stride, 
     stem = model.maxpool(model.relu(model.bn1(model.conv1(torch.randn(2, 3, image_size, image_size)))))
     assert stem.shape[-1] == spatial
     stock = 11_181_642 - (64 * 3 * (49 - 9) if kernel == 3 else 0)  # a norm has 2C parameters, batch or instance
-    assert count_parameters(model) == stock
+    assert num_parameters(model) == stock
     assert model(torch.randn(2, 3, image_size, image_size)).shape == (2, 10)
     with pytest.raises(ValueError, match="`norm` must be 'batch' or 'instance', got 'layer'"):
         resnet18(10, norm="layer")
@@ -162,11 +153,11 @@ def test_convnet3_and_4_follow_the_dc_benchmark(name, image_size, side):
 def test_convnet3_and_4_parameter_counts_by_hand():
     # ConvNet-3, 32 px, 10 classes: conv 3->128 (3*128*9 + 128 = 3,584), two convs 128->128 (147,584 each), three
     # instance norms (256 each), linear 2048->10 (20,490): 3,584 + 2 * 147,584 + 768 + 20,490 = 320,010.
-    assert count_parameters(build_student("convnet3", 10, 32)) == 320_010
+    assert num_parameters(build_student("convnet3", 10, 32)) == 320_010
     # ConvNet-4, 64 px (-> 4x4), 200 classes (Tiny-ImageNet): 3,584 + 3 * 147,584 + 4 * 256 + (2048 * 200 + 200)
-    assert count_parameters(build_student("convnet4", 200, 64)) == 3_584 + 3 * 147_584 + 1_024 + 409_800 == 857_160
+    assert num_parameters(build_student("convnet4", 200, 64)) == 3_584 + 3 * 147_584 + 1_024 + 409_800 == 857_160
     # CIFAR-100 on ConvNet-3: only the linear layer grows, 2048 * 100 + 100
-    assert count_parameters(build_student("convnet3", 100, 32)) == 320_010 - 20_490 + 204_900
+    assert num_parameters(build_student("convnet3", 100, 32)) == 320_010 - 20_490 + 204_900
 
 
 def test_convnet4_rejects_inputs_too_small():

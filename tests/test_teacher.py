@@ -8,8 +8,8 @@ import torch
 from vldd.cli.commands import main
 from vldd.data.augment import eval_transform
 from vldd.data.sample import SAMPLE_CLASSES, load_sample
-from vldd.jobs import evaluate as evaluation
 from vldd.jobs.evaluate import EvalConfig, evaluate
+from vldd.jobs.evaluate import train as evaluation
 from vldd.jobs.teacher import TeacherConfig, state_path, train_teacher
 from vldd.models.students import load_classifier
 
@@ -57,7 +57,7 @@ def test_teacher_resumes_after_an_interruption_to_the_same_weights(tmp_path, mon
     assert whole.resumed_from is None and len(whole.history) == 2
 
     calls = []
-    scored = evaluation._top1
+    scored = evaluation.top1_accuracy
 
     def stop_after_one_epoch(*args):
         calls.append(1)
@@ -65,13 +65,13 @@ def test_teacher_resumes_after_an_interruption_to_the_same_weights(tmp_path, mon
             raise KeyboardInterrupt  # killed during epoch 2's score, after epoch 1's state was written
         return scored(*args)
 
-    monkeypatch.setattr(evaluation, "_top1", stop_after_one_epoch)
+    monkeypatch.setattr(evaluation, "top1_accuracy", stop_after_one_epoch)
     config = TeacherConfig(**TINY, output=str(tmp_path / "cut" / "t.pt"), device="cpu")
     with pytest.raises(KeyboardInterrupt):
         train_teacher(config)
     assert not (tmp_path / "cut" / "t.pt").exists()
     assert len(torch.load(state_path(config.output), weights_only=True)["history"]) == 1
-    monkeypatch.setattr(evaluation, "_top1", scored)
+    monkeypatch.setattr(evaluation, "top1_accuracy", scored)
 
     resumed = train_teacher(config)
     assert resumed.resumed_from == 1

@@ -26,8 +26,8 @@ _EXPORTS = {
     "train_teacher": "jobs.teacher", "TeacherConfig": "configs.teacher", "TeacherResult": "jobs.teacher",
     "finetune": "jobs.finetune", "finetune_config": "configs.finetune", "FinetuneConfig": "configs.finetune",
     "FinetuneResult": "jobs.finetune",
-    "push_distilled": "hub.push", "push_captions": "hub.push", "push_model": "hub.push", "load_published_captions": "hub.push", "PushResult": "hub.push",
-    "HubError": "hub.push", "HubAuthError": "hub.push",
+    "push_distilled": "hub.push", "push_captions": "hub.push", "push_model": "hub.push", "load_published_captions": "hub.captions", "PushResult": "hub.push",
+    "HubError": "hub.names", "HubAuthError": "hub.names",
     "load_captioner": "stages.caption", "caption_images": "stages.caption",
     "load_pipeline": "stages.generate",
     "build_tiny_models": "models.tiny",
@@ -57,15 +57,9 @@ if TYPE_CHECKING:
     from .configs.finetune import FinetuneConfig, finetune_config
     from .configs.teacher import TeacherConfig
     from .core.devices import Processes
-    from .hub.push import (
-        HubAuthError,
-        HubError,
-        PushResult,
-        load_published_captions,
-        push_captions,
-        push_distilled,
-        push_model,
-    )
+    from .hub.captions import load_published_captions
+    from .hub.names import HubAuthError, HubError
+    from .hub.push import PushResult, push_captions, push_distilled, push_model
     from .jobs.ablate import ablate
     from .jobs.distill import DistillResult, distill
     from .jobs.evaluate import EvalResult, evaluate, robust_scores

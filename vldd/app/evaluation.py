@@ -32,7 +32,7 @@ def prepare_eval_data(run_dir: str | Path, dest: str | Path, per_class: int, bas
     import datasets
 
     from ..configs.distill import load_config
-    from ..jobs.evaluate import VAL_SPLIT_FALLBACKS
+    from ..configs.evaluate import VAL_SPLIT_FALLBACKS
 
     data = load_config(Path(run_dir) / "config.yaml").data
     dest = Path(dest)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..hub.push import HubError
+from ..hub.names import HubError
 from ..jobs.distill import run_fingerprints
 from . import evaluation, sources, views
 from . import gpu as space_gpu

@@ -15,7 +15,7 @@ GRADIO_MOCK_TOKEN = "mock-oauth-token-for-local-dev"  # what Gradio's mocked (of
 
 def suggest_repo(dataset: str, ipc, username: str | None) -> str:
     """`<user>/<source>-vldd-ipc<N>` (a bare name without a user: the push puts it in the signed-in account)."""
-    from ..hub.push import source_short_name
+    from ..hub.names import source_short_name
 
     name = f"{source_short_name(dataset or 'sample')}-vldd-ipc{_int(ipc or 1, 'ipc')}"
     return f"{username}/{name}" if username else name

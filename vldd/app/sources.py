@@ -141,12 +141,12 @@ def dataset_overview(dataset: str, *, classes: list[str] | None, images_per_clas
 def _streamed_class_names(dataset: str, split: str, config_name: str | None) -> list[str]:
     import datasets
 
-    from ..data.sources import _find_column, open_dataset
+    from ..data.sources import find_column, open_dataset
 
     stream = open_dataset(dataset, split, config_name, streaming=True)
     if stream.features is None:
         raise ValueError(f"dataset {dataset!r} does not declare its features when streamed")
-    return list(stream.features[_find_column(stream, datasets.ClassLabel, None, "label")].names)
+    return list(stream.features[find_column(stream, datasets.ClassLabel, None, "label")].names)
 
 
 def open_source(config: DistillConfig, stream_dir: str | Path | None = None):
@@ -164,7 +164,7 @@ def open_source(config: DistillConfig, stream_dir: str | Path | None = None):
 
     cluster_plan(config.resolve(source.profile)[0], source)
     if config.caption.from_hub:  # published captions: present, well-formed, and named like the source's classes
-        from ..hub.push import load_published_captions
+        from ..hub.captions import load_published_captions
 
         load_published_captions(config.caption.from_hub, class_names=source.class_names)
     return source

@@ -659,8 +659,8 @@ def library_progress_bars(enabled: bool, diffusers: bool = True):
 def _is_user_error(err: Exception) -> bool:
     """Errors that mean "this input is wrong" (exit code 2, one line); anything else is a bug and keeps its trace."""
     errors: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, NotADirectoryError, RunDirBusyError)
-    if "vldd.hub.push" in sys.modules:  # only a command that imported it can raise it
-        errors += (sys.modules["vldd.hub.push"].HubError,)
+    if "vldd.hub.names" in sys.modules:  # only a command that imported it can raise it
+        errors += (sys.modules["vldd.hub.names"].HubError,)
     return isinstance(err, errors)
 
 

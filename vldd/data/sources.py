@@ -228,7 +228,9 @@ def open_dataset(dataset: str, split: str = "train", config_name: str | None = N
         ) from err
 
 
-def _find_column(dataset, kind, wanted: str | None, what: str) -> str:
+def find_column(dataset, kind, wanted: str | None, what: str) -> str:
+    """The column `wanted`, else the first of feature type `kind` (e.g. `datasets.ClassLabel`); `what` names it in
+    errors."""
     features = dataset.features
     if wanted is not None:
         if wanted not in features:
@@ -280,8 +282,8 @@ def load_source(config: DataConfig, stream_dir: str | Path | None = None) -> Sou
     if label_column is not None and label_column in dataset.features and not isinstance(
             dataset.features[label_column], datasets.ClassLabel):
         dataset = dataset.class_encode_column(label_column)  # string or int labels become a ClassLabel
-    label_column = _find_column(dataset, datasets.ClassLabel, label_column, "label")
-    image_column = _find_column(dataset, datasets.Image, config.image_column, "image")
+    label_column = find_column(dataset, datasets.ClassLabel, label_column, "label")
+    image_column = find_column(dataset, datasets.Image, config.image_column, "image")
     if not isinstance(dataset.features[image_column], datasets.Image):
         raise ValueError(f"column {image_column!r} is a {type(dataset.features[image_column]).__name__}, not an Image")
     dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
@@ -366,8 +368,8 @@ def _load_streamed(stream, config: DataConfig, stream_dir: str | Path | None = N
     if features is None:
         raise ValueError(f"dataset {config.dataset!r} does not declare its features when streamed; "
                          "run without streaming")
-    label_column = _find_column(stream, datasets.ClassLabel, config.label_column, "label")
-    image_column = _find_column(stream, datasets.Image, config.image_column, "image")
+    label_column = find_column(stream, datasets.ClassLabel, config.label_column, "label")
+    image_column = find_column(stream, datasets.Image, config.image_column, "image")
     names = list(features[label_column].names)
     _check_classes(config.dataset, names)
     resolved = resolve_class_names(names, config.class_names, numeric_ok=config.numeric_names)

@@ -1,1 +1,2 @@
-"""The Hugging Face Hub: pushing distilled sets, captions and models, their cards, and reading published captions."""
+"""The Hugging Face Hub: `names` (repository names, tokens, retries, errors), `push` (the writers: distilled sets,
+captions, fine-tuned models), `cards` (every card, from `templates/`), `captions` (reading published captions)."""

@@ -160,7 +160,8 @@ def ablate(variants: list[str | Variant], output: str | Path, *, seeds: tuple[in
     from ..core.devices import Processes
     from ..data.sources import load_source
     from .distill import distill
-    from .evaluate import ROBUST_NOTE, EvalConfig, evaluate
+    from .evaluate import EvalConfig, evaluate
+    from .evaluate.results import ROBUST_NOTE
 
     chosen = [v if isinstance(v, Variant) else parse_variant(v) for v in variants]
     names = [v.name for v in chosen]

@@ -73,7 +73,7 @@ def caption_stage(source: SourceDataset, config: DistillConfig, stage: StageDir,
 
     published = None
     if config.caption.from_hub:
-        from ..hub.push import load_published_captions
+        from ..hub.captions import load_published_captions
 
         published = load_published_captions(config.caption.from_hub, class_names=source.class_names)
         published = dict(zip(published["source_index"], published["caption"]))

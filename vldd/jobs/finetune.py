@@ -155,7 +155,7 @@ def load_pairs(config: FinetuneConfig, tokenizer) -> tuple[PairDataset, dict[str
     """
     from ..configs.distill import DataConfig
     from ..data.sources import load_source
-    from ..hub.push import load_published_captions
+    from ..hub.captions import load_published_captions
 
     path = Path(config.captions).expanduser()
     if (path / "manifest.json").is_file():

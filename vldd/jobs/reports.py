@@ -16,7 +16,8 @@ from ..hub.cards import robust_text, size_text
 if TYPE_CHECKING:
     from .ablate import AblationResult
     from .distill import DistillResult
-    from .evaluate import EvalResult, RunResult
+    from .evaluate import EvalResult
+    from .evaluate.results import RunResult
     from .finetune import FinetuneResult
     from .plan import StageEstimate
     from .reproduce import ReproduceResult

@@ -38,7 +38,6 @@ from ..core.runs import atomic_path
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class TeacherResult:
     output: Path
@@ -97,7 +96,15 @@ def train_teacher(config: TeacherConfig, *, progress: bool = False) -> TeacherRe
     from ..data.augment import eval_transform, teacher_train_transform
     from ..data.sources import open_dataset, recognise_source
     from ..models.students import build_student, save_classifier
-    from .evaluate import LabelledImages, _cached_batches, _columns, _loader, _top1, _TorchImages, open_validation
+    from .evaluate.data import (
+        LabelledImages,
+        TorchImages,
+        cached_batches,
+        data_loader,
+        images_and_labels,
+        open_validation,
+    )
+    from .evaluate.train import top1_accuracy
 
     started = time.perf_counter()
     use_cpu = config.device == "cpu" or not torch.cuda.is_available()
@@ -112,10 +119,10 @@ def train_teacher(config: TeacherConfig, *, progress: bool = False) -> TeacherRe
 
     # 1. Data: the real train split, every class; the val split for the per-epoch score.
     train_split = open_dataset(config.real, config.train_split, config.real_config_name, config.real_revision)
-    t_images, names, t_labels = _columns(train_split)
+    t_images, names, t_labels = images_and_labels(train_split)
     val, val_name = open_validation(config.real, config.val_split, config_name=config.real_config_name,
                                     revision=config.real_revision)
-    v_images, v_names, v_labels = _columns(val)
+    v_images, v_names, v_labels = images_and_labels(val)
     check(v_names == names, f"real splits {config.train_split!r} and {val_name!r} have different labels")
     recognition = recognise_source(config.real, t_images, t_images.column_names[0], names)
     logger.info("real dataset %s: %s", config.real, recognition.describe())
@@ -124,8 +131,8 @@ def train_teacher(config: TeacherConfig, *, progress: bool = False) -> TeacherRe
     recipe = recipe_of(config, size, profile.family)
     train = LabelledImages(t_images, list(range(len(t_labels))), [int(v) for v in t_labels])
     test = LabelledImages(v_images, list(range(len(v_labels))), [int(v) for v in v_labels])
-    test_batches = _cached_batches(_loader(test, eval_transform(size), 256 if device.type == "cuda" else 64,
-                                           shuffle=False, seed=config.seed, workers=workers, device=device))
+    test_batches = cached_batches(data_loader(test, eval_transform(size), 256 if device.type == "cuda" else 64,
+                                              shuffle=False, seed=config.seed, workers=workers, device=device))
     per_process = max(1, config.batch_size // world)
 
     # The job seeds torch's global RNG (initialisation, augmentation); the caller's RNG state is restored after.
@@ -163,7 +170,7 @@ def train_teacher(config: TeacherConfig, *, progress: bool = False) -> TeacherRe
             torch.manual_seed(config.seed * 100_003 + epoch * 101 + rank)  # augmentation of this epoch
             share = train.subset(_epoch_order(len(train), config.seed, epoch, rank, world))
             drop_last = len(share) % per_process == 1 and len(share) > 1  # a batch of one breaks batch norm
-            loader = torch.utils.data.DataLoader(_TorchImages(share, transform), batch_size=per_process, shuffle=False,
+            loader = torch.utils.data.DataLoader(TorchImages(share, transform), batch_size=per_process, shuffle=False,
                                                  drop_last=drop_last, num_workers=workers,
                                                  pin_memory=device.type == "cuda")
             total, count = torch.zeros((), device=device), 0
@@ -179,7 +186,7 @@ def train_teacher(config: TeacherConfig, *, progress: bool = False) -> TeacherRe
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             mean_loss = accelerator.reduce(total / max(1, count), reduction="mean").item()
-            top1 = _top1(accelerator.unwrap_model(model), test_batches, device, None)
+            top1 = top1_accuracy(accelerator.unwrap_model(model), test_batches, device, None)
             history.append({"epoch": epoch, "loss": mean_loss, "val_top1": top1, "lr": lr})
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.3f}", val=f"{top1:.1f}")

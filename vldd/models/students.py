@@ -175,7 +175,8 @@ def build_student(name: str, num_classes: int, image_size: int = 224, width: flo
     return resnet18(num_classes, image_size, norm)
 
 
-def count_parameters(model: nn.Module) -> int:
+def num_parameters(model: nn.Module) -> int:
+    """How many parameters a network has (`vldd.models.paper_shapes.count_parameters` counts a `shapes://` id's)."""
     return sum(p.numel() for p in model.parameters())
 
 
