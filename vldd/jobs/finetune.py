@@ -44,7 +44,7 @@ import torch
 
 from .. import __version__
 from ..configs.base import check
-from ..configs.finetune import PRESETS, RESUMABLE_CHANGES, FinetuneConfig, finetune_config
+from ..configs.finetune import PRESETS, RESUMABLE_CHANGES, STAGE_SETTINGS, FinetuneConfig, finetune_config
 from ..core import seeding
 from ..core.devices import hub_kernels_allowed
 from ..hub.cards import MODEL_SUMMARY, render_model_card
@@ -342,14 +342,13 @@ def finetune_settings(config: DistillConfig, run_dir: str | Path, dtype: torch.d
     f, g = config.finetune, config.generation
     if not f.enabled or _model_given(config):
         return None
-    names = ("resolution", "num_train_epochs", "max_train_steps", "train_batch_size", "gradient_accumulation_steps",
-             "learning_rate", "checkpointing_steps")
-    values = {name: getattr(f, name) for name in names if getattr(f, name) is not None}
-    mixed = f.mixed_precision or {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
+    values = {name: getattr(f, name) for name in STAGE_SETTINGS if getattr(f, name) is not None}
+    values.setdefault("mixed_precision", {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no"))
+    values["revision"] = None if "base_model" in values else g.revision
+    values.setdefault("base_model", g.model)
     return finetune_config(config.preset if config.preset in PRESETS else "paper", **values,
                            captions=str(run_dir), output=str(Path(run_dir) / "finetune" / f"seed{config.seed}"),
-                           base_model=f.base_model or g.model, revision=None if f.base_model else g.revision,
-                           seed=config.seed, lora=f.lora, mixed_precision=mixed, hub_kernels=config.hub_kernels)
+                           seed=config.seed, hub_kernels=config.hub_kernels)
 
 
 def _model_given(config: DistillConfig) -> bool:
