@@ -306,7 +306,7 @@ def _save_lora_in_checkpoints(accelerator) -> None:
     accelerator.register_load_state_pre_hook(load)
 
 
-def _micro_step(batch, *, vae, text_encoder, unet, noise_scheduler, generator, weight_dtype, device) -> torch.Tensor:
+def micro_step(batch, *, vae, text_encoder, unet, noise_scheduler, generator, weight_dtype, device) -> torch.Tensor:
     """The recipe's loss on one micro-batch: MSE between the UNet's prediction and the noise (or velocity)."""
     import torch.nn.functional as F
     from diffusers.utils.torch_utils import randn_tensor
@@ -478,7 +478,7 @@ def finetune(config: FinetuneConfig, *, cache_dir: str | Path | None = None, pro
                         g = seeding.generator(config.seed, seeding.FINETUNE_NOISE, epoch, micro, accelerator.process_index)
                         syncing = k == len(group) - 1
                         with nullcontext() if syncing else accelerator.no_sync(unet):  # DDP all-reduces on the last only
-                            loss = _micro_step(batch, vae=vae, text_encoder=text_encoder, unet=unet,
+                            loss = micro_step(batch, vae=vae, text_encoder=text_encoder, unet=unet,
                                                noise_scheduler=noise_scheduler, generator=g,
                                                weight_dtype=weight_dtype, device=device)
                             accelerator.backward(loss / len(group))

@@ -17,6 +17,7 @@ import logging
 import torch
 from PIL import Image
 
+from ..configs.distill import GenerationConfig  # the defaults of the settings below: declared once, there
 from ..core import seeding
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def window_token_ids(tokenizer, text: str, n_windows: int | None = None) -> torc
 PROMPT_CHUNKING = ("official", "windows")
 
 
-def prompt_token_ids(tokenizer, prompts: list[str], negative_prompt: str = "", chunking: str = "official"
+def prompt_token_ids(tokenizer, prompts: list[str], negative_prompt: str = "", chunking: str = GenerationConfig.prompt_chunking
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The token ids the text encoder sees, `model_max_length` (77) at a time, for prompts and the negative prompt.
 
@@ -136,7 +137,7 @@ def prompt_token_ids(tokenizer, prompts: list[str], negative_prompt: str = "", c
 
 
 @torch.no_grad()
-def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "", chunking: str = "official"
+def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "", chunking: str = GenerationConfig.prompt_chunking
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP embeddings of prompts of any length and of the negative prompt, chunk by chunk (`prompt_token_ids`).
 
@@ -161,12 +162,7 @@ def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "", chunking
     return hidden[: len(prompts)], hidden[len(prompts):]
 
 
-def denoising_steps(num_inference_steps: int, strength: float) -> int:
-    """How many denoising steps img2img runs: int(num_inference_steps x strength) (0.7 of 50 = 35)."""
-    return min(int(num_inference_steps * strength), num_inference_steps)
-
-
-def prompt_lengths(tokenizer, prompts: list[str], negative_prompt: str, prompt_chunking: str = "official") -> list[int]:
+def prompt_lengths(tokenizer, prompts: list[str], negative_prompt: str, prompt_chunking: str = GenerationConfig.prompt_chunking) -> list[int]:
     """Each prompt's embedding length (positions), as `encode_prompts` lays it out beside `negative_prompt`."""
     return [prompt_token_ids(tokenizer, [p], negative_prompt, prompt_chunking)[0].shape[1] for p in prompts]
 
@@ -187,9 +183,12 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 @torch.no_grad()
 def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: list[int | tuple[int, ...]], seed: int = 0,
-                    negative_prompt: str = "cartoon, anime, painting", strength: float = 0.7,
-                    num_inference_steps: int = 50, guidance_scale: float = 10.0, eta: float = 0.0,
-                    batch_size: int = 4, output_size: int | None = None, prompt_chunking: str = "official",
+                    negative_prompt: str = GenerationConfig.negative_prompt,
+                    strength: float = GenerationConfig.strength,
+                    num_inference_steps: int = GenerationConfig.num_inference_steps,
+                    guidance_scale: float = GenerationConfig.guidance_scale, eta: float = GenerationConfig.eta,
+                    batch_size: int = GenerationConfig.batch_size, output_size: int | None = None,
+                    prompt_chunking: str = GenerationConfig.prompt_chunking,
                     progress: bool = False) -> list[Image.Image]:
     """Noises each prototype latent and denoises it under its prompt; one image per prototype.
 
@@ -200,7 +199,8 @@ def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: l
         seeds: n keys, each an int or a tuple of ints (the pipeline uses (class, cluster)); image i's generator is
             seeded from (seed, `seeding.IMAGE`, *seeds[i]).
         seed: the run seed.
-        negative_prompt, strength, num_inference_steps, guidance_scale, eta: the img2img settings.
+        negative_prompt, strength, num_inference_steps, guidance_scale, eta: the img2img settings; the defaults
+            are `GenerationConfig`'s (a run passes its config's values).
         batch_size: prototypes per pipeline call.
         output_size: images are resized (bicubic) to output_size x output_size; None keeps the model's size.
         prompt_chunking: how long prompts are encoded: "official" or "windows" (see `prompt_token_ids`).
