@@ -36,7 +36,7 @@ def preprocess(images: list[Image.Image], resolution: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_images(vae, images: list[Image.Image], *, resolution: int, seeds: list[int] | None = None,
-                  seed: int = 0, batch_size: int = 16) -> torch.Tensor:
+                  seed: int = 0, batch_size: int = PrototypeConfig.encode_batch_size) -> torch.Tensor:
     """VAE-encodes images into scaled latents (4 x resolution/8 x resolution/8 for SD v1.5).
 
     Args:
