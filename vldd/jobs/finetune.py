@@ -328,11 +328,12 @@ def micro_step(batch, *, vae, text_encoder, unet, noise_scheduler, generator, we
 
 
 def finetune_settings(config: DistillConfig, run_dir: str | Path, dtype: torch.dtype) -> FinetuneConfig | None:
-    """The `vldd.jobs.finetune.FinetuneConfig` of this run's fine-tuning stage, or None when the run does not fine-tune.
+    """The `FinetuneConfig` (`vldd.configs.finetune`) of this run's fine-tuning stage, or None when the run does not fine-tune.
 
     A run fine-tunes when `finetune.enabled` is set and `generation.model` is still the preset's model: a model given
     explicitly (`--diffusion-model`, or a `--lora`) is used as is. Settings left None take the recipe's values
-    (`vldd.jobs.finetune.PRESETS`, by the same preset name); the mixed precision follows the run's dtype.
+    (`vldd.configs.finetune.PRESETS`, by the same preset name: `STAGE_SETTINGS` the run sets win); the resolution
+    is the resolved run's, the mixed precision follows the run's dtype.
 
     Args:
         config: a `vldd distill` run, resolved (`DistillConfig.resolve`).
