@@ -1,8 +1,8 @@
 """`vldd` command line: a thin layer that turns flags into configs and calls the library.
 
 Every field of a job's config dataclass is a flag (`--ipc`, `--generation.guidance_scale 8`, `--learning-rate`, ...),
-made by one generator (`add_config_flags`) whose help texts are the fields' comments; a YAML file given with
-`--config` holds a whole run and flags override it. Each subcommand is a `_add_<name>` builder listed in `COMMANDS`.
+made by one generator (`vldd.cli.flags.add_config_flags`) whose help texts are the fields' comments; a YAML file
+given with `--config` holds a whole run and flags override it. Each subcommand is a `_add_<name>` builder listed in `COMMANDS`.
 Bad input ends in one line, `vldd: error: ...`, and exit code 2 (`-v` adds the traceback).
 """
 
