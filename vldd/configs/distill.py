@@ -140,6 +140,9 @@ class TextPrototypeConfig:
                f"`text.fallback` must be 'nearest' or 'class_name', got {self.fallback!r}")
 
 
+PROMPT_CHUNKING = ("official", "windows")  # how long prompts are encoded (`vldd.stages.generate.prompt_token_ids`)
+
+
 def denoising_steps(num_inference_steps: int, strength: float) -> int:
     """How many denoising steps img2img runs: int(num_inference_steps x strength) (0.7 of 50 = 35), at most all."""
     return min(int(num_inference_steps * strength), num_inference_steps)
@@ -172,7 +175,7 @@ class GenerationConfig:
                "leaves no denoising step")
         check(self.guidance_scale >= 0, f"`generation.guidance_scale` must be >= 0, got {self.guidance_scale}")
         check(self.batch_size >= 1, f"`generation.batch_size` must be >= 1, got {self.batch_size}")
-        check(self.prompt_chunking in ("official", "windows"),
+        check(self.prompt_chunking in PROMPT_CHUNKING,
                f"`generation.prompt_chunking` must be 'official' or 'windows', got {self.prompt_chunking!r}")
         check(self.output_size is None or self.output_size >= 8,
                f"`generation.output_size` must be >= 8 pixels or None, got {self.output_size}")

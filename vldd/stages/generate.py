@@ -17,7 +17,8 @@ import logging
 import torch
 from PIL import Image
 
-from ..configs.distill import GenerationConfig  # the defaults of the settings below: declared once, there
+# the settings' defaults and choices: declared once, in the config
+from ..configs.distill import PROMPT_CHUNKING, GenerationConfig
 from ..core import seeding
 
 logger = logging.getLogger(__name__)
@@ -95,11 +96,8 @@ def window_token_ids(tokenizer, text: str, n_windows: int | None = None) -> torc
     return torch.tensor(rows, dtype=torch.long)
 
 
-PROMPT_CHUNKING = ("official", "windows")
-
-
-def prompt_token_ids(tokenizer, prompts: list[str], negative_prompt: str = "", chunking: str = GenerationConfig.prompt_chunking
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_token_ids(tokenizer, prompts: list[str], negative_prompt: str = "",
+                     chunking: str = GenerationConfig.prompt_chunking) -> tuple[torch.Tensor, torch.Tensor]:
     """The token ids the text encoder sees, `model_max_length` (77) at a time, for prompts and the negative prompt.
 
     "official" is the paper's `get_pipeline_embeds` (docs/faithfulness.md, "Long prompts"): each text is tokenized with
@@ -137,8 +135,8 @@ def prompt_token_ids(tokenizer, prompts: list[str], negative_prompt: str = "", c
 
 
 @torch.no_grad()
-def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "", chunking: str = GenerationConfig.prompt_chunking
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "",
+                   chunking: str = GenerationConfig.prompt_chunking) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP embeddings of prompts of any length and of the negative prompt, chunk by chunk (`prompt_token_ids`).
 
     Each chunk of `model_max_length` ids goes through the text encoder on its own; the last hidden states are
@@ -162,7 +160,8 @@ def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "", chunking
     return hidden[: len(prompts)], hidden[len(prompts):]
 
 
-def prompt_lengths(tokenizer, prompts: list[str], negative_prompt: str, prompt_chunking: str = GenerationConfig.prompt_chunking) -> list[int]:
+def prompt_lengths(tokenizer, prompts: list[str], negative_prompt: str,
+                   prompt_chunking: str = GenerationConfig.prompt_chunking) -> list[int]:
     """Each prompt's embedding length (positions), as `encode_prompts` lays it out beside `negative_prompt`."""
     return [prompt_token_ids(tokenizer, [p], negative_prompt, prompt_chunking)[0].shape[1] for p in prompts]
 
