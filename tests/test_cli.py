@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from vldd.cli import commands as cli
-from vldd.cli.commands import build_parser, config_fields, main
+from vldd.cli.commands import build_parser, main
+from vldd.cli.flags import config_fields, module_comments
 from vldd.configs.distill import DistillConfig
+from vldd.configs.teacher import TeacherConfig
 from vldd.core import runs
 from vldd.core.runs import LOCK, RunDirBusyError, run_dir_lock
 from vldd.jobs.evaluate import EvalConfig
@@ -48,10 +50,9 @@ def flattened(cls, prefix=""):
             yield f"{prefix}{f.name}", hints[f.name], default
 
 
-@pytest.mark.parametrize(("module", "cls"), [("configs.distill", DistillConfig), ("configs.evaluate", EvalConfig),
-                                             ("configs.finetune", FinetuneConfig)])
-def test_fields_read_from_source_are_the_dataclasses_fields(module, cls):
-    read = {f.name: f for f in config_fields(module, cls.__name__)}
+@pytest.mark.parametrize("cls", [DistillConfig, EvalConfig, FinetuneConfig, TeacherConfig])
+def test_flags_are_the_dataclasses_fields_each_with_its_comment(cls):
+    read = {f.name: f for f in config_fields(cls)}
     real = list(flattened(cls))
     assert list(read) == [name for name, _, _ in real]
     for name, kind, default in real:
@@ -59,6 +60,25 @@ def test_fields_read_from_source_are_the_dataclasses_fields(module, cls):
         assert read[name].help, f"{cls.__name__}.{name} has no comment to serve as its help"
         if read[name].default is not dataclasses.MISSING:
             assert read[name].default == default, name
+
+
+def test_comments_are_read_from_the_source_end_of_line_or_above():
+    comments = module_comments("vldd.configs.distill")
+    assert comments["GenerationConfig"]["guidance_scale"] == "classifier-free guidance (D4M: 8)"
+    # a comment block right above a field, joined; the field's own line has none
+    assert comments["DataConfig"]["numeric_names"].startswith("class names that are only digits (\"00000\", as the")
+    assert comments["DataConfig"]["numeric_names"].endswith("give the real names with `data.class_names` instead")
+    assert "profile" not in comments["DistillConfig"]  # statements in methods are not fields
+    assert set(comments["TextPrototypeConfig"]) == {"top_k", "common_threshold", "fallback", "mode"}
+
+
+def test_fine_tuning_stage_flags_take_their_help_from_the_recipe():
+    read = {f.name: f for f in config_fields(DistillConfig)}
+    recipe = {f.name: f for f in config_fields(FinetuneConfig)}
+    assert read["finetune.learning_rate"].help == f"{recipe['learning_rate'].help}; None = the recipe's (paper: 1e-05)"
+    assert read["finetune.resolution"].help.startswith(recipe["resolution"].help + "; None = derived")
+    assert read["finetune.learning_rate"].kind == float | None and read["finetune.learning_rate"].default is None
+    assert read["finetune.enabled"].kind is bool and read["finetune.enabled"].default is True
 
 
 def test_help_shows_meaning_default_and_choices(capsys):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from vldd.configs.distill import denoising_steps
 from vldd.models.tiny import clip_tokenizer
 from vldd.stages.generate import (
-    denoising_steps,
     encode_prompts,
     generate_images,
     load_pipeline,

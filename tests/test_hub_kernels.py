@@ -64,7 +64,7 @@ def test_allowed_only_when_asked_for_and_online(monkeypatch):
 def test_the_entry_points_turn_off_the_lazily_loaded_kernels_unless_asked_for_and_online(monkeypatch):
     import huggingface_hub
 
-    from vldd.cli.commands import hub_kernels_for_process
+    from vldd.core.devices import hub_kernels_for_process
 
     hub_kernels_for_process(True)  # offline (conftest): off even when asked for
     assert os.environ.pop("USE_HUB_KERNELS") == "0"

@@ -19,7 +19,8 @@ LAYERS = [
     {"data", "models"},  # sources and class names; the offline model factories and the students
     {"stages", "hub"},  # VLCP's stages on tensors and text; the Hub writer, cards and captions reader
     {"jobs"},  # what a user runs: distill, finetune, evaluate, teacher, plan, reproduce, ablate
-    {"cli", "app"},  # the two front ends
+    {"app"},  # the Gradio app and its Space
+    {"cli"},  # the `vldd` command (`vldd app` serves the app)
     {"__main__"},  # `python -m vldd` runs the CLI
 ]
 

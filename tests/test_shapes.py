@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vldd.models.paper_shapes import count_parameters, llava_tokenizer, parse_shape_id
+from vldd.models.paper_shapes import component_parameters, llava_tokenizer, parse_shape_id
 from vldd.models.registry import resolve_model
 from vldd.stages.caption import load_captioner
 
@@ -13,11 +13,11 @@ REDUCED = "shapes://llava-1.5-7b?layers=1&vision_layers=1"
 
 def test_parameter_counts_are_the_published_ones():
     # Counted on the meta device: nothing is allocated, so the full 7B model is counted in a second.
-    assert count_parameters("shapes://sd15") == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
-    full = count_parameters("shapes://llava-1.5-7b")
+    assert component_parameters("shapes://sd15") == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+    full = component_parameters("shapes://llava-1.5-7b")
     assert full["model"] == 7_063_427_072
     # A depth-reduced variant differs from the full model by exactly the layers it drops.
-    two = count_parameters("shapes://llava-1.5-7b?layers=2&vision_layers=3")
+    two = component_parameters("shapes://llava-1.5-7b?layers=2&vision_layers=3")
     assert full["model"] - two["model"] == 30 * full["language_layer"] + 21 * full["vision_layer"]
     assert full["language_layer"] == 202_383_360  # 4 x 4096^2 attention + 3 x 4096 x 11008 MLP + 2 norms
 
@@ -55,7 +55,7 @@ def test_reduced_llava_loads_like_the_real_one_and_runs(tmp_path):
     assert path.startswith(str(tmp_path / "shapes"))
     captioner = load_captioner(REDUCED, cache_dir=tmp_path)
     model, processor = captioner.model, captioner.processor
-    assert sum(p.numel() for p in model.parameters()) == count_parameters(REDUCED)["model"]
+    assert sum(p.numel() for p in model.parameters()) == component_parameters(REDUCED)["model"]
     assert model.dtype == torch.float32  # stored in fp16, cast to what the loader asked for
     image = Image.new("RGB", (400, 300), (120, 30, 200))
     inputs = processor(images=[image], text=["USER: <image>\nDescribe it. ASSISTANT:"], return_tensors="pt")

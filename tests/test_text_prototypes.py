@@ -68,21 +68,23 @@ def test_select_text_prototypes_hand_worked():
 
 def test_outliers_take_no_part():
     # with the outlier counted as an inlier of cluster 1, "stripes" (3) would top cluster 1 and win
-    as_inlier = select_text_prototypes(DESCRIPTIONS, ASSIGNMENT[:-1] + [1], "golden retriever", top_k=2)
+    as_inlier = select_text_prototypes(DESCRIPTIONS, ASSIGNMENT[:-1] + [1], "golden retriever", top_k=2,
+                                      common_threshold=0.7)
     assert as_inlier[1].prompt == DESCRIPTIONS[5]
-    chosen = select_text_prototypes(DESCRIPTIONS, ASSIGNMENT, "golden retriever", top_k=2)
+    chosen = select_text_prototypes(DESCRIPTIONS, ASSIGNMENT, "golden retriever", top_k=2, common_threshold=0.7)
     assert all("stripes" not in dict(c.top_words) for c in chosen)
 
 
 @pytest.mark.parametrize("fallback, expected", [("nearest", "The dog is here."), ("class_name", "golden retriever")])
 def test_all_zero_scores_fall_back_instead_of_an_empty_prompt(fallback, expected):
     descriptions = ["The dog.", "The dog is here.", "A dog."]  # only stopwords and the class-common "dog"
-    chosen = select_text_prototypes(descriptions, [0, 0, 0], "golden retriever", fallback=fallback, nearest=[1])
+    chosen = select_text_prototypes(descriptions, [0, 0, 0], "golden retriever", fallback=fallback, nearest=[1],
+                                    common_threshold=0.7)
     assert chosen[0].prompt == expected and chosen[0].fallback == fallback and chosen[0].score == 0
 
 
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="3 descriptions for 2"):
-        select_text_prototypes(["a", "b", "c"], [0, 0], "x")
+        select_text_prototypes(["a", "b", "c"], [0, 0], "x", common_threshold=0.7)
     with pytest.raises(ValueError, match="'medoid'"):
-        select_text_prototypes(["a"], [0], "x", fallback="medoid")
+        select_text_prototypes(["a"], [0], "x", fallback="medoid", common_threshold=0.7)

@@ -2,7 +2,7 @@
 
 Example:
     >>> from vldd import distill, load_config
-    >>> result = distill(load_config(overrides={"preset": "models.tiny", "output": "runs/tiny", "ipc": 2}))
+    >>> result = distill(load_config(overrides={"preset": "tiny", "output": "runs/tiny", "ipc": 2}))
     >>> result.dataset  # a datasets.Dataset: image, label, prompt, ...
 
 The public names below are imported on first use, so `import vldd` (and `vldd --help`) does not load torch.

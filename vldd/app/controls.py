@@ -77,7 +77,7 @@ MAX_TEXT = 200  # characters in any text the app reads (dataset, classes, captio
 NAME = re.compile(r"[\w.\-]{1,64}")  # a configuration or split name
 
 
-def _int(value, name: str) -> int:
+def parse_int(value, name: str) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
@@ -144,7 +144,7 @@ def run_config(space: SpaceConfig, run_dir: str | Path, *, dataset: str, classes
     for name, value in controls.items():
         if value is None or value == "":
             continue
-        number = _int(value, name) if name in WHOLE else _float(value, name)
+        number = parse_int(value, name) if name in WHOLE else _float(value, name)
         values = merge(values, nested(CONTROL_FIELDS[name], number))
     values = merge(values, {
         "output": str(run_dir),
@@ -170,7 +170,7 @@ def check_selection(space: SpaceConfig, classes: list[str] | None, images_per_cl
         LimitError: naming every value over its limit and the allowed maximum.
     """
     lim = space.limits
-    images = _int(images_per_class if images_per_class not in (None, "") else lim.max_images_per_class,
+    images = parse_int(images_per_class if images_per_class not in (None, "") else lim.max_images_per_class,
                   "images_per_class")
     check(images >= 1, f"source images per class must be at least 1, got {images}")
     over = []
@@ -195,7 +195,7 @@ def estimate_run_seconds(config: DistillConfig, stages: tuple[str, ...], gpu_sec
     Args:
         gpu_seconds: the preset's per-unit estimates (`PresetSpec.gpu_seconds`: load, caption, encode, step).
     """
-    from ..stages.generate import denoising_steps
+    from ..configs.distill import denoising_steps
 
     s, g = gpu_seconds, config.generation
     classes = len(config.data.classes or [])

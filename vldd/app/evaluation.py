@@ -10,10 +10,10 @@ from typing import Any
 
 from ..configs.base import check
 from ..core.runs import read_json
-from .controls import _int
+from ..data.sources import is_hub_dataset
+from .controls import parse_int
 from .gpu import LimitError
 from .settings import SpaceConfig
-from .sources import is_hub_id
 
 
 def evaluation_available() -> bool:
@@ -36,7 +36,7 @@ def prepare_eval_data(run_dir: str | Path, dest: str | Path, per_class: int, bas
 
     data = load_config(Path(run_dir) / "config.yaml").data
     dest = Path(dest)
-    streaming = is_hub_id(data.dataset)
+    streaming = is_hub_dataset(data.dataset)
 
     def copy(split: str):
         from ..data.sources import load_source
@@ -67,7 +67,7 @@ def prepare_eval_data(run_dir: str | Path, dest: str | Path, per_class: int, bas
 def eval_settings(space: SpaceConfig, epochs, random_baseline: bool) -> dict[str, Any]:
     """The quick evaluation's EvalConfig values, with `epochs` checked against the limit."""
     e = space.evaluation
-    epochs = _int(epochs, "epochs")
+    epochs = parse_int(epochs, "epochs")
     check(epochs >= 1, f"`epochs` must be >= 1, got {epochs}")
     if epochs > e["max_epochs"]:
         raise LimitError(f"{epochs} epochs asked for; this Space's quick evaluation allows at most {e['max_epochs']}")

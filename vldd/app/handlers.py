@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..data.sources import is_hub_dataset
 from ..hub.names import HubError
 from ..jobs.distill import run_fingerprints
 from . import evaluation, sources, views
@@ -122,7 +123,7 @@ class Handlers:
         return run_config(self.s.space, run_dir, dataset=dataset, streaming=self._streams(dataset), **given)
 
     def _streams(self, dataset: str) -> bool:
-        return bool(self.s.space.defaults["stream_hub_datasets"]) and sources.is_hub_id(dataset)
+        return bool(self.s.space.defaults["stream_hub_datasets"]) and is_hub_dataset(dataset)
 
     def _tier(self, profile) -> str | None:
         return space_gpu.visitor_tier(profile) if self.s.zero_gpu else None

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .controls import _int
+from .controls import parse_int
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ def suggest_repo(dataset: str, ipc, username: str | None) -> str:
     """`<user>/<source>-vldd-ipc<N>` (a bare name without a user: the push puts it in the signed-in account)."""
     from ..hub.names import source_short_name
 
-    name = f"{source_short_name(dataset or 'sample')}-vldd-ipc{_int(ipc or 1, 'ipc')}"
+    name = f"{source_short_name(dataset or 'sample')}-vldd-ipc{parse_int(ipc or 1, 'ipc')}"
     return f"{username}/{name}" if username else name
 
 

@@ -8,7 +8,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.devices import hub_kernels_allowed
 from .controls import run_config
 from .models import ModelCache
 from .publish import oauth_mode
@@ -81,10 +80,3 @@ def preload(settings: AppSettings) -> None:
     for name in space.offered(True):
         settings.models.preload(run_config(space, settings.root / "preload", dataset="sample", classes=["0"],
                                            preset=name, ipc=1))
-
-
-def hub_kernels_for_process(settings: AppSettings) -> None:
-    """Hub kernels stay off (USE_HUB_KERNELS=0, read by a few transformers layers process-wide) unless a preset sets
-    `hub_kernels: true` and the Hub is online; the CLI sets it the same way for its commands."""
-    if not hub_kernels_allowed(any(p.config().hub_kernels for p in settings.space.presets.values())):
-        os.environ["USE_HUB_KERNELS"] = "0"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..core.devices import hub_kernels_for_process
 from .flags import add_flags
-from .runtime import default_settings, hub_kernels_for_process, preload
+from .runtime import default_settings, preload
 from .ui import build_demo, launch_kwargs
 
 DESCRIPTION = "serve vldd's Gradio app (the same app that runs as a Hugging Face Space)"
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> None:
     settings = default_settings(args.config, host=args.host, share=args.share,
                                 allow_local_paths=args.allow_local_paths, cache_dir=args.cache_dir)
     # Hub kernels: off unless a preset sets `hub_kernels: true` (and the Hub is online), for the lazily loaded ones too
-    hub_kernels_for_process(settings)
+    hub_kernels_for_process(any(p.config().hub_kernels for p in settings.space.presets.values()))
     if settings.zero_gpu:
         preload(settings)
     demo = build_demo(settings)

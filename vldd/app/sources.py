@@ -79,11 +79,6 @@ def check_captions_source(captions_from: str | None, *, allow_local_paths: bool)
     check_hub_id(captions_from, "captions_from")
 
 
-def is_hub_id(dataset: str) -> bool:
-    """Whether `dataset` names a Hub dataset (not the sample, not a local folder)."""
-    return dataset != "sample" and not Path(dataset).expanduser().exists()
-
-
 @dataclass
 class DatasetOverview:
     class_names: list[str]  # every class of the dataset

@@ -1,37 +1,37 @@
 """`vldd` command line: a thin layer that turns flags into configs and calls the library.
 
 Every field of a job's config dataclass is a flag (`--ipc`, `--generation.guidance_scale 8`, `--learning-rate`, ...),
-made by one generator (`add_config_flags`) whose help texts are the fields' comments; a YAML file given with
-`--config` holds a whole run and flags override it. Each subcommand is a `_add_<name>` builder listed in `COMMANDS`.
+made by one generator (`vldd.cli.flags.add_config_flags`) whose help texts are the fields' comments; a YAML file
+given with `--config` holds a whole run and flags override it. Each subcommand is a `_add_<name>` builder listed in `COMMANDS`.
 Bad input ends in one line, `vldd: error: ...`, and exit code 2 (`-v` adds the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
-import dataclasses
 import functools
-import importlib.util
+import importlib
 import logging
 import os
 import sys
 import traceback
-import types
-import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ..configs import distill as cfg
+from ..configs import evaluate as eval_cfg
+from ..configs import finetune as ft_cfg
 from ..configs.base import merge, read_yaml
+from ..configs.teacher import TeacherConfig
+from ..core.devices import hub_kernels_for_process
 from ..core.runs import RunDirBusyError, check_output_dir, run_dir_lock
 from ..jobs import reports
+from .flags import Parser, add_config_flags, config_fields, given, nested
 
-# Nothing here imports torch, diffusers, transformers or datasets at module level: `vldd --help` and
-# `vldd <command> --help` read the config dataclasses from their source (see `config_fields`), so they start in a
-# fraction of a second; each command imports what it needs when it runs.
+# Nothing here imports torch, diffusers, transformers or datasets at module level: the config modules are plain
+# Python, so `vldd --help` and `vldd <command> --help` start in a fraction of a second; each command imports what it
+# needs when it runs.
 
 logger = logging.getLogger("vldd")
 
@@ -41,165 +41,22 @@ ALIASES = {"dataset": "data.dataset", "classes": "data.classes", "split": "data.
            "diffusion_model": "generation.model", "lora": "generation.lora"}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:
-        # One line: the usage of a command with ~60 flags would bury the message.
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+def _command(sub, name: str, summary: str, details: str = "", *, func: Callable[[argparse.Namespace], int],
+             **defaults) -> argparse.ArgumentParser:
+    """Adds the subcommand `name`: its one-line help `summary`, its description (the summary, then `details`) and
+    the handler `func` that runs it (with `defaults`, more values set on `args`)."""
+    p = sub.add_parser(name, help=summary, description=f"{summary}. {details}" if details else summary)
+    p.set_defaults(func=func, **defaults)
+    return p
 
 
-def _parse_value(kind, text: str):
-    origin = typing.get_origin(kind)
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    if text.lower() in ("none", "null") and type(None) in typing.get_args(kind):
-        return None
-    if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        return _parse_value(args[0], text)
-    if origin is list or (args and typing.get_origin(args[0]) is list):
-        return [int(t) if t.strip().isdigit() else t.strip() for t in text.split(",") if t.strip()]
-    if kind is bool:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-        return text.lower() in ("true", "1", "yes")
-    try:
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-    return text
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Flags generated from the config dataclasses
-
-
-@dataclasses.dataclass(frozen=True)
-class ConfigField:
-    """One field of a config dataclass, as its source declares it."""
-
-    name: str  # dotted below a section: "generation.guidance_scale"
-    kind: Any  # the annotation, evaluated: int, float | None, list[str | int] | None, ...
-    default: Any  # the declared default when it is a literal or a module constant; MISSING otherwise
-    help: str  # the field's end-of-line comment
-
-
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "None": None}
-
-
-@functools.cache
-def _module_source(module: str) -> tuple[ast.Module, list[str]]:
-    """`vldd.<module>`'s syntax tree and source lines, read without importing the module."""
-    text = Path(importlib.util.find_spec(f"vldd.{module}").origin).read_text()
-    return ast.parse(text), text.splitlines()
-
-
-def _comment(node: ast.stmt, lines: list[str]) -> str:
-    """A field's comment: the end-of-line one (`x: int = 3  # this`), else the comment lines right above it."""
-    rest = lines[node.end_lineno - 1][node.end_col_offset:].strip()
-    if rest.startswith("#"):
-        return rest[1:].strip()
-    above, row = [], node.lineno - 2
-    while row >= 0 and lines[row].strip().startswith("#"):
-        above.insert(0, lines[row].strip()[1:].strip())
-        row -= 1
-    return " ".join(above)
-
-
-def _literal(node: ast.expr | None, constants: dict[str, Any]) -> Any:
-    if isinstance(node, ast.Name):
-        return constants.get(node.id, dataclasses.MISSING)
-    try:
-        return ast.literal_eval(node) if node is not None else dataclasses.MISSING
-    except (ValueError, TypeError):  # not a literal: a call such as field(default_factory=...)
-        return dataclasses.MISSING
-
-
-@functools.cache
-def module_constants(module: str) -> dict[str, Any]:
-    """`vldd.<module>`'s top-level `NAME = <literal>` constants (a dict whose values are not literals: its keys)."""
-    tree, _ = _module_source(module)
-    constants: dict[str, Any] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
-            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
-            if isinstance(target, ast.Name):
-                value = _literal(node.value, constants)
-                if value is dataclasses.MISSING and isinstance(node.value, ast.Dict):
-                    value = {_literal(k, constants): None for k in node.value.keys}
-                if value is not dataclasses.MISSING:
-                    constants[target.id] = value
-    return constants
-
-
-@functools.cache
-def config_fields(module: str, cls: str) -> tuple[ConfigField, ...]:
-    """The fields of the dataclass `cls` of `vldd.<module>`, from its source (so no model library is imported).
-
-    A field whose type is another dataclass of the module (a `DistillConfig` section) is expanded into that
-    class's fields, named "section.field".
-    """
-    tree, lines = _module_source(module)
-    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
-    fields: list[ConfigField] = []
-    for node in classes[cls].body:
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
-            continue
-        name, annotation = node.target.id, ast.unparse(node.annotation)
-        if annotation in classes:
-            fields += [dataclasses.replace(f, name=f"{name}.{f.name}") for f in config_fields(module, annotation)]
-        else:
-            try:
-                kind = eval(annotation, {"__builtins__": {}}, _TYPES)  # our own source: builtins and unions only
-            except NameError as err:
-                raise TypeError(f"{cls}.{name}: a flag's type must be built from {sorted(_TYPES)}, got "
-                                f"{annotation!r}") from err
-            fields.append(ConfigField(name, kind, _literal(node.value, module_constants(module)),
-                                      _comment(node, lines)))
-    return tuple(fields)
-
-
-class _Extend(argparse.Action):
-    """Appends a list flag's parsed values (each a list) to what earlier occurrences gave."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        items = list(getattr(namespace, self.dest) or [])
-        for value in values if self.nargs == "+" else [values]:
-            items.extend(value if isinstance(value, list) else [value])
-        setattr(namespace, self.dest, items)
-
-
-def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, fields: Sequence[ConfigField], *,
-                     dest: str, flags: Callable[[str], list[str]], switches: bool = False,
-                     metavars: dict[str, str] | None = None, choices: dict[str, Sequence[str]] | None = None,
-                     required: Sequence[str] = (), several: Sequence[str] = ()) -> None:
-    """Adds one flag per config field, its help the field's comment; every command's settings go through here.
-
-    Values land in `args` as `"<dest>:<field name>"` (None when the flag is not given, so that a YAML file or a
-    preset underneath keeps its value). Booleans are `--x/--no-x` switches when `switches`, else `--x true|false`.
-    List fields take comma-separated values and may be repeated; those named in `several` also take several
-    space-separated values (`--distilled a b c`).
-    """
-    metavars, choices = metavars or {}, choices or {}
-    for f in fields:
-        text = f.help
-        if f.default is not dataclasses.MISSING and f.default is not None and f.default != []:
-            text += f" (default: {f.default})"
-        options: dict[str, Any] = {"dest": f"{dest}:{f.name}", "default": None, "help": text.replace("%", "%%"),
-                                   "required": f.name in required}
-        if f.kind is bool and switches:
-            options["action"] = argparse.BooleanOptionalAction
-        else:
-            options["type"] = functools.partial(_parse_value, f.kind)
-            options["metavar"] = ("{" + ",".join(choices[f.name]) + "}" if f.name in choices
-                                  else metavars.get(f.name, "VALUE"))
-            members = [a for a in typing.get_args(f.kind) or (f.kind,) if a is not type(None)]
-            if f.name in several or typing.get_origin(members[0]) is list:  # `str | list[str]` is a str on the CLI
-                options["action"] = _Extend  # comma-separated, and the flag may be repeated
-                if f.name in several:
-                    options["nargs"] = "+"
-        parser.add_argument(*flags(f.name), **options)
+def _dashed_flags(parser: argparse.ArgumentParser, cls: type, dest: str, spellings: dict[str, list[str]] | None = None,
+                  **options) -> None:
+    """One `--field-name` flag per field of the config `cls` (booleans as --x/--no-x switches), or the `spellings`
+    given for a field; `options` as `add_config_flags` takes them."""
+    spellings = spellings or {}
+    add_config_flags(parser, config_fields(cls), dest=dest, switches=True,
+                     flags=lambda name: spellings.get(name, [f"--{name.replace('_', '-')}"]), **options)
 
 
 def _run_flags(parser: argparse.ArgumentParser) -> None:
@@ -207,10 +64,10 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="YAML", help="YAML file holding a whole run; flags override it")
     group = parser.add_argument_group("run settings (defaults: the paper preset's; --preset tiny changes some)")
     reverse = {v: k for k, v in ALIASES.items()}
-    add_config_flags(group, config_fields("configs.distill", "DistillConfig"), dest="cfg",
+    add_config_flags(group, config_fields(cfg.DistillConfig), dest="cfg",
                      flags=lambda name: [f"--{name}"] + ([f"--{reverse[name].replace('_', '-')}"]
                                                          if name in reverse else []),
-                     choices={"preset": list(module_constants("configs.distill")["PRESETS"])},
+                     choices={"preset": list(cfg.PRESETS)},
                      metavars={"output": "DIR", "data.dataset": "ID|DIR", "caption.model": "ID|DIR",
                                "generation.model": "ID|DIR", "generation.lora": "ID|DIR"})
     group.add_argument("--no-finetune", dest="cfg:finetune.enabled", action="store_const", const=False,
@@ -223,21 +80,8 @@ def _print(lines: list[str]) -> None:
         print(line)
 
 
-def _nested(args: argparse.Namespace, dest: str) -> dict:
-    """The flags given under `dest` (`"<dest>:a.b"`) as nested overrides ({"a": {"b": value}})."""
-    overrides: dict = {}
-    for key, value in vars(args).items():
-        if key.startswith(f"{dest}:") and value is not None:
-            node = overrides
-            *parents, leaf = key[len(dest) + 1:].split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-    return overrides
-
-
 def config_from_args(args: argparse.Namespace) -> cfg.DistillConfig:
-    overrides = _nested(args, "cfg")
+    overrides = nested(args, "cfg")
     run_config = Path(overrides.get("output", "")) / "config.yaml"
     path = args.config
     if path is None and overrides.get("output") and run_config.is_file() and getattr(args, "reuse_config", False):
@@ -273,19 +117,6 @@ def _cache_dir_flag(parser: argparse.ArgumentParser, default: str | None = None)
                         help="where the tiny preset's models are built (default: $VLDD_CACHE or ~/.cache/vldd)")
 
 
-def hub_kernels_for_process(requested: bool) -> None:
-    """Unless Hub kernels were asked for and the Hub is online, sets USE_HUB_KERNELS=0 for this process.
-
-    vldd's loaders choose per call (`use_kernels=`), but a few transformers layers (FP8 and NVFP4 quantized weights,
-    some mixture-of-experts) fetch their kernel from the Hub on first use, reading only this process-wide variable;
-    so the entry points (this CLI and app.py) set it, and the library never touches the environment.
-    """
-    from ..core.devices import hub_kernels_allowed
-
-    if not hub_kernels_allowed(requested):
-        os.environ["USE_HUB_KERNELS"] = "0"
-
-
 def _run_stages(stages):
     def run(args):
         config = config_from_args(args)
@@ -305,7 +136,7 @@ def _run_stages(stages):
 
 
 def _add_stage_commands(sub):
-    stages_of = module_constants("jobs.distill")["STAGE_COMMANDS"]
+    stages_of = cfg.STAGE_COMMANDS
     entries = {
         "distill": (None, "run every stage: caption, fine-tune, prototypes, text prototypes, generate, write the "
                           "dataset"),
@@ -315,10 +146,9 @@ def _add_stage_commands(sub):
                            "every earlier stage)"),
     }
     for name, (stages, help_text) in entries.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = _command(sub, name, help_text, func=_run_stages(stages), reuse_config=name != "distill")
         _run_flags(p)
         _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
-        p.set_defaults(func=_run_stages(stages), reuse_config=name != "distill")
 
 
 def _push(args) -> int:
@@ -341,9 +171,8 @@ def _push(args) -> int:
 
 
 def _add_push(sub):
-    help_text = "publish a run's distilled set (or, with --captions, its captions) to the Hugging Face Hub"
-    p = sub.add_parser("push", help=help_text, description=f"{help_text}. The token comes from HF_TOKEN, else "
-                       "from `hf auth login`; it needs write access.")
+    p = _command(sub, "push", "publish a run's distilled set (or, with --captions, its captions) to the Hugging Face "
+                 "Hub", "The token comes from HF_TOKEN, else from `hf auth login`; it needs write access.", func=_push)
     p.add_argument("run_dir", help="run directory (holds manifest.json, dataset/ and captions/)")
     p.add_argument("--repo", metavar="NAMESPACE/NAME", help="target dataset repository (a bare NAME goes to your "
                    "namespace); default <you>/<source>-vldd-ipc<N>, or <you>/<source>-vldd-captions with --captions")
@@ -353,13 +182,12 @@ def _add_push(sub):
     p.add_argument("--default", action="store_true",
                    help="make this configuration the one load_dataset(repo) loads (the first one pushed always is)")
     p.add_argument("--max-shard-size", metavar="SIZE", help="largest parquet shard, e.g. 500MB (the default)")
-    p.set_defaults(func=_push)
 
 
 def _evaluate(args) -> int:
     from ..jobs.evaluate import EvalConfig, evaluate
 
-    values = {k[5:]: v for k, v in vars(args).items() if k.startswith("eval:") and v is not None}
+    values = given(args, "eval")
     config = EvalConfig(**values)
     if config.output is not None and Path(config.output).is_dir():
         raise ValueError(f"--output {config.output!r} is a directory; expected the results JSON file to write")
@@ -373,38 +201,29 @@ def _evaluate(args) -> int:
 
 
 def _add_evaluate(sub):
-    help_text = "score a distilled set: train students on it and test them on real images (hard or soft labels)"
-    p = sub.add_parser("evaluate", help=help_text, description=f"{help_text}. Defaults are the protocols' published "
-                       "settings; see vldd/jobs/evaluate.py (EvalConfig).")
-    constants = module_constants("configs.evaluate")
-    add_config_flags(p, config_fields("configs.evaluate", "EvalConfig"), dest="eval", switches=True,
-                     flags=lambda name: ["--baseline"] if name == "baselines" else [f"--{name.replace('_', '-')}"],
-                     choices={"protocol": constants["PROTOCOLS"], "baselines": constants["BASELINES"]},
-                     metavars={"distilled": "RUN_DIR|ID|DIR", "real": "ID|DIR", "output": "JSON",
-                               "class_names": "FILE", "teacher_class_names": "FILE", "teacher": "FILE|ID"},
-                     several=["distilled", "baselines"])
-    p.set_defaults(func=_evaluate)
+    p = _command(sub, "evaluate", "score a distilled set: train students on it and test them on real images (hard or "
+                 "soft labels)", "Defaults are the protocols' published settings; see vldd/configs/evaluate.py "
+                 "(EvalConfig).", func=_evaluate)
+    _dashed_flags(p, eval_cfg.EvalConfig, "eval", spellings={"baselines": ["--baseline"]},
+                  choices={"protocol": eval_cfg.PROTOCOLS, "baselines": eval_cfg.BASELINES},
+                  metavars={"distilled": "RUN_DIR|ID|DIR", "real": "ID|DIR", "output": "JSON", "class_names": "FILE",
+                            "teacher_class_names": "FILE", "teacher": "FILE|ID"}, several=["distilled", "baselines"])
 
 
 def _teacher(args) -> int:
-    from ..jobs.teacher import TeacherConfig, train_teacher
+    from ..jobs.teacher import train_teacher
 
-    values = {k[8:]: v for k, v in vars(args).items() if k.startswith("teacher:") and v is not None}
-    result = train_teacher(TeacherConfig(**values), progress=not args.quiet)
-    if result.is_main:
-        _print(reports.teacher_lines(result))
+    result = train_teacher(TeacherConfig(**given(args, "teacher")), progress=not args.quiet)
+    _print(reports.teacher_lines(result) if result.is_main else [])
     return 0
 
 
 def _add_teacher(sub):
-    help_text = "train the teacher the soft-label protocol needs on a real dataset (ResNet-18, SGD + cosine)"
-    p = sub.add_parser("teacher", help=help_text, description=f"{help_text}. Resumes a stopped run; runs under "
-                       "`accelerate launch`. Recipe: see vldd/jobs/teacher.py (TeacherConfig).")
-    add_config_flags(p, config_fields("configs.teacher", "TeacherConfig"), dest="teacher", switches=True,
-                     flags=lambda name: [f"--{name.replace('_', '-')}"],
-                     choices={"mixed_precision": module_constants("configs.finetune")["MIXED_PRECISIONS"]},
-                     metavars={"real": "ID|DIR", "output": "FILE"}, required=["real"])
-    p.set_defaults(func=_teacher)
+    p = _command(sub, "teacher", "train the teacher the soft-label protocol needs on a real dataset (ResNet-18, SGD + "
+                 "cosine)", "Resumes a stopped run; runs under `accelerate launch`. Recipe: see "
+                 "vldd/configs/teacher.py (TeacherConfig).", func=_teacher)
+    _dashed_flags(p, TeacherConfig, "teacher", choices={"mixed_precision": ft_cfg.MIXED_PRECISIONS},
+                  metavars={"real": "ID|DIR", "output": "FILE"}, required=["real"])
 
 
 def _plan(args) -> int:
@@ -420,18 +239,17 @@ def _plan(args) -> int:
 
 
 def _add_plan(sub):
-    help_text = "estimate each stage's time and memory on this device before running (measures a few items)"
-    p = sub.add_parser("plan", help=help_text, description=help_text)
+    p = _command(sub, "plan", "estimate each stage's time and memory on this device before running (measures a few "
+                 "items)", func=_plan, reuse_config=False)
     _run_flags(p)
     p.add_argument("--processes", type=int, default=1, help="processes (GPUs) that will share the run")
     _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
-    p.set_defaults(func=_plan, reuse_config=False)
 
 
 def _finetune(args) -> int:
     from ..jobs.finetune import finetune, finetune_config
 
-    values = {k[3:]: v for k, v in vars(args).items() if k.startswith("ft:") and v is not None}
+    values = given(args, "ft")
     if args.run_dir and values.get("captions") not in (None, args.run_dir):
         raise ValueError(f"give the captions once: a run directory ({args.run_dir!r}) or --captions "
                          f"({values['captions']!r}), not both")
@@ -448,148 +266,115 @@ def _finetune(args) -> int:
 
 
 def _add_finetune(sub):
-    help_text = ("fine-tune Stable Diffusion on a run's (image, caption) pairs, fully or with LoRA (VLCP step 2); "
-                 "multi-GPU with `accelerate launch -m vldd.cli.commands finetune ...`")
-    p = sub.add_parser("finetune", help=help_text, description=f"{help_text}. Defaults are the paper's recipe; see "
-                       "vldd/jobs/finetune.py (FinetuneConfig). A rerun with the same --output resumes from its newest "
-                       "checkpoint.")
+    p = _command(sub, "finetune", "fine-tune Stable Diffusion on a run's (image, caption) pairs, fully or with LoRA "
+                 "(VLCP step 2); multi-GPU with `accelerate launch -m vldd.cli.commands finetune ...`", "Defaults are "
+                 "the paper's recipe; see vldd/configs/finetune.py (FinetuneConfig). A rerun with the same --output "
+                 "resumes from its newest checkpoint.", func=_finetune)
     p.add_argument("run_dir", nargs="?", help="run directory whose captions/ (and manifest.json) to train on")
-    p.add_argument("--preset", choices=sorted(module_constants("configs.finetune")["PRESETS"]), default="paper",
+    p.add_argument("--preset", choices=sorted(ft_cfg.PRESETS), default="paper",
                    help="starting values: paper (default) or tiny (the CPU test model)")
-    aliases = {"base_model": ["--base"]}
-    add_config_flags(p, config_fields("configs.finetune", "FinetuneConfig"), dest="ft", switches=True,
-                     flags=lambda name: [f"--{name.replace('_', '-')}", *aliases.get(name, [])],
-                     metavars={"captions": "RUN_DIR|DIR|HUB_ID", "base_model": "SD_ID|DIR", "push_to_hub": "REPO",
-                               "output": "DIR"})
+    _dashed_flags(p, ft_cfg.FinetuneConfig, "ft", spellings={"base_model": ["--base-model", "--base"]},
+                  metavars={"captions": "RUN_DIR|DIR|HUB_ID", "base_model": "SD_ID|DIR", "push_to_hub": "REPO",
+                            "output": "DIR"})
     _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
-    p.set_defaults(func=_finetune)
-
-
-def find_app_file() -> Path:
-    """The Gradio app's app.py: beside the vldd package (a checkout), else in the current directory."""
-    for path in (Path(__file__).resolve().parents[2] / "app.py", Path.cwd() / "app.py"):
-        if path.is_file():
-            return path
-    raise FileNotFoundError("app.py was not found beside the vldd package or in the current directory; run "
-                            "`vldd app` from a vldd checkout (the app is the repository's app.py)")
 
 
 def _app(args) -> int:
-    import runpy
+    from ..app import serve
 
-    path = find_app_file()
-    if args.cache_dir:
-        os.environ["VLDD_CACHE"] = args.cache_dir
-    forwarded = [*(["--host", args.host] if args.host else []), *(["--port", str(args.port)] if args.port else []),
-                 *(["--share"] if args.share else []), *(["--allow-local-paths"] if args.allow_local_paths else [])]
-    sys.argv = [str(path), *forwarded]
-    runpy.run_path(str(path), run_name="__main__")  # app.py's main(): builds the demo and serves it until Ctrl+C
+    serve(args)  # until Ctrl+C
     return 0
 
 
 def _add_app(sub):
-    help_text = "serve the Gradio app locally (the same app.py that runs as a Hugging Face Space)"
-    p = sub.add_parser("app", help=help_text, description=f"{help_text}. Settings: spaces_config.yaml.")
-    p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 serves the network)")
-    p.add_argument("--port", type=int, help="port (default 7860, or the next free one)")
-    p.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
-    p.add_argument("--allow-local-paths", action="store_true",
-                   help="let visitors name this machine's folders as datasets even with --share or a --host other "
-                        "than localhost (localhost alone allows them by default)")
-    _cache_dir_flag(p)
-    p.set_defaults(func=_app)
+    from ..app.flags import add_flags  # argparse only: the app itself is imported when the command runs
+
+    add_flags(_command(sub, "app", "serve the Gradio app locally (the same app that runs as a Hugging Face Space)",
+                       "Settings: vldd/app/settings.yaml, and --config FILE on top of them.", func=_app))
+
+
+def _run_study(args, what: str, job: Callable, lines: Callable, lock: bool = False, missing: str | None = None) -> int:
+    """`reproduce` and `ablate`: runs `job(output, seeds=..., distill_overrides=..., eval_overrides=..., ...)` with
+    the settings the flags give (a --config YAML file of distillation settings under the flags), prints `lines`.
+    `missing`: what the command still lacks (an error once the output is known)."""
+    distill_overrides = nested(args, "cfg")
+    if args.config:  # a YAML file of distillation settings; flags win
+        distill_overrides = merge(read_yaml(args.config), distill_overrides)
+    output = distill_overrides.pop("output", None)
+    if not output:
+        raise ValueError(f"`--output` must name the {what}'s directory")
+    if missing:
+        raise ValueError(missing)
+    hub_kernels_for_process(distill_overrides.get("hub_kernels", False))
+    eval_overrides = nested(args, "eval")
+    processes, device = _processes(eval_overrides.get("device", "auto"))
+    if processes is not None:
+        distill_overrides.setdefault("device", device)
+        eval_overrides["device"] = device
+    with run_dir_lock(output, launch=_launch_key()) if lock else contextlib.nullcontext():
+        result = job(output, seeds=tuple(args.seeds), distill_overrides=distill_overrides,
+                     eval_overrides=eval_overrides, cache_dir=args.cache_dir, progress=not args.quiet,
+                     processes=processes)
+    if processes is None or processes.is_main:
+        _print(lines(result))
+    return 0
+
+
+def _study_flags(p: argparse.ArgumentParser, *, seeds: list[int], seeds_help: str, evaluation: str,
+                 leave_out: tuple[str, ...]) -> None:
+    """`reproduce` and `ablate`: --seeds, the run's flags (--output DIR holds every run and the evaluation) and the
+    evaluation's overrides (`--eval.<field>`, but for the fields in `leave_out`, which the command decides)."""
+    p.add_argument("--seeds", type=lambda text: [int(t) for t in text.split(",")], default=seeds, help=seeds_help)
+    _run_flags(p)
+    group = p.add_argument_group(f"evaluation overrides{evaluation} (see vldd/configs/evaluate.py EvalConfig)")
+    add_config_flags(group, [f for f in config_fields(eval_cfg.EvalConfig) if f.name not in leave_out], dest="eval",
+                     flags=lambda name: [f"--eval.{name}"])
+    _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
 
 
 def _reproduce(args) -> int:
     from ..jobs.reproduce import reproduce
 
-    distill_overrides = _nested(args, "cfg")
-    if args.config:  # a YAML file of distillation settings; flags win
-        distill_overrides = merge(read_yaml(args.config), distill_overrides)
-    output = distill_overrides.pop("output", None)
-    if not output:
-        raise ValueError("`--output` must name the reproduction's directory")
-    hub_kernels_for_process(distill_overrides.get("hub_kernels", False))
-    eval_overrides = _nested(args, "eval")
-    processes, device = _processes(eval_overrides.get("device", "auto"))
-    if processes is not None:
-        distill_overrides.setdefault("device", device)
-        eval_overrides["device"] = device
-    result = reproduce(args.cell, output, seeds=tuple(args.seeds), distill_overrides=distill_overrides,
-                       eval_overrides=eval_overrides, cache_dir=args.cache_dir, progress=not args.quiet,
-                       processes=processes)
-    if processes is None or processes.is_main:
-        _print(reports.reproduce_lines(result))
-    return 0
+    return _run_study(args, "reproduction", functools.partial(reproduce, args.cell), reports.reproduce_lines)
 
 
 def _add_reproduce(sub):
-    help_text = "reproduce a published VLCP number: distill seeds 0/1/2 with the paper preset, evaluate them beside " \
-                "a random real subset, print the table next to the paper's"
-    p = sub.add_parser("reproduce", help=help_text, description=help_text)
+    p = _command(sub, "reproduce", "reproduce a published VLCP number: distill seeds 0/1/2 with the paper preset, "
+                 "evaluate them beside a random real subset, print the table next to the paper's", func=_reproduce)
     from ..jobs.reproduce import CELLS  # a light module: no model library
 
-    p.add_argument("cell", choices=sorted(CELLS),
-                   help="the published number (dataset, IPC, protocol)")
-    p.add_argument("--seeds", type=lambda text: [int(t) for t in text.split(",")], default=[0, 1, 2],
-                   help="comma-separated distillation seeds (default: 0,1,2 as the paper)")
-    _run_flags(p)  # --output DIR (seed<S>/ run dirs, evaluation/, reproduce.json); distillation overrides
-    group = p.add_argument_group("evaluation overrides (see vldd/jobs/evaluate.py EvalConfig)")
-    fields = [f for f in config_fields("configs.evaluate", "EvalConfig")
-              if f.name not in ("distilled", "protocol", "baselines", "output", "ipc", "class_names")]
-    add_config_flags(group, fields, dest="eval", flags=lambda name: [f"--eval.{name}"])
-    _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
-    p.set_defaults(func=_reproduce)
+    p.add_argument("cell", choices=sorted(CELLS), help="the published number (dataset, IPC, protocol)")
+    # --output DIR: seed<S>/ run dirs, evaluation/, reproduce.json
+    _study_flags(p, seeds=[0, 1, 2], seeds_help="comma-separated distillation seeds (default: 0,1,2 as the paper)",
+                 evaluation="", leave_out=("distilled", "protocol", "baselines", "output", "ipc", "class_names"))
 
 
 def _ablate(args) -> int:
     from ..jobs.ablate import ablate, custom_variant, parse_variant
 
-    distill_overrides = _nested(args, "cfg")
-    if args.config:  # a YAML file of distillation settings; flags win
-        distill_overrides = merge(read_yaml(args.config), distill_overrides)
-    output = distill_overrides.pop("output", None)
-    if not output:
-        raise ValueError("`--output` must name the ablation's directory")
     variants = [parse_variant(name) for name in args.variants or []]
     variants += [custom_variant(name, settings) for name, *settings in args.set or []]
-    if not variants:
-        raise ValueError("give the variants to compare: --variants base no-lof ... and/or --set NAME KEY=VALUE ...")
-    eval_overrides = _nested(args, "eval")
-    processes, device = _processes(eval_overrides.get("device", "auto"))
-    if processes is not None:
-        distill_overrides.setdefault("device", device)
-        eval_overrides["device"] = device
-    with run_dir_lock(output, launch=_launch_key()):
-        result = ablate(variants, output, seeds=tuple(args.seeds), distill_overrides=distill_overrides,
-                        eval_overrides=eval_overrides, cache_dir=args.cache_dir, progress=not args.quiet,
-                        processes=processes)
-    if processes is None or processes.is_main:
-        _print(reports.ablation_lines(result))
-    return 0
+    missing = None if variants else ("give the variants to compare: --variants base no-lof ... and/or --set NAME "
+                                     "KEY=VALUE ...")
+    return _run_study(args, "ablation", functools.partial(ablate, variants), reports.ablation_lines, lock=True,
+                      missing=missing)
 
 
 def _add_ablate(sub):
-    help_text = ("ablate VLCP: distill named variants of one run (stages they do not change are computed once), "
-                 "evaluate them all beside the random and full real baselines, write one table")
-    p = sub.add_parser("ablate", help=help_text, description=f"{help_text}. Variants: base (or paper: the run as "
-                       "given), no-text-prototypes (class-name prompts, D4M-style), no-lof (contamination 0), "
-                       "no-finetune, tpk=N, threshold=X, or --set NAME KEY=VALUE ... groups.")
+    p = _command(sub, "ablate", "ablate VLCP: distill named variants of one run (stages they do not change are "
+                 "computed once), evaluate them all beside the random and full real baselines, write one table",
+                 "Variants: base (or paper: the run as given), no-text-prototypes (class-name prompts, D4M-style), "
+                 "no-lof (contamination 0), no-finetune, tpk=N, threshold=X, or --set NAME KEY=VALUE ... groups.",
+                 func=_ablate)
     p.add_argument("--variants", nargs="+", metavar="NAME",
                    help="named variants, e.g. base no-text-prototypes no-lof no-finetune tpk=20 threshold=0.5")
     p.add_argument("--set", nargs="+", action="append", metavar="NAME KEY=VALUE",
                    help="a variant of your own: its name, then the settings it changes (e.g. --set strength05 "
                    "generation.strength=0.5); may be repeated")
-    p.add_argument("--seeds", type=lambda text: [int(t) for t in text.split(",")], default=[0],
-                   help="comma-separated distillation seeds, each variant's sets evaluated together (default: 0)")
-    _run_flags(p)  # --output DIR (<variant>/seed<S>/ run dirs, evaluation/, ablation.*); the distillation as given
-    group = p.add_argument_group("evaluation overrides, one recipe for every variant (see vldd/jobs/evaluate.py "
-                                 "EvalConfig)")
-    fields = [f for f in config_fields("configs.evaluate", "EvalConfig")
-              if f.name not in ("distilled", "baselines", "output", "record", "ipc", "class_names")]
-    add_config_flags(group, fields, dest="eval", flags=lambda name: [f"--eval.{name}"])
-    _cache_dir_flag(p, str(Path.home() / ".cache" / "vldd"))
-    p.set_defaults(func=_ablate)
+    # --output DIR: <variant>/seed<S>/ run dirs, evaluation/, ablation.*; the distillation as given
+    _study_flags(p, seeds=[0], seeds_help="comma-separated distillation seeds, each variant's sets evaluated together "
+                 "(default: 0)", evaluation=", one recipe for every variant",
+                 leave_out=("distilled", "baselines", "output", "record", "ipc", "class_names"))
 
 
 COMMANDS = [_add_stage_commands, _add_plan, _add_push, _add_evaluate, _add_teacher, _add_finetune, _add_app,
@@ -601,7 +386,7 @@ QUIET_HELP = "no progress bars (vldd's, and those of datasets, transformers, dif
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vldd", description=__doc__.splitlines()[0])
+    parser = Parser(prog="vldd", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:

@@ -11,6 +11,12 @@ from typing import Any
 
 import yaml
 
+# Model ids that more than one job's defaults or presets name.
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the paper's Stable Diffusion: generation and fine-tuning
+TINY_DIFFUSION = "tiny://stable-diffusion"  # random-weight test models built from configs (`vldd.models.tiny`)
+TINY_CAPTIONER = "tiny://llava"
+TINY_RESOLUTION = 64  # the tiny preset's image side in pixels: prototypes, generated images and fine-tuning
+
 
 def check(ok: bool, message: str) -> None:
     """Raises ValueError(message) unless `ok`: every config's validation, one rule a line."""

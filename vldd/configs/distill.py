@@ -11,11 +11,12 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 import yaml
 
-from .base import check, merge, read_yaml
+from .base import SD15, TINY_CAPTIONER, TINY_DIFFUSION, TINY_RESOLUTION, check, merge, read_yaml
+from .finetune import STAGE_SETTINGS, FinetuneConfig, check_settings
 
 if TYPE_CHECKING:
     from .profiles import Recognition
@@ -26,8 +27,11 @@ PAPER_PROMPT = (
     "Include details about its shape, posture, color, and any distinct features."
 )
 
-TINY_DIFFUSION = "tiny://stable-diffusion"
-TINY_CAPTIONER = "tiny://llava"
+# The stage commands (`vldd caption|prototypes|generate`, the app's buttons) and the stages each runs; later stages
+# resume from what earlier ones left on disk (`vldd.jobs.distill`). Here, torch-free, so the CLI builds its commands
+# without importing the job.
+STAGE_COMMANDS = {"caption": ("caption",), "prototypes": ("caption", "prototypes", "text"),
+                  "generate": ("caption", "finetune", "prototypes", "text", "generate")}
 TINY_NOTE = ("tiny preset: random-weight models built from configs; the images are noise and the captions "
              "gibberish. It exercises the whole product offline in seconds; it is not a distilled dataset.")
 
@@ -136,9 +140,17 @@ class TextPrototypeConfig:
                f"`text.fallback` must be 'nearest' or 'class_name', got {self.fallback!r}")
 
 
+PROMPT_CHUNKING = ("official", "windows")  # how long prompts are encoded (`vldd.stages.generate.prompt_token_ids`)
+
+
+def denoising_steps(num_inference_steps: int, strength: float) -> int:
+    """How many denoising steps img2img runs: int(num_inference_steps x strength) (0.7 of 50 = 35), at most all."""
+    return min(int(num_inference_steps * strength), num_inference_steps)
+
+
 @dataclass
 class GenerationConfig:
-    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # SD checkpoint id or directory (fine-tuned too)
+    model: str = SD15  # SD checkpoint id or directory (fine-tuned too)
     revision: str | None = None  # model revision on the Hub
     lora: str | None = None  # LoRA adapter id or directory applied to the UNet
     scheduler: str | None = None  # diffusers scheduler class name; None = the checkpoint's (PNDM for SD v1.5)
@@ -158,45 +170,46 @@ class GenerationConfig:
         check(0.0 < self.strength <= 1.0, f"`generation.strength` must be in (0.0, 1.0], got {self.strength}")
         check(self.num_inference_steps >= 1,
                f"`generation.num_inference_steps` must be >= 1, got {self.num_inference_steps}")
-        check(int(self.num_inference_steps * self.strength) >= 1,
+        check(denoising_steps(self.num_inference_steps, self.strength) >= 1,
                f"`generation.strength` {self.strength} x `num_inference_steps` {self.num_inference_steps} "
                "leaves no denoising step")
         check(self.guidance_scale >= 0, f"`generation.guidance_scale` must be >= 0, got {self.guidance_scale}")
         check(self.batch_size >= 1, f"`generation.batch_size` must be >= 1, got {self.batch_size}")
-        check(self.prompt_chunking in ("official", "windows"),
+        check(self.prompt_chunking in PROMPT_CHUNKING,
                f"`generation.prompt_chunking` must be 'official' or 'windows', got {self.prompt_chunking!r}")
         check(self.output_size is None or self.output_size >= 8,
                f"`generation.output_size` must be >= 8 pixels or None, got {self.output_size}")
 
 
-@dataclass
-class FinetuneStageConfig:
-    """The fine-tuning stage of `distill` (VLCP step 2); unset (None) settings take `vldd.jobs.finetune`'s recipe."""
-
-    enabled: bool = True  # fine-tune SD on the run's captions, generate with it; False = base model (D4M-style)
-    base_model: str | None = None  # SD checkpoint (id or directory) to fine-tune; None = generation.model
-    resolution: int | None = None  # training resolution in pixels; None = derived (512 ImageNet and subsets, 32 CIFAR)
-    num_train_epochs: int | None = None  # passes over the pairs; None = the recipe's 8
-    max_train_steps: int | None = None  # total optimizer steps, overriding epochs; None = num_train_epochs epochs
-    train_batch_size: int | None = None  # images per process per micro-batch; None = the recipe's 32
-    gradient_accumulation_steps: int | None = None  # micro-batches per optimizer step; None = the recipe's 4
-    learning_rate: float | None = None  # AdamW learning rate; None = the recipe's 1e-5
-    lora: bool = False  # train a LoRA adapter on the UNet instead of the whole UNet (not the paper's)
-    mixed_precision: str | None = None  # "no", "fp16" or "bf16"; None = from dtype (fp16 on CUDA, "no" on CPU)
-    checkpointing_steps: int | None = None  # resumable checkpoint every N optimizer steps; None = the recipe's 500
+def _finetune_stage_config() -> type:
+    """`FinetuneStageConfig`: `enabled`, then the `STAGE_SETTINGS` of `FinetuneConfig`, each declared there once (type,
+    comment, the recipe's value) and here `<type> | None = None`: None = the recipe's value, or what the run derives."""
+    hints = get_type_hints(FinetuneConfig)
+    settings = [(name, hints[name] | None, field(default=None, metadata={
+        "same_as": FinetuneConfig, "unset": FINETUNE_UNSET.get(name, "the recipe's (paper: {default})")}))
+                for name in STAGE_SETTINGS]
 
     def __post_init__(self):
-        check(self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0),
-               f"`finetune.resolution` must be a positive multiple of 8 or None, got {self.resolution}")
-        for name in ("num_train_epochs", "max_train_steps", "train_batch_size", "gradient_accumulation_steps",
-                     "checkpointing_steps"):
-            value = getattr(self, name)
-            check(value is None or (isinstance(value, int) and value >= 1),
-                   f"`finetune.{name}` must be an integer >= 1 or None, got {value!r}")
-        check(self.learning_rate is None or self.learning_rate > 0,
-               f"`finetune.learning_rate` must be > 0 or None, got {self.learning_rate}")
-        check(self.mixed_precision in (None, "no", "fp16", "bf16"),
-               f"`finetune.mixed_precision` must be 'no', 'fp16', 'bf16' or None, got {self.mixed_precision!r}")
+        check(isinstance(self.enabled, bool), f"`finetune.enabled` must be true or false, got {self.enabled!r}")
+        check(self.base_model != "", "`finetune.base_model` must be a model id or directory, got an empty string")
+        check_settings({name: getattr(self, name) for name in STAGE_SETTINGS if getattr(self, name) is not None},
+                       prefix="finetune.")
+
+    cls = dataclasses.make_dataclass(
+        "FinetuneStageConfig", [("enabled", bool, field(default=True, metadata={"help": FINETUNE_ENABLED_HELP})),
+                                *settings],
+        namespace={"__post_init__": __post_init__, "__doc__": "The fine-tuning stage of `distill` (VLCP step 2): "
+                   "unset (None) settings take `vldd.configs.finetune`'s recipe (the preset of the run's preset name)."})
+    cls.__module__ = __name__
+    return cls
+
+
+# What the fine-tuning stage of a run does with a setting it leaves None, when that is not "the recipe's value" (the
+# CLI's help says it after the setting's comment in `FinetuneConfig`; "" = the comment says it already).
+FINETUNE_UNSET = {"base_model": "generation.model", "resolution": "derived (512 ImageNet and subsets, 32 CIFAR)",
+                  "mixed_precision": 'from dtype (fp16 on CUDA, "no" on CPU)', "max_train_steps": ""}
+FINETUNE_ENABLED_HELP = "fine-tune SD on the run's captions, generate with it; False = base model (D4M-style)"
+FinetuneStageConfig = _finetune_stage_config()
 
 
 @dataclass
@@ -278,11 +291,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ipc": 10,
         "data": {"dataset": "sample"},
         "caption": {"model": TINY_CAPTIONER, "max_new_tokens": 12, "batch_size": 16},
-        "prototypes": {"resolution": 64, "encode_batch_size": 32},
+        "prototypes": {"resolution": TINY_RESOLUTION, "encode_batch_size": 32},
         "text": {"top_k": 30, "common_threshold": 0.7},
-        "generation": {"model": TINY_DIFFUSION, "batch_size": 10, "output_size": 64},
-        # off by default (CPU seconds matter here); `--finetune.enabled true` runs the tiny recipe at 64 px
-        "finetune": {"enabled": False, "resolution": 64},
+        "generation": {"model": TINY_DIFFUSION, "batch_size": 10, "output_size": TINY_RESOLUTION},
+        # off by default (CPU seconds matter here); `--finetune.enabled true` runs the tiny recipe
+        # (`vldd.configs.finetune.PRESETS["tiny"]`) at the tiny preset's resolution, not the one the source derives
+        "finetune": {"enabled": False, "resolution": TINY_RESOLUTION},
     },
 }
 

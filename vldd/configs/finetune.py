@@ -7,10 +7,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .base import check
-from .distill import TINY_DIFFUSION
+from .base import SD15, TINY_DIFFUSION, TINY_RESOLUTION, check
 
-SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # Settings that may change when a run is resumed: they decide how long to train and what to do with the result, not
 # how any step is computed.
@@ -68,42 +66,56 @@ class FinetuneConfig:
         check(bool(self.captions), "`captions` must be a run directory, a captions directory or a Hub dataset id, "
                "got an empty string")
         check(bool(self.output), "`output` must be a directory, got an empty string")
-        check(self.resolution >= 8 and self.resolution % 8 == 0,
-               f"`resolution` must be a positive multiple of 8 pixels, got {self.resolution}")
-        for name in ("train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "lora_rank"):
-            value = getattr(self, name)
-            check(isinstance(value, int) and value >= 1, f"`{name}` must be an integer >= 1, got {value!r}")
-        for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "lora_alpha"):
-            value = getattr(self, name)
-            check(value is None or (isinstance(value, int) and value >= 1),
-                   f"`{name}` must be an integer >= 1 or None, got {value!r}")
-        for name in ("lr_warmup_steps", "checkpointing_steps", "seed", "dataloader_num_workers"):
-            value = getattr(self, name)
-            check(isinstance(value, int) and value >= 0, f"`{name}` must be an integer >= 0, got {value!r}")
-        check(self.learning_rate > 0, f"`learning_rate` must be > 0, got {self.learning_rate}")
-        check(self.max_grad_norm > 0, f"`max_grad_norm` must be > 0, got {self.max_grad_norm}")
-        check(0.0 <= self.ema_decay <= 1.0, f"`ema_decay` must be in [0.0, 1.0], got {self.ema_decay}")
-        for name in ("adam_beta1", "adam_beta2"):
-            check(0.0 <= getattr(self, name) < 1.0, f"`{name}` must be in [0.0, 1.0), got {getattr(self, name)}")
-        check(self.adam_weight_decay >= 0, f"`adam_weight_decay` must be >= 0, got {self.adam_weight_decay}")
-        check(self.adam_epsilon > 0, f"`adam_epsilon` must be > 0, got {self.adam_epsilon}")
-        check(self.mixed_precision in MIXED_PRECISIONS,
-               f"`mixed_precision` must be one of {list(MIXED_PRECISIONS)}, got {self.mixed_precision!r}")
-        check(self.prediction_type in (None, "epsilon", "v_prediction"),
-               f"`prediction_type` must be 'epsilon', 'v_prediction' or None, got {self.prediction_type!r}")
-        from diffusers.optimization import SchedulerType
-
-        names = [s.value for s in SchedulerType]
-        check(self.lr_scheduler in names, f"`lr_scheduler` must be one of {names}, got {self.lr_scheduler!r}")
+        check_settings(vars(self))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+def check_settings(values: dict[str, Any], prefix: str = "") -> None:
+    """Validates the `FinetuneConfig` settings in `values` (name -> value; absent names are not checked).
+
+    One set of rules for `FinetuneConfig` and for the settings a distillation run's `finetune` section changes
+    (`vldd.configs.distill.FinetuneStageConfig`, whose errors name them `finetune.<name>`: the `prefix`).
+    """
+    def rule(name: str, ok, expected: str) -> None:
+        if name in values:
+            check(ok(values[name]), f"`{prefix}{name}` must be {expected}, got {values[name]!r}")
+
+    rule("resolution", lambda v: isinstance(v, int) and v >= 8 and v % 8 == 0, "a positive multiple of 8 pixels")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "lora_rank"):
+        rule(name, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+    for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "lora_alpha"):
+        rule(name, lambda v: v is None or (isinstance(v, int) and v >= 1), "an integer >= 1 or None")
+    for name in ("lr_warmup_steps", "checkpointing_steps", "seed", "dataloader_num_workers"):
+        rule(name, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    rule("learning_rate", lambda v: v > 0, "> 0")
+    rule("max_grad_norm", lambda v: v > 0, "> 0")
+    rule("ema_decay", lambda v: 0.0 <= v <= 1.0, "in [0.0, 1.0]")
+    for name in ("adam_beta1", "adam_beta2"):
+        rule(name, lambda v: 0.0 <= v < 1.0, "in [0.0, 1.0)")
+    rule("adam_weight_decay", lambda v: v >= 0, ">= 0")
+    rule("adam_epsilon", lambda v: v > 0, "> 0")
+    rule("mixed_precision", lambda v: v in MIXED_PRECISIONS, f"one of {list(MIXED_PRECISIONS)}")
+    rule("lora", lambda v: isinstance(v, bool), "true or false")
+    rule("prediction_type", lambda v: v in (None, "epsilon", "v_prediction"), "'epsilon', 'v_prediction' or None")
+    if "lr_scheduler" in values:
+        from diffusers.optimization import SchedulerType
+
+        rule("lr_scheduler", lambda v: v in [s.value for s in SchedulerType],
+             f"one of {[s.value for s in SchedulerType]}")
+
+
+# The recipe settings a `vldd distill` run may change for its fine-tuning stage (`--finetune.<name>`, declared as
+# None = "the recipe's" in `vldd.configs.distill.FinetuneStageConfig`); the run decides the rest itself (captions,
+# output, seed, ...) or takes them from the recipe preset of its own preset's name.
+STAGE_SETTINGS = ("base_model", "resolution", "num_train_epochs", "max_train_steps", "train_batch_size",
+                  "gradient_accumulation_steps", "learning_rate", "lora", "mixed_precision", "checkpointing_steps")
+
 # Presets are data: overrides of the defaults (which are the paper's recipe).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    "tiny": {"base_model": TINY_DIFFUSION, "resolution": 64, "train_batch_size": 8, "gradient_accumulation_steps": 1,
+    "tiny": {"base_model": TINY_DIFFUSION, "resolution": TINY_RESOLUTION, "train_batch_size": 8, "gradient_accumulation_steps": 1,
              "num_train_epochs": 2, "learning_rate": 1e-4, "mixed_precision": "no", "gradient_checkpointing": False,
              "checkpointing_steps": 20},
 }

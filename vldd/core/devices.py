@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,3 +77,14 @@ def hub_kernels_allowed(requested: bool) -> bool:
     from huggingface_hub import is_offline_mode
 
     return not is_offline_mode()
+
+
+def hub_kernels_for_process(requested: bool) -> None:
+    """Unless Hub kernels were asked for and the Hub is online, sets USE_HUB_KERNELS=0 for this process.
+
+    vldd's loaders choose per call (`use_kernels=`), but a few transformers layers (FP8 and NVFP4 quantized weights,
+    some mixture-of-experts) fetch their kernel from the Hub on first use, reading only this process-wide variable;
+    so the entry points (the CLI and the app) call this, and the library never touches the environment.
+    """
+    if not hub_kernels_allowed(requested):
+        os.environ["USE_HUB_KERNELS"] = "0"

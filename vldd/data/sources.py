@@ -175,6 +175,12 @@ def scan_image_folder(path: Path, split: str = "train") -> dict[str, int]:
     return images
 
 
+def is_hub_dataset(dataset: str) -> bool:
+    """Whether `open_dataset` reads `dataset` from the Hub: it is neither the embedded "sample" nor an existing local
+    path (an image folder or a `save_to_disk` directory)."""
+    return dataset != "sample" and not Path(dataset).expanduser().exists()
+
+
 def open_dataset(dataset: str, split: str = "train", config_name: str | None = None, revision: str | None = None,
                  streaming: bool = False):
     """Opens `dataset` (Hub id, image folder, `save_to_disk` directory, or "sample") and returns one split.
@@ -205,7 +211,7 @@ def open_dataset(dataset: str, split: str = "train", config_name: str | None = N
         from .sample import load_sample
 
         return load_sample(split)
-    if path.exists():
+    if not is_hub_dataset(dataset):
         if not path.is_dir():
             raise ValueError(f"dataset path {dataset!r} is a file; expected a directory (image folder or saved dataset)")
         if _is_saved_dataset(path):
@@ -229,8 +235,8 @@ def open_dataset(dataset: str, split: str = "train", config_name: str | None = N
 
 
 def find_column(dataset, kind, wanted: str | None, what: str) -> str:
-    """The column `wanted`, else the first of feature type `kind` (e.g. `datasets.ClassLabel`); `what` names it in
-    errors."""
+    """The `what` column (label, image) of `dataset`: `wanted` when given (checked), else the first feature of type
+    `kind` (`datasets.ClassLabel`, `datasets.Image`); a one-line error naming the columns when there is none."""
     features = dataset.features
     if wanted is not None:
         if wanted not in features:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from .. import __version__
 from ..configs.base import fingerprint
-from ..configs.distill import TINY_NOTE, DistillConfig
+from ..configs.distill import STAGE_COMMANDS, TINY_NOTE, DistillConfig
 from ..core import seeding
 from ..core.devices import Processes, resolve_device, resolve_dtype
 from ..core.provenance import public_name, resolve_revision, versions
@@ -49,10 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STAGES = ("caption", "finetune", "prototypes", "text", "generate")
-# The stage commands (`vldd caption|prototypes|generate`, the app's buttons) and the stages each runs; later stages
-# resume from what earlier ones left on disk. Literal, so the CLI reads it without importing this module.
-STAGE_COMMANDS = {"caption": ("caption",), "prototypes": ("caption", "prototypes", "text"),
-                  "generate": ("caption", "finetune", "prototypes", "text", "generate")}
 NOT_FINETUNED = "not fine-tuned (D4M-style)"
 
 

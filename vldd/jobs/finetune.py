@@ -44,7 +44,7 @@ import torch
 
 from .. import __version__
 from ..configs.base import check
-from ..configs.finetune import PRESETS, RESUMABLE_CHANGES, FinetuneConfig, finetune_config
+from ..configs.finetune import PRESETS, RESUMABLE_CHANGES, STAGE_SETTINGS, FinetuneConfig, finetune_config
 from ..core import seeding
 from ..core.devices import hub_kernels_allowed
 from ..hub.cards import MODEL_SUMMARY, render_model_card
@@ -306,7 +306,7 @@ def _save_lora_in_checkpoints(accelerator) -> None:
     accelerator.register_load_state_pre_hook(load)
 
 
-def _micro_step(batch, *, vae, text_encoder, unet, noise_scheduler, generator, weight_dtype, device) -> torch.Tensor:
+def micro_step(batch, *, vae, text_encoder, unet, noise_scheduler, generator, weight_dtype, device) -> torch.Tensor:
     """The recipe's loss on one micro-batch: MSE between the UNet's prediction and the noise (or velocity)."""
     import torch.nn.functional as F
     from diffusers.utils.torch_utils import randn_tensor
@@ -328,11 +328,12 @@ def _micro_step(batch, *, vae, text_encoder, unet, noise_scheduler, generator, w
 
 
 def finetune_settings(config: DistillConfig, run_dir: str | Path, dtype: torch.dtype) -> FinetuneConfig | None:
-    """The `vldd.jobs.finetune.FinetuneConfig` of this run's fine-tuning stage, or None when the run does not fine-tune.
+    """The `FinetuneConfig` (`vldd.configs.finetune`) of this run's fine-tuning stage, or None when the run does not fine-tune.
 
     A run fine-tunes when `finetune.enabled` is set and `generation.model` is still the preset's model: a model given
     explicitly (`--diffusion-model`, or a `--lora`) is used as is. Settings left None take the recipe's values
-    (`vldd.jobs.finetune.PRESETS`, by the same preset name); the mixed precision follows the run's dtype.
+    (`vldd.configs.finetune.PRESETS`, by the same preset name: `STAGE_SETTINGS` the run sets win); the resolution
+    is the resolved run's, the mixed precision follows the run's dtype.
 
     Args:
         config: a `vldd distill` run, resolved (`DistillConfig.resolve`).
@@ -342,14 +343,13 @@ def finetune_settings(config: DistillConfig, run_dir: str | Path, dtype: torch.d
     f, g = config.finetune, config.generation
     if not f.enabled or _model_given(config):
         return None
-    names = ("resolution", "num_train_epochs", "max_train_steps", "train_batch_size", "gradient_accumulation_steps",
-             "learning_rate", "checkpointing_steps")
-    values = {name: getattr(f, name) for name in names if getattr(f, name) is not None}
-    mixed = f.mixed_precision or {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
+    values = {name: getattr(f, name) for name in STAGE_SETTINGS if getattr(f, name) is not None}
+    values.setdefault("mixed_precision", {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no"))
+    values["revision"] = None if "base_model" in values else g.revision
+    values.setdefault("base_model", g.model)
     return finetune_config(config.preset if config.preset in PRESETS else "paper", **values,
                            captions=str(run_dir), output=str(Path(run_dir) / "finetune" / f"seed{config.seed}"),
-                           base_model=f.base_model or g.model, revision=None if f.base_model else g.revision,
-                           seed=config.seed, lora=f.lora, mixed_precision=mixed, hub_kernels=config.hub_kernels)
+                           seed=config.seed, hub_kernels=config.hub_kernels)
 
 
 def _model_given(config: DistillConfig) -> bool:
@@ -479,7 +479,7 @@ def finetune(config: FinetuneConfig, *, cache_dir: str | Path | None = None, pro
                         g = seeding.generator(config.seed, seeding.FINETUNE_NOISE, epoch, micro, accelerator.process_index)
                         syncing = k == len(group) - 1
                         with nullcontext() if syncing else accelerator.no_sync(unet):  # DDP all-reduces on the last only
-                            loss = _micro_step(batch, vae=vae, text_encoder=text_encoder, unet=unet,
+                            loss = micro_step(batch, vae=vae, text_encoder=text_encoder, unet=unet,
                                                noise_scheduler=noise_scheduler, generator=g,
                                                weight_dtype=weight_dtype, device=device)
                             accelerator.backward(loss / len(group))

@@ -301,7 +301,7 @@ def decoder_layer_bytes(captioner: Captioner) -> int:
 
 def unet_calls(pipe, num_inference_steps: int, strength: float) -> int:
     """How many UNet calls img2img makes (scheduler order and PNDM's extra step included)."""
-    from ..stages.generate import denoising_steps
+    from ..configs.distill import denoising_steps
 
     scheduler = copy.deepcopy(pipe.scheduler)
     scheduler.set_timesteps(num_inference_steps)
@@ -338,7 +338,7 @@ def finetune_cost(pipe, batch_size: int, resolution: int, *, gradient_checkpoint
     """Seconds of one training micro-batch of the recipe (`vldd.jobs.finetune`): VAE encoding and text encoding without
     gradients, the UNet's forward and backward. The optimizer and EMA updates (once per batch x accumulation images)
     are not timed. Gradients are freed afterwards; the UNet is left as it was."""
-    from .finetune import _micro_step
+    from .finetune import micro_step
 
     unet, device = pipe.unet, pipe.device
     g = torch.Generator().manual_seed(0)
@@ -351,7 +351,7 @@ def finetune_cost(pipe, batch_size: int, resolution: int, *, gradient_checkpoint
 
     def step() -> None:
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            loss = _micro_step(batch, vae=pipe.vae, text_encoder=pipe.text_encoder, unet=unet,
+            loss = micro_step(batch, vae=pipe.vae, text_encoder=pipe.text_encoder, unet=unet,
                                noise_scheduler=noise_scheduler, generator=torch.Generator(device).manual_seed(0),
                                weight_dtype=pipe.vae.dtype, device=device)
         loss.backward()

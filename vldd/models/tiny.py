@@ -118,7 +118,7 @@ def _build_diffusion(path: Path) -> None:
     pipe.save_pretrained(path)
 
 
-def _caption_tokenizer():
+def caption_tokenizer():
     """A Llama-style (SentencePiece-like BPE, BOS added) tokenizer trained in milliseconds on `_CORPUS`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -149,7 +149,7 @@ def _build_captioner(path: Path) -> None:
     )
 
     image_size, patch_size = 32, 8  # 4x4 patches + CLS; the "default" strategy drops CLS -> 16 image tokens
-    tokenizer = _caption_tokenizer()
+    tokenizer = caption_tokenizer()
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(size={"shortest_edge": image_size},
                                            crop_size={"height": image_size, "width": image_size}),

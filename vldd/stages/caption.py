@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..configs.distill import CaptionConfig  # the defaults of the settings below: declared once, there
 from ..core import seeding
 from ..core.provenance import resolve_revision
 from ..models.registry import resolve_model
@@ -120,7 +121,7 @@ def is_llava_v15(model: PreTrainedModel) -> bool:
     return config.model_type == "llava" and getattr(config.text_config, "model_type", None) == "llama"
 
 
-def conversation_text(captioner: Captioner, prompt: str, conversation: str = "llava_v1") -> str:
+def conversation_text(captioner: Captioner, prompt: str, conversation: str = CaptionConfig.conversation) -> str:
     """The text given to the processor with each image.
 
     Args:
@@ -170,14 +171,14 @@ def caption_images(
     class_name: str,
     *,
     prompt_template: str,
-    do_sample: bool = True,
-    temperature: float = 0.2,
-    max_new_tokens: int = 1024,
-    batch_size: int = 8,
+    do_sample: bool = CaptionConfig.do_sample,
+    temperature: float = CaptionConfig.temperature,
+    max_new_tokens: int = CaptionConfig.max_new_tokens,
+    batch_size: int = CaptionConfig.batch_size,
     seed: int = 0,
-    conversation: str = "llava_v1",
-    pad_to_square: bool = True,
-    clean: bool = True,
+    conversation: str = CaptionConfig.conversation,
+    pad_to_square: bool = CaptionConfig.pad_to_square,
+    clean: bool = CaptionConfig.clean_captions,
     progress: bool = False,
 ) -> list[str]:
     """Describes each image with the captioner, prompted with the class name (paper: sampling at temperature 0.2).

@@ -17,6 +17,8 @@ import logging
 import torch
 from PIL import Image
 
+# the settings' defaults and choices: declared once, in the config
+from ..configs.distill import PROMPT_CHUNKING, GenerationConfig
 from ..core import seeding
 
 logger = logging.getLogger(__name__)
@@ -94,11 +96,8 @@ def window_token_ids(tokenizer, text: str, n_windows: int | None = None) -> torc
     return torch.tensor(rows, dtype=torch.long)
 
 
-PROMPT_CHUNKING = ("official", "windows")
-
-
-def prompt_token_ids(tokenizer, prompts: list[str], negative_prompt: str = "", chunking: str = "official"
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_token_ids(tokenizer, prompts: list[str], negative_prompt: str = "",
+                     chunking: str = GenerationConfig.prompt_chunking) -> tuple[torch.Tensor, torch.Tensor]:
     """The token ids the text encoder sees, `model_max_length` (77) at a time, for prompts and the negative prompt.
 
     "official" is the paper's `get_pipeline_embeds` (docs/faithfulness.md, "Long prompts"): each text is tokenized with
@@ -136,8 +135,8 @@ def prompt_token_ids(tokenizer, prompts: list[str], negative_prompt: str = "", c
 
 
 @torch.no_grad()
-def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "", chunking: str = "official"
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "",
+                   chunking: str = GenerationConfig.prompt_chunking) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP embeddings of prompts of any length and of the negative prompt, chunk by chunk (`prompt_token_ids`).
 
     Each chunk of `model_max_length` ids goes through the text encoder on its own; the last hidden states are
@@ -161,12 +160,8 @@ def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "", chunking
     return hidden[: len(prompts)], hidden[len(prompts):]
 
 
-def denoising_steps(num_inference_steps: int, strength: float) -> int:
-    """How many denoising steps img2img runs: int(num_inference_steps x strength) (0.7 of 50 = 35)."""
-    return min(int(num_inference_steps * strength), num_inference_steps)
-
-
-def prompt_lengths(tokenizer, prompts: list[str], negative_prompt: str, prompt_chunking: str = "official") -> list[int]:
+def prompt_lengths(tokenizer, prompts: list[str], negative_prompt: str,
+                   prompt_chunking: str = GenerationConfig.prompt_chunking) -> list[int]:
     """Each prompt's embedding length (positions), as `encode_prompts` lays it out beside `negative_prompt`."""
     return [prompt_token_ids(tokenizer, [p], negative_prompt, prompt_chunking)[0].shape[1] for p in prompts]
 
@@ -187,9 +182,12 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 @torch.no_grad()
 def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: list[int | tuple[int, ...]], seed: int = 0,
-                    negative_prompt: str = "cartoon, anime, painting", strength: float = 0.7,
-                    num_inference_steps: int = 50, guidance_scale: float = 10.0, eta: float = 0.0,
-                    batch_size: int = 4, output_size: int | None = None, prompt_chunking: str = "official",
+                    negative_prompt: str = GenerationConfig.negative_prompt,
+                    strength: float = GenerationConfig.strength,
+                    num_inference_steps: int = GenerationConfig.num_inference_steps,
+                    guidance_scale: float = GenerationConfig.guidance_scale, eta: float = GenerationConfig.eta,
+                    batch_size: int = GenerationConfig.batch_size, output_size: int | None = None,
+                    prompt_chunking: str = GenerationConfig.prompt_chunking,
                     progress: bool = False) -> list[Image.Image]:
     """Noises each prototype latent and denoises it under its prompt; one image per prototype.
 
@@ -200,7 +198,8 @@ def generate_images(pipe, latents: torch.Tensor, prompts: list[str], *, seeds: l
         seeds: n keys, each an int or a tuple of ints (the pipeline uses (class, cluster)); image i's generator is
             seeded from (seed, `seeding.IMAGE`, *seeds[i]).
         seed: the run seed.
-        negative_prompt, strength, num_inference_steps, guidance_scale, eta: the img2img settings.
+        negative_prompt, strength, num_inference_steps, guidance_scale, eta: the img2img settings; the defaults
+            are `GenerationConfig`'s (a run passes its config's values).
         batch_size: prototypes per pipeline call.
         output_size: images are resized (bicubic) to output_size x output_size; None keeps the model's size.
         prompt_chunking: how long prompts are encoded: "official" or "windows" (see `prompt_token_ids`).

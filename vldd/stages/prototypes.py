@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from ..configs.distill import DataConfig, PrototypeConfig  # the defaults of the settings below: declared once, there
 from ..core import seeding
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def preprocess(images: list[Image.Image], resolution: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_images(vae, images: list[Image.Image], *, resolution: int, seeds: list[int] | None = None,
-                  seed: int = 0, batch_size: int = 16) -> torch.Tensor:
+                  seed: int = 0, batch_size: int = PrototypeConfig.encode_batch_size) -> torch.Tensor:
     """VAE-encodes images into scaled latents (4 x resolution/8 x resolution/8 for SD v1.5).
 
     Args:
@@ -98,7 +99,7 @@ def _lof_from_gram(gram: torch.Tensor, n_neighbors: int) -> torch.Tensor:
     return lrd[idx].mean(1) / lrd
 
 
-def local_outlier_factor(x: torch.Tensor, n_neighbors: int = 10) -> torch.Tensor:
+def local_outlier_factor(x: torch.Tensor, n_neighbors: int = PrototypeConfig.lof_neighbors) -> torch.Tensor:
     """Local outlier factor of every row of `x` (n, d) against the others, as scikit-learn computes it.
 
     Distances are computed in float64, as scikit-learn does for float32 input.
@@ -114,7 +115,8 @@ def _outliers_from_lof(lof: torch.Tensor, contamination: float) -> torch.Tensor:
     return negative < offset
 
 
-def outlier_mask(x: torch.Tensor, contamination: float, n_neighbors: int = 10) -> torch.Tensor:
+def outlier_mask(x: torch.Tensor, contamination: float, n_neighbors: int = PrototypeConfig.lof_neighbors
+                 ) -> torch.Tensor:
     """Boolean mask of the outliers LocalOutlierFactor(n_neighbors, contamination).fit_predict(x) flags.
 
     contamination 0 flags none (the paper's setting for CIFAR).
@@ -228,8 +230,8 @@ def _lloyd(x, x_sq, centers, max_iter, tol_abs):
     return labels, moves, n_iter
 
 
-def kmeans(x: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
-           seed: int = 0) -> KMeansResult:
+def kmeans(x: torch.Tensor, n_clusters: int, *, n_init: int = PrototypeConfig.n_init,
+           max_iter: int = PrototypeConfig.max_iter, tol: float = PrototypeConfig.tol, seed: int = 0) -> KMeansResult:
     """k-means (k-means++ init, Lloyd iterations, best of `n_init` restarts by inertia), like scikit-learn's KMeans.
 
     When there are fewer rows than dimensions (latents: 1,300 x 16,384), the iterations run on an n-dim embedding with
@@ -306,14 +308,17 @@ class ClassPrototypes:
         return int((self.assignment < 0).sum())
 
 
-def build_prototypes(latents: torch.Tensor, ipc: int, *, contamination: float = 0.1, n_neighbors: int = 10,
-                     n_init: int = 10, max_iter: int = 300, tol: float = 1e-4, seed: int = 0) -> ClassPrototypes:
+def build_prototypes(latents: torch.Tensor, ipc: int, *, contamination: float,
+                     n_neighbors: int = PrototypeConfig.lof_neighbors, n_init: int = PrototypeConfig.n_init,
+                     max_iter: int = PrototypeConfig.max_iter, tol: float = PrototypeConfig.tol,
+                     seed: int = 0) -> ClassPrototypes:
     """Drops LOF outliers from one class's latents and clusters the inliers into `ipc` prototypes.
 
     Args:
         latents: (n, C, h, w) scaled latents of one class.
         ipc: number of prototypes; must not exceed the number of inliers.
-        contamination: fraction flagged as outliers; 0 keeps every image.
+        contamination: fraction flagged as outliers; 0 keeps every image. No default: a run's is derived from its
+            dataset (`DistillConfig.resolve`).
         n_neighbors: LOF neighbourhood size.
         n_init, max_iter, tol, seed: k-means settings (see `kmeans`).
     """
@@ -340,7 +345,7 @@ def build_prototypes(latents: torch.Tensor, ipc: int, *, contamination: float = 
 
 
 def clusters_per_class(counts: dict[int, int], class_names: list[str], *, ipc: int, contamination: float,
-                       too_few: str = "error") -> dict[int, int]:
+                       too_few: str = DataConfig.too_few_images) -> dict[int, int]:
     """How many prototypes each class gets: IPC, or (with `too_few="reduce"`) what its LOF inliers allow.
 
     Args:

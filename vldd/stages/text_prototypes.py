@@ -23,6 +23,8 @@ import functools
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..configs.distill import TextPrototypeConfig  # the defaults of the settings below: declared once, there
+
 # NLTK's English stopword list, alphabetic entries only (the others contain apostrophes).
 STOPWORDS = frozenset("""
 i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her hers herself it its
@@ -86,8 +88,9 @@ class TextPrototype:
     fallback: str | None = None  # None when chosen by score; "nearest" or "class_name" when every score was 0
 
 
-def select_text_prototypes(descriptions: list[str], assignment: list[int], class_name: str, *, top_k: int = 30,
-                           common_threshold: float = 0.7, fallback: str = "nearest",
+def select_text_prototypes(descriptions: list[str], assignment: list[int], class_name: str, *,
+                           common_threshold: float, top_k: int = TextPrototypeConfig.top_k,
+                           fallback: str = TextPrototypeConfig.fallback,
                            nearest: list[int] | None = None) -> list[TextPrototype]:
     """Chooses one description per cluster of one class.
 
@@ -96,7 +99,8 @@ def select_text_prototypes(descriptions: list[str], assignment: list[int], class
         assignment: cluster of each description's image; -1 marks LOF outliers, which take no part.
         class_name: the label name; words that are substrings of it are not distinctive.
         top_k: how many most-frequent cluster words score the descriptions (tpk).
-        common_threshold: document-frequency fraction above which a word is class-common.
+        common_threshold: document-frequency fraction above which a word is class-common. No default: a run's is
+            derived from its dataset (`DistillConfig.resolve`).
         fallback: when every description of a cluster scores 0 (the official code then returns an empty prompt):
             "nearest" uses the description of the image nearest the cluster centre (`nearest[c]`, else the
             cluster's first), "class_name" uses the class name.
