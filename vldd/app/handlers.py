@@ -128,6 +128,18 @@ class Handlers:
     def _tier(self, profile) -> str | None:
         return space_gpu.visitor_tier(profile) if self.s.zero_gpu else None
 
+    def _shown(self, stage: str, values: dict, show, outputs: int):
+        """A stage button's updates: (status, `outputs` x unchanged) while `_stages` reports, then `show(status,
+        item)` for each other item it yields (skipped when that returns None). `values`: the handler's arguments."""
+        values = dict(values)
+        status = ""
+        for item in self._stages(stage, values, values["request"], values["progress"], values["profile"]):
+            if isinstance(item, str):
+                status = item
+                yield status, *[gr.skip()] * outputs
+            elif (shown := show(status, item)) is not None:
+                yield shown
+
     def _stages(self, stage: str, values: dict, request: gr.Request, progress: gr.Progress, profile):
         """The per-class controller: checks on the CPU, plans the GPU calls, then one call per class.
 
@@ -210,15 +222,12 @@ class Handlers:
                 images_per_class=None, captions_from=None, seed=None, strength=None, guidance_scale=None, steps=None,
                 request: gr.Request = None, profile: gr.OAuthProfile | None = None, progress=TRACK_TQDM):
         """Captions every selected image (or loads published captions) and shows them."""
-        status = ""
-        for item in self._stages("caption", dict(locals()), request, progress, profile):
-            if isinstance(item, str):
-                status = item
-                yield status, gr.skip(), gr.skip()
-            else:
-                config, source = item
-                view = views.caption_view(config, self.s.space.limits.max_caption_rows, source=source)
-                yield f"{status}\n\n{view.rows} captions.", view.table_html, str(view.csv_path)
+        def show(status, item):
+            config, source = item
+            view = views.caption_view(config, self.s.space.limits.max_caption_rows, source=source)
+            return f"{status}\n\n{view.rows} captions.", view.table_html, str(view.csv_path)
+
+        yield from self._shown("caption", locals(), show, 2)
 
     @_friendly
     def prototypes(self, dataset=None, config_name=None, split=None, upload=None, classes=None, preset=None,
@@ -226,27 +235,23 @@ class Handlers:
                    steps=None, request: gr.Request = None, profile: gr.OAuthProfile | None = None,
                    progress=TRACK_TQDM):
         """Builds image and text prototypes and shows clusters, decoded prototypes and chosen descriptions."""
-        status = ""
-        for item in self._stages("prototypes", dict(locals()), request, progress, profile):
-            if isinstance(item, str):
-                status = item
-                yield status, gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            elif isinstance(item, views.PrototypeView):
-                yield status, item.summary, item.clusters, item.images, item.highlighted
+        def show(status, item):  # the prototype view, sent as the last class finishes; not the run's result after it
+            if isinstance(item, views.PrototypeView):
+                return status, item.summary, item.clusters, item.images, item.highlighted
+            return None
+
+        yield from self._shown("prototypes", locals(), show, 4)
 
     @_friendly
     def generate(self, dataset=None, config_name=None, split=None, upload=None, classes=None, preset=None, ipc=None,
                  images_per_class=None, captions_from=None, seed=None, strength=None, guidance_scale=None, steps=None,
                  request: gr.Request = None, profile: gr.OAuthProfile | None = None, progress=TRACK_TQDM):
         """Runs every stage still missing and shows the distilled images, class by class, with their prompts."""
-        status = ""
-        for item in self._stages("generate", dict(locals()), request, progress, profile):
-            if isinstance(item, str):
-                status = item
-                yield status, gr.skip(), gr.skip()
-            else:
-                run_dir = Path(item[0].output)
-                yield status, views.gallery(run_dir), str(run_dir / "preview.png")
+        def show(status, item):
+            run_dir = Path(item[0].output)
+            return status, views.gallery(run_dir), str(run_dir / "preview.png")
+
+        yield from self._shown("generate", locals(), show, 2)
 
     @_friendly
     def evaluate(self, epochs=None, random_baseline=False, request: gr.Request = None,
