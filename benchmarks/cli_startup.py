@@ -2,8 +2,8 @@
 
 Each command runs in a fresh interpreter, this checkout and the baseline interleaved (this one first on even repeats,
 the baseline first on odd); medians over the repeats are reported, with the ratio baseline / this. The baseline is any
-other vldd checkout, e.g. `git worktree add /tmp/vldd-main main`. Both sides are run as `python -m vldd.cli.commands`, which
-every version has; the module-count column says whether torch was imported.
+other vldd checkout, e.g. `git worktree add /tmp/vldd-main main`. Both sides call `vldd.cli.main` (the console script's entry
+point), which every version has; the module-count column says whether torch was imported.
 
     python benchmarks/cli_startup.py --baseline /tmp/vldd-main
     python benchmarks/cli_startup.py --baseline /tmp/vldd-main --repeats 3 --commands "" distill
@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
-PROBE = ("import sys, runpy\nsys.argv = ['vldd', *sys.argv[1:], '--help']\ntry:\n"
-         "    runpy.run_module('vldd.cli.commands', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-         "print('torch' in sys.modules, file=sys.stderr)")
+PROBE = ("import sys\nfrom vldd.cli import main\ntry:\n    main([*sys.argv[1:], '--help'])\nexcept SystemExit:\n"
+         "    pass\nprint('torch' in sys.modules, file=sys.stderr)")
 
 
 def cpu_seconds() -> float:
@@ -33,7 +32,7 @@ def cpu_seconds() -> float:
 
 
 def run(root: Path, command: list[str]) -> tuple[float, float, bool]:
-    """One `python -m vldd.cli.commands <command> --help` with `root` first on the path: wall seconds, CPU seconds (user +
+    """One `vldd <command> --help` (`vldd.cli.main`) with `root` first on the path: wall seconds, CPU seconds (user +
     system; less sensitive to a busy machine), and whether torch was imported."""
     env = {**os.environ, "PYTHONPATH": str(root)}
     start, cpu = time.perf_counter(), cpu_seconds()
