@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import gradio
 import pytest
-import torch
 import yaml
 from helpers import image_folder
 from PIL import Image
@@ -39,7 +38,6 @@ def launch_app(tiny_cache, root: Path, overrides: dict | None = None, *, share: 
 
     `share`: the settings `python app.py --share` gets (served on 127.0.0.1 all the same: no tunnel in tests).
     """
-    torch.set_num_threads(1)
     space = load_space_config(ROOT / "spaces_config.yaml", merge(TEST_SETTINGS, overrides or {}))
     app_settings = runtime.AppSettings(space=space, root=root, cache_dir=str(tiny_cache), on_space=False,
                                        oauth="off", has_gpu=False,

@@ -31,14 +31,6 @@ SMALL = {"resolution": 32, "train_batch_size": 4, "max_train_samples": 4, "learn
 CLI_SMALL = ["--resolution", "32", "--train-batch-size", "4", "--max-train-samples", "4", "--learning-rate", "1e-3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared CPUs; one thread also makes CPU training bitwise reproducible across processes
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run directory as `vldd distill` leaves it: captions of 40 sample images and a manifest naming the source."""

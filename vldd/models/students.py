@@ -176,7 +176,7 @@ def build_student(name: str, num_classes: int, image_size: int = 224, width: flo
 
 
 def num_parameters(model: nn.Module) -> int:
-    """How many parameters a network has (`vldd.models.paper_shapes.count_parameters` counts a `shapes://` id's)."""
+    """How many parameters a network has (`vldd.models.paper_shapes.component_parameters` counts a `shapes://` id's)."""
     return sum(p.numel() for p in model.parameters())
 
 
