@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configs.base import check, merge
-from ..configs.distill import DistillConfig, from_dict
+from ..configs.distill import STAGE_COMMANDS, DistillConfig, denoising_steps, from_dict
 from .gpu import LimitError
 from .settings import SpaceConfig
 
@@ -66,8 +66,6 @@ def initial_controls(space: SpaceConfig, preset: str) -> dict[str, Any]:
 
 def stages_of(button: str) -> tuple[str, ...]:
     """The stages a tab's button runs, as the CLI's command of that name (the app never fine-tunes: skipped)."""
-    from ..jobs.distill import STAGE_COMMANDS
-
     return STAGE_COMMANDS[button]
 
 
@@ -195,8 +193,6 @@ def estimate_run_seconds(config: DistillConfig, stages: tuple[str, ...], gpu_sec
     Args:
         gpu_seconds: the preset's per-unit estimates (`PresetSpec.gpu_seconds`: load, caption, encode, step).
     """
-    from ..configs.distill import denoising_steps
-
     s, g = gpu_seconds, config.generation
     classes = len(config.data.classes or [])
     images = classes * config.data.max_images_per_class
