@@ -140,6 +140,11 @@ def main() -> None:
             pair = (early[name] / actual, late[name] / actual)
             ratios[name] += pair
             print(f"  {name:<11} {early[name]:>10.2f}s {actual:>8.2f}s {late[name]:>9.2f}s {pair[0]:>5.2f} {pair[1]:>5.2f}")
+    print("how each plan measured (model load + items x mean seconds per item, repeats, min-max per item):")
+    for i, (plan, load) in enumerate(plans):
+        print(f"  plan {i + 1} (load average {load:.1f}): " + "; ".join(
+            f"{stage} {m['load']:.1f}s + {m['seconds'] - m['load']:.1f}s (n={m['samples']}, {m['spread'][0]:.3g}-"
+            f"{m['spread'][2]:.3g})" for stage, m in plan.items()))
     print("median ratio (predicted / measured, " + f"{2 * args.rounds} pairs): " + ", ".join(
         f"{name} {statistics.median(values):.2f}" for name, values in ratios.items()))
     print("range of ratios: " + ", ".join(f"{name} {min(v):.2f}-{max(v):.2f}" for name, v in ratios.items()))
