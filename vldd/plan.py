@@ -2,12 +2,12 @@
 
 Each heavy stage is timed on a few real items with the configured models, then scaled by the dataset's counts and
 the number of processes. Every measurement is warmed up once (kernels, caches, lazy imports) and then repeated for
-a while (at least 3 times and 2 s, at most 30 s; `sample`), so that a short stall of the machine is averaged in rather
-than taken for the rate: the estimate uses the mean (the run's time is the sum of its calls, stalls included), and
-the spread seen (min / median / max) is reported with it, as is the time to load each model. The stages: captioning
-(prefill and per-token decoding, projected to the full token budget), VAE
-encoding, clustering one class-sized set of latents, generation (per UNet call, projected to the configured steps)
-and, when asked, fine-tuning (forward and backward of the UNet). Peak memory is measured per stage: allocated GPU
+a while (at least 3 times and 2 s, at most 1000 times or 30 s; `sample`), so that a short stall of the machine is
+averaged in rather than taken for the rate: the estimate uses the mean (the run's time is the sum of its calls,
+stalls included), and the spread seen (min / median / max) is reported with it, as is the time to load each model.
+The stages: captioning (prefill and per-token decoding, projected to the full token budget), VAE encoding,
+clustering one class-sized set of latents, generation (per UNet call, projected to the configured steps) and, when
+asked, fine-tuning (forward and backward of the UNet). Peak memory is measured per stage: allocated GPU
 memory on CUDA, the process's resident memory sampled while the stage runs on CPU.
 
 When the paper's models are not in the local Hub cache, their real-shape stand-ins (`vldd.shapes`: the same
@@ -392,7 +392,9 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
         config: the run to plan.
         cache_dir: where tiny and real-shape models are built.
         processes: how many processes (GPUs) will share the run.
-        sample_items: images captioned, encoded and generated for the measurement (in batches, as the run would).
+        sample_items: images captioned, encoded and generated for the measurement (in batches, as the run would). With
+            a caption budget of at most FULL_CAPTION_TOKENS, a class's worth of images (one per generated image) is
+            also captioned in full: their captions' lengths decide how generation batches.
         finetune: the fine-tuning stage's settings; None = the run's own (`vldd.finetuning.finetune_settings`: none
             when `finetune.enabled` is off or the diffusion model is given).
     """
