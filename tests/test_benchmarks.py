@@ -44,7 +44,7 @@ def ratios(pattern: str, text: str, count: int) -> list[float]:
 
 
 SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py"))
-CHECKED = {"prototypes", "cli_startup", "batching", "memory", "paper_scale"}  # each has its own test below
+CHECKED = {"prototypes", "cli_startup", "batching", "memory", "paper_scale", "plan_accuracy"}  # own tests below
 
 
 def test_the_known_scripts_are_all_there():
@@ -167,3 +167,17 @@ def test_gpu_check_refuses_without_cuda(tmp_path):
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "no CUDA device" in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_plan_accuracy_smoke_under_load(tmp_path):
+    out = run_smoke("plan_accuracy", tmp_path, "--load", "1")
+    pids = [int(p) for p in re.search(r"^1 busy loops running \(pids (\d+)\)$", out, re.M).group(1).split()]
+    for pid in pids:  # stopped (and reaped) before the benchmark ended
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    ratios(rf"^round 1: load average \(1 min\) after plan {NUMBER}, distill {NUMBER}, plan {NUMBER}$", out, 3)
+    for stage in ("caption", "prototypes", "generate", "total"):  # plan before, measured, plan after, 2 ratios
+        ratios(rf"^  {stage}\s+{NUMBER}s\s+{NUMBER}s\s+{NUMBER}s\s+{NUMBER}\s+{NUMBER}$", out, 5)
+    ratios(rf"^median ratio \(predicted / measured, 2 pairs\): caption {NUMBER}, prototypes {NUMBER}, generate "
+           rf"{NUMBER}, total {NUMBER}$", out, 4)

@@ -101,7 +101,8 @@ def test_plan_counts_the_work_and_measures_each_stage(tiny_cache, tmp_path):
     for e in one.values():
         assert 0.3 < e.peak_memory_gb < lifetime - 1.5, e
         assert e.seconds == pytest.approx(e.load_seconds + e.items * e.seconds_per_item)
-        assert e.samples >= 3 and e.spread[0] <= e.seconds_per_item == e.spread[1] <= e.spread[2], e
+        assert e.samples >= 3 and e.spread[0] <= e.spread[1] <= e.spread[2], e
+        assert e.spread[0] <= e.seconds_per_item <= e.spread[2], e  # the mean of the repeats
     four = {e.stage: e for e in plan_run(config, cache_dir=tiny_cache, sample_items=2, processes=4)}
     assert "finetune" not in four
     assert four["generate"].seconds == pytest.approx(four["generate"].load_seconds + four["generate"].items
@@ -145,26 +146,41 @@ def test_sample_warms_up_once_and_repeats_until_stable(monkeypatch):
 
         return plan.sample(measure, **limits), warmups
 
-    values, warmups = run(0.01)  # fast: 3 repeats are only 0.03 s, so it goes on until 1 s or 10 repeats
-    assert len(values) == 10 and warmups == [True] + [False] * 9
-    assert len(run(0.5)[0]) == 3  # 1.5 s after 3
-    assert len(run(0.25)[0]) == 4  # 3 repeats and 1 s
+    values, warmups = run(0.01)  # fast: 3 repeats are only 0.03 s, so it goes on for 2 s
+    assert len(values) == 200 and warmups == [True] + [False] * 199
+    assert len(run(0.001)[0]) == 1000  # at most 1000 repeats
+    assert len(run(1.0)[0]) == 3  # 3 s after 3
+    assert len(run(0.5)[0]) == 4  # 3 repeats and 2 s
     assert len(run(40.0)[0]) == 1  # past 30 s: one measurement is all there is time for
     assert len(run(20.0)[0]) == 2
     assert plan.spread([3.0, 1.0, 2.0, 10.0], per=2) == (0.5, 1.25, 5.0)
 
 
+def test_the_estimate_is_the_mean_of_the_repeats():
+    # a run's time is the sum of its calls, stalls included: 4 calls of 1 s and one stalled 6 s take 10 s, 2 s per
+    # call; the median (1 s) would predict 5 s
+    values = [1.0, 1.0, 6.0, 1.0, 1.0]
+    assert plan.mean(values) == 2.0 and plan.spread(values)[1] == 1.0
+    assert plan.mean(values, per=4) == 0.5
+
+
 def test_plan_batches_generation_as_the_sample_captions_lengths_would(tiny_cache, tmp_path, monkeypatch):
     import vldd.stages.generate
 
-    # the tiny captioner's 12-token budget is decoded in full for the sample; pretend its 2 captions have embedding
-    # lengths 7 and 9: a class of 3 images then gets prompts of lengths 7, 9, 7 -> 2 calls ([0, 2] and [1])
+    # the tiny captioner's 12-token budget is decoded in full for a class's worth of images (3 at IPC 3, although
+    # only 2 are sampled for the timings); pretend their captions have embedding lengths 7, 9 and 7: a class of 3
+    # images then gets 2 calls ([0, 2] and [1]); lengths 7, 9 and 8 give 3 calls
     real = vldd.stages.generate.prompt_lengths  # kept for the plan's own timing calls ("a photo" prompts)
-    monkeypatch.setattr(vldd.stages.generate, "prompt_lengths", lambda tokenizer, prompts, *args: real(
-        tokenizer, prompts, *args) if prompts[0] == "a photo" else [7, 9][: len(prompts)])
-    config = load_config(overrides=tiny_overrides(tmp_path, ipc=3))
-    batched = {e.stage: e for e in plan_run(config, cache_dir=tiny_cache, sample_items=2)}["generate"]
-    assert batched.note == "2 pipeline calls per class of 3 images, batched by the embedding lengths of 2 sample captions"
+
+    def planned(lengths):
+        monkeypatch.setattr(vldd.stages.generate, "prompt_lengths", lambda tokenizer, prompts, *args: real(
+            tokenizer, prompts, *args) if prompts[0] == "a photo" else lengths[: len(prompts)])
+        config = load_config(overrides=tiny_overrides(tmp_path, ipc=3))
+        return {e.stage: e for e in plan_run(config, cache_dir=tiny_cache, sample_items=2)}["generate"].note
+
+    assert planned([7, 9, 7]) == ("2 pipeline calls per class of 3 images, batched by the embedding lengths of 3 "
+                                  "sample captions")
+    assert planned([7, 9, 8]).startswith("3 pipeline calls per class of 3 images")
     # a budget too long to decode for the sample: one image per call, said to be an upper bound
     config = load_config(overrides=tiny_overrides(tmp_path, ipc=3, caption={"max_new_tokens": 65}))
     single = {e.stage: e for e in plan_run(config, cache_dir=tiny_cache, sample_items=2)}["generate"]

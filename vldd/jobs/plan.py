@@ -1,11 +1,13 @@
 """`vldd plan`: what a run will cost, measured on this device before running it.
 
 Each heavy stage is timed on a few real items with the configured models, then scaled by the dataset's counts and
-the number of processes. Every measurement is warmed up once (kernels, caches, lazy imports) and then repeated until
-it is stable enough to trust (at least 3 times and 1 s, at most 10 times or 30 s; `sample`): the estimate uses the
-median, and the spread seen (min / median / max) is reported with it, as is the time to load each model. The stages: captioning (prefill and per-token decoding, projected to the full token budget), VAE
-encoding, clustering one class-sized set of latents, generation (per UNet call, projected to the configured steps)
-and, when asked, fine-tuning (forward and backward of the UNet). Peak memory is measured per stage: allocated GPU
+the number of processes. Every measurement is warmed up once (kernels, caches, lazy imports) and then repeated for
+a while (at least 3 times and 2 s, at most 1000 times or 30 s; `sample`), so that a short stall of the machine is
+averaged in rather than taken for the rate: the estimate uses the mean (the run's time is the sum of its calls,
+stalls included), and the spread seen (min / median / max) is reported with it, as is the time to load each model.
+The stages: captioning (prefill and per-token decoding, projected to the full token budget), VAE encoding,
+clustering one class-sized set of latents, generation (per UNet call, projected to the configured steps) and, when
+asked, fine-tuning (forward and backward of the UNet). Peak memory is measured per stage: allocated GPU
 memory on CUDA, the process's resident memory sampled while the stage runs on CPU.
 
 When the paper's models are not in the local Hub cache, their real-shape stand-ins (`vldd.models.paper_shapes`: the same
@@ -38,7 +40,7 @@ from ..models.paper_shapes import SHAPES_CAPTIONER, SHAPES_DIFFUSION, parse_shap
 if TYPE_CHECKING:
     from ..configs.distill import CaptionConfig, GenerationConfig
     from ..stages.caption import Captioner
-    from .finetune import FinetuneConfig
+    from ..configs.finetune import FinetuneConfig
 
 # Hub ids of the paper's models and their real-shape stand-ins.
 REAL_SHAPES = {"llava-hf/llava-1.5-7b-hf": SHAPES_CAPTIONER,
@@ -52,7 +54,7 @@ class StageEstimate:
     stage: str  # caption, finetune, encode, cluster, generate
     items: int  # how many items the whole run processes in this stage
     unit: str  # what an item is
-    seconds_per_item: float  # measured on this device: the median of the repeated measurements
+    seconds_per_item: float  # measured on this device: the mean of the repeated measurements
     seconds: float  # load_seconds + items x seconds_per_item / processes
     peak_memory_gb: float  # peak while this stage was measured (GPU memory on CUDA, resident memory on CPU)
     model: str = ""  # the model measured (a `shapes://` id when the real weights are not cached)
@@ -64,9 +66,11 @@ class StageEstimate:
 
 
 # How long `sample` repeats a measurement: at least MIN_REPEATS times and MIN_SECONDS, at most MAX_REPEATS times or
-# MAX_SECONDS (then at least once).
-MIN_REPEATS, MIN_SECONDS, MAX_REPEATS, MAX_SECONDS = 3, 1.0, 10, 30.0
-# A caption budget this small is decoded in full for the sample: its captions' lengths then tell how generation batches.
+# MAX_SECONDS (then at least once). Millisecond calls (the tiny preset's) are repeated for MIN_SECONDS: a shorter
+# window can fall entirely into one stall of a busy machine, or miss the stalls the run will have.
+MIN_REPEATS, MIN_SECONDS, MAX_REPEATS, MAX_SECONDS = 3, 2.0, 1000, 30.0
+# A caption budget this small is decoded in full for a class's worth of sample images: their captions' lengths then
+# tell how generation batches.
 FULL_CAPTION_TOKENS = 64
 
 
@@ -87,6 +91,11 @@ def sample(measure: Callable[[bool], float], *, min_repeats: int = MIN_REPEATS, 
 def spread(values: list[float], per: float = 1.0) -> tuple[float, float, float]:
     """(min, median, max) of `values`, each divided by `per`."""
     return min(values) / per, statistics.median(values) / per, max(values) / per
+
+
+def mean(values: list[float], per: float = 1.0) -> float:
+    """The mean of `values` divided by `per`: the estimate (total time measured / items measured)."""
+    return statistics.fmean(values) / per
 
 
 class PeakMemory:
@@ -247,9 +256,10 @@ def caption_cost(captioner: Captioner, images: list, class_name: str, c: Caption
     return timer.scaled(0, factor) + outside, sum(decode) / len(decode) if decode else 0.0
 
 
-def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype, cache_dir, hub_kernels: bool
-                 ) -> dict:
-    """The caption stage's estimate fields, per image, for the whole token budget."""
+def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype, cache_dir, hub_kernels: bool,
+                 class_images: list) -> dict:
+    """The caption stage's estimate fields, per image, for the whole token budget. With a small budget and the real
+    model, `class_images` are also captioned in full, as the run would (`captions`)."""
     from ..stages.caption import caption_images, load_captioner
 
     model_id = stand_in(c.model)
@@ -270,10 +280,11 @@ def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype,
 
         values = sample(measure)
         captions = None
-        if c.max_new_tokens <= FULL_CAPTION_TOKENS and model_id == c.model:  # cheap: the real captions of the sample
-            captions = caption_images(captioner, images, class_name, prompt_template=c.prompt, do_sample=c.do_sample,
-                                      temperature=c.temperature, max_new_tokens=c.max_new_tokens,
-                                      batch_size=len(images), conversation=c.conversation,
+        if c.max_new_tokens <= FULL_CAPTION_TOKENS and model_id == c.model:  # cheap: real captions of a class
+            captions = caption_images(captioner, class_images, class_name, prompt_template=c.prompt,
+                                      do_sample=c.do_sample, temperature=c.temperature,
+                                      max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
+                                      conversation=c.conversation,
                                       pad_to_square=c.pad_to_square, clean=c.clean_captions)
         layer_gb = decoder_layer_bytes(captioner) / 2**30
         del captioner, measure
@@ -381,7 +392,9 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
         config: the run to plan.
         cache_dir: where tiny and real-shape models are built.
         processes: how many processes (GPUs) will share the run.
-        sample_items: images captioned, encoded and generated for the measurement (in batches, as the run would).
+        sample_items: images captioned, encoded and generated for the measurement (in batches, as the run would). With
+            a caption budget of at most FULL_CAPTION_TOKENS, a class's worth of images (one per generated image) is
+            also captioned in full: their captions' lengths decide how generation batches.
         finetune: the fine-tuning stage's settings; None = the run's own (`vldd.jobs.finetune.finetune_settings`: none
             when `finetune.enabled` is off or the diffusion model is given).
     """
@@ -404,8 +417,9 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     finetune = finetune if finetune is not None else finetune_settings(config, config.output, dtype)
-    images, _, _ = source.load_class(source.classes[0])
-    images = (images * sample_items)[:sample_items]
+    per_class = max(1, round(n_outputs / len(plan)))  # images (and prompts) generated per class
+    class_images, _, _ = source.load_class(source.classes[0])
+    images = (class_images * sample_items)[:sample_items]
     rows: list[tuple[str, int, str, dict]] = []  # stage, items, unit, measurement (see `_caption_row`)
 
     # 2. Captioning (skipped when captions come from the Hub).
@@ -413,8 +427,8 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
     if not c.from_hub:
         name = source.class_names[source.classes[0]]
         batch = images[: min(c.batch_size, len(images))]
-        rows.append(("caption", n_images, "image",
-                     _caption_row(c, batch, name, device, dtype, cache_dir, config.hub_kernels)))
+        rows.append(("caption", n_images, "image", _caption_row(
+            c, batch, name, device, dtype, cache_dir, config.hub_kernels, (class_images * per_class)[:per_class])))
 
     # 3. Encoding, fine-tuning, clustering and generation with the SD pipeline (loaded once, as `distill` does).
     g, p = config.generation, config.prototypes
@@ -452,11 +466,10 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
             tol=p.tol), device, warmup=warmup))
     rows.append(("cluster", len(source.classes), "class", {"values": values, "per": 1, "peak": peak.gb, "model": "",
                                                            "note": f"{largest} latents, k={k}"}))
-    # Pipeline calls per class: `generate_images` batches only prompts of one embedding length. With the sample's
+    # Pipeline calls per class: `generate_images` batches only prompts of one embedding length. With a class's worth of
     # real captions (a small caption budget), their lengths give the calls a class makes; otherwise one image per call,
     # what long captions of varied lengths give (an upper bound where prompts share a length).
     captions = next((m.get("captions") for stage, _, _, m in rows if stage == "caption"), None)
-    per_class = max(1, round(n_outputs / len(plan)))
     if captions:
         lengths = prompt_lengths(pipe.tokenizer, captions, g.negative_prompt, g.prompt_chunking)
         sizes = [len(b) for b in length_batches([lengths[i % len(lengths)] for i in range(per_class)], g.batch_size)]
@@ -466,16 +479,18 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
         sizes = [1] * per_class
         note = "one image per call (captions' lengths unknown before captioning: an upper bound)"
     biggest = min(max(sizes), len(latents))
-    with PeakMemory(device) as peak:
-        ones = sample(lambda warmup: generation_cost(pipe, latents[:1], g, warmup=warmup))
-        fulls = sample(lambda warmup: generation_cost(pipe, latents[:biggest], g, warmup=warmup)) if biggest > 1 \
-            else ones
 
-    def class_seconds(one: float, full: float) -> float:  # a call of k images: linear between 1 and `biggest`
-        slope = (full - one) / (biggest - 1) if biggest > 1 else 0.0
+    def class_seconds(warmup: bool) -> float:
+        """One class's generation: a call of k images costs the linear interpolation between a call of 1 and one of
+        `biggest` images, both timed here, one right after the other (so they see the same machine)."""
+        one = generation_cost(pipe, latents[:1], g, warmup=warmup)
+        if biggest == 1:
+            return one * len(sizes)
+        slope = (generation_cost(pipe, latents[:biggest], g, warmup=warmup) - one) / (biggest - 1)
         return sum(one + slope * (k - 1) for k in sizes)
 
-    values = [class_seconds(one, full) for one, full in zip(ones, fulls)]
+    with PeakMemory(device) as peak:
+        values = sample(class_seconds)
     calls = unet_calls(pipe, g.num_inference_steps, g.strength)
     timed_calls = next(n for n in (unet_calls(pipe, s, g.strength) for s in range(1, 1000)) if n >= 2)
     rows.append(("generate", n_outputs, "image", {
@@ -484,9 +499,9 @@ def plan_run(config: DistillConfig, *, cache_dir: str | Path | None = None, proc
                          f"{calls / timed_calls:.3g})" if calls != timed_calls else ""}))
     estimates = []
     for stage, items, unit, m in rows:
-        low, median, high = spread(m["values"], m["per"])
+        per_item = mean(m["values"], m["per"])
         load = m.get("load", 0.0)
-        estimates.append(StageEstimate(stage, items, unit, median, load + items * median / processes, m["peak"],
-                                       m["model"], m["note"], (low, median, high), len(m["values"]), load,
-                                       m.get("extrapolation", "")))
+        estimates.append(StageEstimate(stage, items, unit, per_item, load + items * per_item / processes, m["peak"],
+                                       m["model"], m["note"], spread(m["values"], m["per"]),
+                                       len(m["values"]), load, m.get("extrapolation", "")))
     return estimates

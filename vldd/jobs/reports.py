@@ -138,7 +138,7 @@ def ablation_lines(result: AblationResult) -> list[str]:
 
 
 def plan_lines(estimates: list[StageEstimate], processes: int = 1) -> list[str]:
-    """Per-stage estimates as a small table for the terminal: the median time per item and the spread measured
+    """Per-stage estimates as a small table for the terminal: the mean time per item and the spread measured
     (min-max over the timed repeats), model loading, then how each stage was measured and what was extrapolated."""
     lines = [f"{'stage':<9} {'items':>10} {'s/item':>9} {'min-max (n)':>20} {'load':>7} {'time':>10} {'peak mem':>9}"
              f"   (with {processes} process(es))"]
