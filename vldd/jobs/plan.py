@@ -39,8 +39,8 @@ from ..models.paper_shapes import SHAPES_CAPTIONER, SHAPES_DIFFUSION, parse_shap
 
 if TYPE_CHECKING:
     from ..configs.distill import CaptionConfig, GenerationConfig
-    from ..stages.caption import Captioner
     from ..configs.finetune import FinetuneConfig
+    from ..stages.caption import Captioner
 
 # Hub ids of the paper's models and their real-shape stand-ins.
 REAL_SHAPES = {"llava-hf/llava-1.5-7b-hf": SHAPES_CAPTIONER,
@@ -258,8 +258,12 @@ def caption_cost(captioner: Captioner, images: list, class_name: str, c: Caption
 
 def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype, cache_dir, hub_kernels: bool,
                  class_images: list) -> dict:
-    """The caption stage's estimate fields, per image, for the whole token budget. With a small budget and the real
-    model, `class_images` are also captioned in full, as the run would (`captions`)."""
+    """The caption stage's estimate fields, per image, for the whole token budget.
+
+    With a small budget (at most FULL_CAPTION_TOKENS) and the run's own model, `class_images` are captioned as the run
+    will caption them (the whole budget, the run's batch size), and that is what is timed: nothing is projected, and
+    the captions are returned (`captions`: their lengths decide how generation batches). Otherwise a batch of `images`
+    is timed over a few decoding steps and projected to the budget (`caption_cost`)."""
     from ..stages.caption import caption_images, load_captioner
 
     model_id = stand_in(c.model)
@@ -267,38 +271,46 @@ def _caption_row(c: CaptionConfig, images: list, class_name: str, device, dtype,
     if model_id == SHAPES_CAPTIONER and device.type == "cpu":  # 7B in fp32 does not fit: 2 layers, scaled
         full, model_id = parse_shape_id(model_id)[1]["layers"], f"{model_id}?layers=2"
     decode_tokens = 4
+    as_run = c.max_new_tokens <= FULL_CAPTION_TOKENS and model_id == c.model
     with PeakMemory(device) as peak:
         start = time.perf_counter()
         captioner = load_captioner(model_id, revision=None if model_id != c.model else c.revision, device=device,
                                    dtype=dtype, cache_dir=cache_dir, hub_kernels=hub_kernels)
         load = time.perf_counter() - start
-
-        def measure(warmup: bool, captioner=captioner) -> float:
-            prefill, decode = caption_cost(captioner, images, class_name, c, decode_tokens=decode_tokens,
-                                           full_layers=full, warmup=warmup)
-            return prefill + (c.max_new_tokens - 1) * decode
-
-        values = sample(measure)
-        captions = None
-        if c.max_new_tokens <= FULL_CAPTION_TOKENS and model_id == c.model:  # cheap: real captions of a class
-            captions = caption_images(captioner, class_images, class_name, prompt_template=c.prompt,
+        if as_run:
+            def caption_class(captioner=captioner) -> list[str]:
+                return caption_images(captioner, class_images, class_name, prompt_template=c.prompt,
                                       do_sample=c.do_sample, temperature=c.temperature,
                                       max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
-                                      conversation=c.conversation,
-                                      pad_to_square=c.pad_to_square, clean=c.clean_captions)
+                                      conversation=c.conversation, pad_to_square=c.pad_to_square,
+                                      clean=c.clean_captions)
+
+            captions = caption_class()  # also the warm-up
+            values = sample(lambda warmup: timed(caption_class, device, warmup=warmup))
+        else:
+            def measure(warmup: bool, captioner=captioner) -> float:
+                prefill, decode = caption_cost(captioner, images, class_name, c, decode_tokens=decode_tokens,
+                                               full_layers=full, warmup=warmup)
+                return prefill + (c.max_new_tokens - 1) * decode
+
+            captions, values = None, sample(measure)
         layer_gb = decoder_layer_bytes(captioner) / 2**30
-        del captioner, measure
+        del captioner
         gc.collect()
-    steps = (c.max_new_tokens - 1) / (decode_tokens - 1)
-    extrapolation = [f"decoding timed over {decode_tokens - 1} steps, projected to the budget of {c.max_new_tokens} "
-                     f"new tokens (x{steps:.3g})"] if steps != 1 else []
-    note = f"batch of {len(images)} images"
+    if as_run:
+        per, extrapolation = len(class_images), []
+        note = f"a class's {len(class_images)} images captioned in full, in batches of at most {c.batch_size}"
+    else:
+        per, steps = len(images), (c.max_new_tokens - 1) / (decode_tokens - 1)
+        extrapolation = [f"decoding timed over {decode_tokens - 1} steps, projected to the budget of "
+                         f"{c.max_new_tokens} new tokens (x{steps:.3g})"] if steps != 1 else []
+        note = f"batch of {len(images)} images"
     gb = peak.gb
     if full:
         gb += (full - 2) * layer_gb
         extrapolation.append(f"decoder layers timed at 2 of {full}, their time scaled x{full / 2:g}; peak memory + "
                              f"{full - 2} layers' weights")
-    return {"values": values, "per": len(images), "peak": gb, "model": model_id, "note": note, "load": load,
+    return {"values": values, "per": per, "peak": gb, "model": model_id, "note": note, "load": load,
             "extrapolation": "; ".join(extrapolation), "captions": captions}
 
 
