@@ -1,5 +1,6 @@
 """`vldd plan`: measured per-item costs scaled by the run's counts."""
 
+import os
 import resource
 
 import pytest
@@ -116,10 +117,18 @@ def test_plan_counts_the_work_and_measures_each_stage(tiny_cache, tmp_path):
     assert not (tmp_path / "dataset").exists()  # planning runs nothing
 
 
-def test_plan_cli_prints_a_table(tiny_cache, tmp_path, capsys):
-    assert main(["plan", "--preset", "tiny", "--output", str(tmp_path), "--cache-dir", str(tiny_cache),
-                 "--classes", "circle", "--ipc", "2", "--max-images-per-class", "6"]) == 0
+def test_plan_cli_prints_a_table(tiny_cache, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))  # a busy machine, and torch on 2 threads
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code = main(["plan", "--preset", "tiny", "--output", str(tmp_path), "--cache-dir", str(tiny_cache),
+                     "--classes", "circle", "--ipc", "2", "--max-images-per-class", "6"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
     out = capsys.readouterr().out
+    assert "NOTE: this machine was busy while measuring (load average 99.0 on" in out
     assert "caption" in out and "generate" in out and "total" in out and "tiny preset" in out
     assert "EXTRAPOLATED: 2 UNet calls timed one by one, projected to the run's 36 (x18)" in out
     assert "min-max (n)" in out

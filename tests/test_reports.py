@@ -41,3 +41,10 @@ def test_plan_lines_total_the_stages_and_name_stand_ins():
     assert lines[4] == ("  caption: shapes://llava-1.5-7b?layers=2 (real shapes, random weights); batch 4; "
                         "EXTRAPOLATED: decoder layers timed at 2 of 32, their time scaled x16")
     assert len(lines) == 5  # nothing to say about generate
+
+def test_plan_warns_about_a_busy_machine_only_with_several_threads():
+    note = reports.busy_machine_note(2.4, 2, 2)
+    assert note.startswith("NOTE: this machine was busy while measuring (load average 2.4 on 2 CPUs)")
+    assert "OMP_NUM_THREADS=1" in note
+    assert reports.busy_machine_note(1.9, 2, 2) is None  # below the CPU count
+    assert reports.busy_machine_note(8.0, 2, 1) is None  # one thread slows down in proportion to the load

@@ -231,8 +231,15 @@ def _plan(args) -> int:
 
     config = config_from_args(args)
     hub_kernels_for_process(config.hub_kernels)
+    load = os.getloadavg()[0]
     estimates = plan_run(config, cache_dir=args.cache_dir, processes=args.processes)
     _print(reports.plan_lines(estimates, args.processes))
+    import torch
+
+    if config.device == "cpu" or not torch.cuda.is_available():  # CPU timings under load: said, not hidden
+        note = reports.busy_machine_note(max(load, os.getloadavg()[0]), os.cpu_count() or 1, torch.get_num_threads())
+        if note:
+            print(note)
     if config.is_tiny:
         print("NOTE: tiny preset: the figures are for the random-weight test models, not real ones")
     return 0

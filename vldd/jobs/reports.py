@@ -157,6 +157,18 @@ def plan_lines(estimates: list[StageEstimate], processes: int = 1) -> list[str]:
     return lines
 
 
+def busy_machine_note(load: float, cpus: int, threads: int) -> str | None:
+    """A warning for `vldd plan` on a CPU that was busy while it measured (1-minute load average `load` at or above
+    the `cpus`) with torch on several `threads`: then the parallel steps of small models wait on descheduled threads
+    in episodes of seconds, and a timing can be many times the run's (or a fraction of it). None when not so."""
+    if load < cpus or threads <= 1:
+        return None
+    return (f"NOTE: this machine was busy while measuring (load average {load:.1f} on {cpus} CPUs) and torch used "
+            f"{threads} threads: multi-threaded CPU timings swing several-fold under load. Rerun the plan when the "
+            "machine is quieter, or plan and run with one thread each (OMP_NUM_THREADS=1), which slows down in "
+            "proportion to the load.")
+
+
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.1f}s"
