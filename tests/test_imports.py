@@ -152,3 +152,23 @@ def test_the_checks_catch_what_they_should():
     # a stage importing a job is upward; data importing models is sideways; a job importing a stage is fine
     graph = {"stages.generate": {"jobs.plan"}, "data.sources": {"models.tiny"}, "jobs.plan": {"stages.generate"}}
     assert violations(graph) == [("data.sources", "models.tiny"), ("stages.generate", "jobs.plan")]
+
+
+def _private_names(tree: ast.AST) -> list[str]:
+    """The private names (`_x`, not dunder) a module's code imports from vldd modules."""
+    return [a.name for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("vldd"))
+            for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+
+
+def private_imports() -> list[tuple[str, str]]:
+    """(importer, name) for every private name a vldd module imports from another vldd module."""
+    return sorted((module_name(path), name) for path in PACKAGE.rglob("*.py")
+                  for name in _private_names(ast.parse(path.read_text())))
+
+
+def test_no_private_name_is_imported_across_modules():
+    assert not private_imports(), f"make these public in the module that owns them: {private_imports()}"
+    tree = ast.parse("from .sources import _find, find\nfrom vldd.core.runs import _lock\nfrom torch import _C\n"
+                     "from .. import __version__\n")
+    assert _private_names(tree) == ["_find", "_lock"]
