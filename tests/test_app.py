@@ -346,6 +346,21 @@ def test_each_setting_is_declared_once_and_a_space_file_changes_only_what_it_nam
     assert changed.presets.keys() == base.presets.keys() and changed.zerogpu == base.zerogpu
 
 
+def test_a_settings_file_with_an_unknown_key_is_refused_with_the_key_named(tmp_path):
+    cases = [({"limts": {}}, "unknown setting `limts`; expected some of ['default_preset', 'defaults', "),
+             ({"limits": {"max_ipcc": 3}}, "`limits`: unknown setting `max_ipcc`; expected some of ['max_caption_rows'"),
+             ({"presets": {"mine": {"base": "tiny", "lable": "x"}}}, "preset 'mine': unknown keys ['lable']; expected")]
+    for values, message in cases:
+        (tmp_path / "space.yaml").write_text(yaml.safe_dump(values))
+        with pytest.raises(ValueError) as err:
+            load_space_config(tmp_path / "space.yaml")
+        assert str(err.value).startswith(f"{tmp_path / 'space.yaml'}: {message}"), str(err.value)
+    # a new preset with known keys, and the Space's own section, are accepted
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"space": {"title": "x"}, "presets": {
+        "mine": {"base": "tiny", "label": "Mine", "overrides": {"ipc": 2}}}}))
+    assert "mine" in load_space_config(tmp_path / "space.yaml").presets
+
+
 def test_run_controls_set_the_config_fields_and_left_out_ones_keep_their_initial_value(space):
     config = controls.run_config(space, "/unused", dataset="sample", classes=CLASSES, preset="tiny",
                                  guidance_scale=7.5, steps="20", seed=None, strength="")

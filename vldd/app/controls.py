@@ -24,13 +24,7 @@ from typing import Any
 from ..configs.base import check, merge
 from ..configs.distill import STAGE_COMMANDS, DistillConfig, denoising_steps, from_dict
 from .gpu import LimitError
-from .settings import SpaceConfig
-
-# The run controls the app shows and the `DistillConfig` field each one sets (dotted): the config declares their
-# defaults and checks their values; the Space's `defaults` may change the initial value shown.
-CONTROL_FIELDS = {"ipc": "ipc", "seed": "seed", "images_per_class": "data.max_images_per_class",
-                  "strength": "generation.strength", "guidance_scale": "generation.guidance_scale",
-                  "steps": "generation.num_inference_steps"}
+from .settings import CONTROL_FIELDS, SpaceConfig
 
 
 def nested(dotted: str, value: Any) -> dict[str, Any]:

@@ -21,10 +21,11 @@ from ..jobs.distill import run_fingerprints
 from . import evaluation, sources, views
 from . import gpu as space_gpu
 from . import publish as publishing
-from .controls import CONTROL_FIELDS, NAME, check_selection, check_text, class_seconds, run_config, stages_of
+from .controls import NAME, check_selection, check_text, class_seconds, run_config, stages_of
 from .gpu import LimitError
 from .models import ModelCache, placement
 from .runtime import GRADIO_CACHE, AppSettings
+from .settings import CONTROL_FIELDS
 
 TRACK_TQDM = gr.Progress(track_tqdm=True)  # marks a handler's progress argument; Gradio passes a fresh tracker
 

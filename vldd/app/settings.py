@@ -88,14 +88,42 @@ class SpaceConfig:
         return dict(self.queue["zerogpu" if zero_gpu else "local"])
 
 
+# The run controls the app shows and the `DistillConfig` field each one sets (dotted): the config declares their
+# defaults and checks their values; the Space's `defaults` may change the initial value shown.
+CONTROL_FIELDS = {"ipc": "ipc", "seed": "seed", "images_per_class": "data.max_images_per_class",
+                  "strength": "generation.strength", "guidance_scale": "generation.guidance_scale",
+                  "steps": "generation.num_inference_steps"}
+
+
+PRESET_KEYS = ("base", "label", "overrides", "gpu_seconds", "zerogpu")
+FREE_SECTIONS = ("space", "presets")  # the Space's own section; preset names (each preset's keys are checked)
+
+
+def _check_known(given: dict, known: dict, source: str, top: bool = True) -> None:
+    """Every key a settings file gives on top of settings.yaml is one settings.yaml declares (a new preset's name
+    aside): a misspelt key is an error naming it and the expected ones, not silently ignored or a TypeError."""
+    free = FREE_SECTIONS if top else ()
+    for key, value in given.items():
+        check(key in known or key in free, f"{source}: unknown setting `{key}`; expected some of "
+                                           f"{sorted({*known, *free})}")
+        if key == "presets":
+            for name, spec in (value or {}).items():
+                check(isinstance(spec, dict), f"{source}: preset {name!r} must be a mapping, got {spec!r}")
+                bad = sorted(set(spec) - set(PRESET_KEYS))
+                check(not bad, f"{source}: preset {name!r}: unknown keys {bad}; expected some of {list(PRESET_KEYS)}")
+        elif key != "space" and isinstance(known.get(key), dict) and isinstance(value, dict):
+            extra = dict.fromkeys(CONTROL_FIELDS) if top and key == "defaults" else {}  # any run control's
+            _check_known(value, {**known[key], **extra}, f"{source}: `{key}`", top=False)
+
+
 def load_space_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SpaceConfig:
     """The app's settings: settings.yaml, then the file at `path` (a Space's spaces_config.yaml), then `overrides`
     (nested, same layout)."""
     raw = read_yaml(SETTINGS_FILE, "vldd/app/settings.yaml")
-    if path is not None:
-        raw = merge(raw, read_yaml(path, "vldd/app/settings.yaml"))
-    if overrides:
-        raw = merge(raw, overrides)
+    for given, source in ((read_yaml(path, "vldd/app/settings.yaml") if path is not None else {}, str(path)),
+                          (overrides or {}, "the overrides")):
+        _check_known(given, raw, source)
+        raw = merge(raw, given)
     where = str(path) if path is not None else "vldd/app/settings.yaml"
     presets = {}
     for name, spec in (raw.get("presets") or {}).items():
