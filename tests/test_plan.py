@@ -117,6 +117,22 @@ def test_plan_counts_the_work_and_measures_each_stage(tiny_cache, tmp_path):
     assert not (tmp_path / "dataset").exists()  # planning runs nothing
 
 
+def test_a_small_caption_budget_is_timed_as_the_run_captions(tiny_cache, tmp_path, monkeypatch):
+    import vldd.stages.caption
+
+    calls, real = [], vldd.stages.caption.caption_images
+
+    def spy(captioner, images, class_name, **kwargs):
+        calls.append((len(images), kwargs["max_new_tokens"], kwargs["batch_size"]))
+        return real(captioner, images, class_name, **kwargs)
+
+    monkeypatch.setattr(vldd.stages.caption, "caption_images", spy)
+    config = load_config(overrides=tiny_overrides(tmp_path, ipc=3, caption={"batch_size": 2}))
+    plan_run(config, cache_dir=tiny_cache, sample_items=2)
+    # every caption call of the plan is the run's: a class's 3 images, the whole 12-token budget, batches of 2
+    assert calls and set(calls) == {(3, 12, 2)}, calls
+
+
 def test_plan_cli_prints_a_table(tiny_cache, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))  # a busy machine, and torch on 2 threads
     threads = torch.get_num_threads()
